@@ -1,0 +1,30 @@
+"""refstore: read bytes that already exist (netCDF/HDF5, TIFF, image tiles) as zarr arrays."""
+
+from refstore.errors import (
+    KeyNotInManifest,
+    ManifestError,
+    ReferenceNotReachable,
+    RefstoreError,
+    TemplateError,
+    URLNotAllowed,
+)
+from refstore.fetch import URLPolicy
+from refstore.fs import ReferenceFileSystem
+from refstore.manifest import Manifest, Reference
+from refstore.store import ReferenceStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KeyNotInManifest",
+    "Manifest",
+    "ManifestError",
+    "Reference",
+    "ReferenceFileSystem",
+    "ReferenceNotReachable",
+    "ReferenceStore",
+    "RefstoreError",
+    "TemplateError",
+    "URLNotAllowed",
+    "URLPolicy",
+]

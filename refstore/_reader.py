@@ -1,0 +1,246 @@
+"""The reader both faces share: manifest lookups joined to the fetcher, with URL resolution,
+the URL policy and the mapping of failures to refstore's errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from refstore.errors import KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
+from refstore.fetch import Fetcher, URLPolicy, split_url
+from refstore.manifest import Manifest, Reference, open_manifest
+
+_FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
+
+KeyRange = tuple[str, int | None, int | None]
+"""``(key, start, end)`` relative to the key's bytes, as fsspec's ``cat_file`` takes them:
+None means the start/end of the entry, negative values count from its end."""
+
+
+def _clean(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (options or {}).items() if k not in _FS_CONTROL_OPTIONS}
+
+
+def _protocols_of(fs: Any) -> tuple[str, ...]:
+    proto = fs.protocol
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+class Reader:
+    """Reads the bytes of manifest keys.
+
+    Parameters are those of :class:`refstore.ReferenceFileSystem`; see there.
+    """
+
+    def __init__(
+        self,
+        fo: Any,
+        *,
+        target: str | None = None,
+        target_protocol: str | None = None,
+        target_options: Mapping[str, Any] | None = None,
+        remote_protocol: str | None = None,
+        remote_options: Mapping[str, Any] | None = None,
+        fs: Any = None,
+        template_overrides: Mapping[str, str] | None = None,
+        max_gap: int = 64_000,
+        max_block: int = 16_000_000,
+        max_concurrency: int = 64,
+        retries: int = 3,
+        cache_size: int = 128,
+        url_policy: URLPolicy | None = None,
+    ) -> None:
+        self.manifest: Manifest = open_manifest(
+            fo,
+            target_protocol=target_protocol,
+            target_options=target_options,
+            template_overrides=template_overrides,
+            cache_size=cache_size,
+        )
+        self.target = target
+        self.policy = url_policy or URLPolicy.for_manifest(self.manifest.source_is_remote)
+        remote_opts = _clean(remote_options)
+        options: dict[str, dict[str, Any]] = {}
+        filesystems: dict[str, Any] = {}
+        if remote_protocol:
+            options[split_url(remote_protocol + "://")[0]] = remote_opts
+        else:
+            # like fsspec: without a remote_protocol every inferred protocol gets remote_options
+            for proto in self._protocols_in_manifest() - {"file"}:
+                options[proto] = remote_opts
+        if isinstance(fs, Mapping):
+            for proto, value in fs.items():
+                if isinstance(value, Mapping):
+                    options[proto] = _clean(value)
+                elif value is not None:
+                    filesystems[proto or self._default_protocol(remote_protocol)] = value
+        elif fs is not None:
+            for proto in _protocols_of(fs):
+                filesystems[split_url(proto + "://")[0]] = fs
+        self.remote_protocol = remote_protocol
+        self._default = self._default_protocol(remote_protocol)
+        self.fetcher = Fetcher(
+            options=options,
+            filesystems=filesystems,
+            max_gap=max_gap,
+            max_block=max_block,
+            max_concurrency=max_concurrency,
+            retries=retries,
+            check_url=self.policy.check,
+        )
+        self._resolved: dict[str | None, str] = {}
+
+    def _protocols_in_manifest(self) -> set[str]:
+        return {split_url(u)[0] for u in self.manifest._urls if u and "://" in u}
+
+    def _default_protocol(self, remote_protocol: str | None) -> str:
+        """The protocol for URLs that name none (fsspec's ``fss[None]``)."""
+        if remote_protocol:
+            return split_url(remote_protocol + "://")[0]
+        found = self._protocols_in_manifest() - {"file"}
+        return found.pop() if len(found) == 1 else "file"
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def resolve_url(self, url: str | None, key: str) -> str:
+        """The absolute URL a reference names, after ``target`` and the default protocol.
+
+        Raises
+        ------
+        ManifestError
+            For a null URL without a ``target``.
+        URLNotAllowed
+            If the URL policy refuses it.
+        """
+        out = self._resolved.get(url)
+        if out is None:
+            raw = url if url is not None else self.target
+            if raw is None:
+                raise ManifestError(f"key {key!r}: the reference has no URL and no target was given")
+            if "://" in raw:
+                out = raw
+            elif self._default == "file":
+                out = os.path.abspath(os.path.expanduser(raw))
+            else:
+                out = f"{self._default}://{raw}"
+            self.policy.check(out, key)
+            self._resolved[url] = out
+        return out
+
+    def entry(self, key: str) -> bytes | Reference:
+        """The manifest entry of *key*.
+
+        Raises
+        ------
+        KeyNotInManifest
+            If the manifest has no such key.
+        """
+        entry = self.manifest.get(key)
+        if entry is None:
+            raise KeyNotInManifest(f"key {key!r} is not in the manifest")
+        return entry
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def size(self, key: str) -> int:
+        """Size in bytes of the entry of *key* (a whole-object reference asks the target)."""
+        entry = self.entry(key)
+        if isinstance(entry, bytes):
+            return len(entry)
+        if entry.length is not None:
+            return entry.length
+        url = self.resolve_url(entry.url, key)
+        try:
+            return max(await self.fetcher.size(url) - entry.offset, 0)
+        except Exception as exc:
+            raise ReferenceNotReachable(key, url, exc) from exc
+
+    async def read(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of *key* (fsspec ``cat_file`` semantics).
+
+        Raises
+        ------
+        KeyNotInManifest
+            If the manifest has no such key.
+        URLNotAllowed
+            If the reference's URL is outside the URL policy.
+        ReferenceNotReachable
+            If the target cannot be read; the cause is chained.
+        """
+        result = (await self.read_many([(key, start, end)]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def read_many(self, requests: Sequence[KeyRange]) -> list[bytes | BaseException]:
+        """Read many key ranges at once (merged per URL); each result is bytes or the exception."""
+        results: list[bytes | BaseException] = [b""] * len(requests)
+        fetches: list[tuple[str, int, int | None]] = []
+        exact: list[bool] = []
+        where: list[tuple[int, str, str]] = []
+        for i, (key, start, end) in enumerate(requests):
+            try:
+                entry = self.entry(key)
+                if isinstance(entry, bytes):
+                    results[i] = entry[_slice(start, end, len(entry))]
+                    continue
+                url = self.resolve_url(entry.url, key)
+                if entry.length is None and ((start or 0) < 0 or (end or 0) < 0):
+                    size = await self.size(key)
+                    ref = Reference(entry.url, entry.offset, size)
+                else:
+                    ref = entry
+                lo, hi = _absolute(ref, start, end)
+            except (KeyNotInManifest, URLNotAllowed, ManifestError, ReferenceNotReachable) as exc:
+                results[i] = exc
+                continue
+            fetches.append((url, lo, hi))
+            exact.append(ref.length is not None)
+            where.append((i, key, url))
+        if fetches:
+            got = await self.fetcher.get_many(fetches, exact) if len(fetches) > 1 else [
+                await _one(self.fetcher, fetches[0], exact[0])
+            ]
+            for (i, key, url), res in zip(where, got):
+                results[i] = _wrap(res, key, url)
+        return results
+
+    async def close(self) -> None:
+        await self.fetcher.close()
+
+
+async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) -> bytes | BaseException:
+    try:
+        return await fetcher.get(*req, exact=exact)
+    except Exception as exc:  # noqa: BLE001 - mapped by _wrap
+        return exc
+
+
+def _wrap(res: bytes | BaseException, key: str, url: str) -> bytes | BaseException:
+    if not isinstance(res, BaseException) or isinstance(res, (URLNotAllowed, ReferenceNotReachable)):
+        return res
+    err = ReferenceNotReachable(key, url, res)
+    err.__cause__ = res
+    return err
+
+
+def _slice(start: int | None, end: int | None, size: int) -> slice:
+    lo, hi = _clamp(start, end, size)
+    return slice(lo, hi)
+
+
+def _clamp(start: int | None, end: int | None, size: int) -> tuple[int, int]:
+    lo = 0 if start is None else (start + size if start < 0 else start)
+    hi = size if end is None else (end + size if end < 0 else end)
+    lo = min(max(lo, 0), size)
+    return lo, min(max(hi, lo), size)
+
+
+def _absolute(ref: Reference, start: int | None, end: int | None) -> tuple[int, int | None]:
+    """Absolute ``[lo, hi)`` in the target, never outside the referenced bytes."""
+    if ref.length is None:  # whole object of unknown size, start/end are >= 0 here
+        lo = ref.offset + (start or 0)
+        return lo, None if end is None else max(ref.offset + end, lo)
+    lo, hi = _clamp(start, end, ref.length)
+    return ref.offset + lo, ref.offset + hi

@@ -1,0 +1,105 @@
+"""The exceptions refstore raises.
+
+Every error derives from one root, and also from the builtin a caller would
+naturally catch, so ``except FileNotFoundError`` or ``except ValueError`` keep
+working::
+
+    RefstoreError
+    ├── ManifestError(ValueError)            a manifest is malformed: names the key and the problem
+    │   └── TemplateError                    a template or ``gen`` entry cannot be expanded safely
+    ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
+    ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
+    └── ReferenceNotReachable(fsspec's ReferenceNotReachable, i.e. RuntimeError)
+                                             a target could not be read: names key, URL and cause;
+                                             the original error (e.g. FileNotFoundError) is ``__cause__``
+
+A *missing key* is not an error for a zarr store (it reads as the fill value);
+an *unreachable target* always is, so a broken dataset never reads as zeros.
+"""
+
+from __future__ import annotations
+
+from fsspec.implementations.reference import (
+    ReferenceNotReachable as _FsspecReferenceNotReachable,
+)
+
+__all__ = [
+    "KeyNotInManifest",
+    "ManifestError",
+    "RefstoreError",
+    "ReferenceNotReachable",
+    "TemplateError",
+    "URLNotAllowed",
+]
+
+
+class RefstoreError(Exception):
+    """Root of every refstore exception."""
+
+
+class ManifestError(RefstoreError, ValueError):
+    """A manifest (or one of its entries) is malformed.
+
+    The message names the offending key or field and what is wrong with it.
+    """
+
+
+class TemplateError(ManifestError):
+    """A template or ``gen`` expression cannot be expanded.
+
+    Raised for unknown template names and for expressions outside the small
+    arithmetic subset refstore evaluates (templates never execute code).
+    """
+
+
+class KeyNotInManifest(RefstoreError, FileNotFoundError):
+    """The manifest holds no entry for this key."""
+
+
+class URLNotAllowed(RefstoreError, PermissionError):
+    """A reference's URL is outside the manifest's URL policy.
+
+    Attributes
+    ----------
+    url : str
+        The URL that was refused.
+    key : str or None
+        The manifest key whose reference named it, when known.
+    """
+
+    def __init__(self, url: str, reason: str, key: str | None = None) -> None:
+        self.url = url
+        self.key = key
+        where = f" (key {key!r})" if key is not None else ""
+        super().__init__(
+            f"URL {url!r}{where} is not allowed by the URL policy: {reason}. "
+            "Pass url_policy=refstore.URLPolicy(...) to allow it."
+        )
+
+
+class ReferenceNotReachable(RefstoreError, _FsspecReferenceNotReachable):
+    """The target of a reference could not be read.
+
+    Subclasses fsspec's ``ReferenceNotReachable`` (a ``RuntimeError``) so code
+    written for fsspec's reference filesystem keeps working. The triggering
+    exception is chained as ``__cause__``.
+
+    Attributes
+    ----------
+    reference : str
+        The manifest key.
+    target : str
+        The URL that failed.
+    """
+
+    def __init__(self, reference: str, target: str, cause: BaseException | str) -> None:
+        super().__init__(reference, target)
+        self.detail = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+
+    def __str__(self) -> str:
+        return (
+            f'Reference "{self.reference}" failed to fetch target {self.target}: {self.detail}'
+        )
+
+    def __reduce__(self):  # keep the three-argument constructor picklable
+        return (type(self), (self.reference, self.target, self.detail))

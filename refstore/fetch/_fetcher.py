@@ -1,0 +1,242 @@
+"""The fetcher: batches byte-range requests, merges them per URL, bounds concurrency, retries.
+
+Requests made with :meth:`Fetcher.get` in the same event-loop tick are
+collected into one batch; requests for one URL are merged into spans
+(:func:`merge_ranges`), spans are read through the target for the URL's
+protocol, and every request gets exactly its own bytes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from refstore.fetch._merge import Span, cut, merge_ranges
+from refstore.fetch._policy import split_url
+from refstore.fetch._targets import FsspecTarget, HTTPTarget, LocalTarget, TransientError
+
+Request = tuple[str, int, int | None]
+"""``(url, start, end)``: end-exclusive; ``end=None`` reads to the end of the object."""
+
+
+class ShortRead(OSError):
+    """The target returned fewer bytes than a reference promised."""
+
+
+@dataclass
+class _LoopState:
+    targets: dict[str, Any] = field(default_factory=dict)
+    semaphore: asyncio.Semaphore | None = None
+    pending: list[tuple[Request, bool, asyncio.Future[bytes]]] = field(default_factory=list)
+    scheduled: bool = False
+
+
+class Fetcher:
+    """Reads byte ranges of URLs.
+
+    Parameters
+    ----------
+    options
+        Storage options per protocol, e.g. ``{"s3": {"endpoint_url": ...}}``.
+    filesystems
+        fsspec filesystem instances to use per protocol instead of building them.
+    max_gap, max_block
+        Range merging (see :func:`merge_ranges`).
+    max_concurrency
+        Reads in flight at once, per event loop.
+    retries
+        Attempts after the first for a transient failure, with exponential backoff.
+    check_url
+        Called with every redirect target (the URL policy).
+    """
+
+    def __init__(
+        self,
+        *,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        filesystems: Mapping[str, Any] | None = None,
+        max_gap: int = 64_000,
+        max_block: int = 16_000_000,
+        max_concurrency: int = 64,
+        retries: int = 3,
+        backoff: float = 0.05,
+        check_url: Any = None,
+    ) -> None:
+        self.options = {k: dict(v) for k, v in (options or {}).items()}
+        self.filesystems = dict(filesystems or {})
+        self.max_gap = max_gap
+        self.max_block = max_block
+        self.max_concurrency = max_concurrency
+        self.retries = retries
+        self.backoff = backoff
+        self.check_url = check_url or (lambda url: None)
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_states"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._states = weakref.WeakKeyDictionary()
+
+    # -- per-loop state -------------------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState(semaphore=asyncio.Semaphore(self.max_concurrency))
+        return state
+
+    def _target(self, protocol: str) -> Any:
+        state = self._state()
+        target = state.targets.get(protocol)
+        if target is None:
+            opts = self.options.get(protocol, {})
+            given = self.filesystems.get(protocol)
+            if given is None and protocol == "file" and not opts:
+                target = LocalTarget()
+            elif given is None and protocol in ("http", "https"):
+                target = HTTPTarget(opts, self.check_url)
+            else:
+                target = FsspecTarget(protocol, opts, given)
+            state.targets[protocol] = target
+        return target
+
+    async def close(self) -> None:
+        """Close the sessions and files opened in the running loop."""
+        state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            for target in state.targets.values():
+                await target.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def get(self, url: str, start: int, end: int | None, exact: bool = False) -> bytes:
+        """Read ``[start, end)`` of *url*, batched with other requests of this tick.
+
+        Parameters
+        ----------
+        exact
+            If True, fewer bytes than ``end - start`` raise :class:`ShortRead`
+            (a reference promising bytes the target does not have).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the object does not exist.
+        OSError
+            For any other failure, after retries of transient ones.
+        """
+        state = self._state()
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        state.pending.append(((url, start, end), exact, fut))
+        if not state.scheduled:
+            state.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, state)
+        return await fut
+
+    def _flush(self, state: _LoopState) -> None:
+        batch, state.pending, state.scheduled = state.pending, [], False
+        requests = [r for r, _, _ in batch]
+        task = asyncio.ensure_future(self.get_many(requests, exact=[e for _, e, _ in batch]))
+
+        def deliver(t: asyncio.Task[list[bytes | BaseException]]) -> None:
+            if t.cancelled():
+                results: list[Any] = [asyncio.CancelledError()] * len(batch)
+            elif t.exception() is not None:
+                results = [t.exception()] * len(batch)
+            else:
+                results = t.result()
+            for (_, _, fut), res in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+        task.add_done_callback(deliver)
+
+    async def get_many(
+        self, requests: Sequence[Request], exact: Sequence[bool] | bool = False
+    ) -> list[bytes | BaseException]:
+        """Read many ranges at once; return bytes or the exception for each, in order.
+
+        Ranges of one URL are merged into spans; each span is one read.
+        """
+        flags = [exact] * len(requests) if isinstance(exact, bool) else list(exact)
+        by_url: dict[str, list[int]] = {}
+        for i, (url, _, _) in enumerate(requests):
+            by_url.setdefault(url, []).append(i)
+        results: list[bytes | BaseException] = [b""] * len(requests)
+        jobs = []
+        for url, idx in by_url.items():
+            spans = merge_ranges([requests[i][1:] for i in idx], self.max_gap, self.max_block)
+            protocol = split_url(url)[0]
+            # local reads of one file share a worker thread; remote spans go out concurrently
+            groups = [spans] if isinstance(self._target(protocol), LocalTarget) else [[sp] for sp in spans]
+            for group in groups:
+                jobs.append(self._read_group(url, group, idx, requests, flags, results))
+        await asyncio.gather(*jobs)
+        return results
+
+    async def _read_group(
+        self,
+        url: str,
+        spans: list[Span],
+        idx: list[int],
+        requests: Sequence[Request],
+        flags: Sequence[bool],
+        results: list[bytes | BaseException],
+    ) -> None:
+        try:
+            datas = await self._read_retrying(url, [(sp.start, sp.end) for sp in spans])
+        except Exception as exc:  # noqa: BLE001 - every member gets the failure
+            for sp in spans:
+                for m in sp.members:
+                    results[idx[m]] = exc
+            return
+        for sp, data in zip(spans, datas):
+            for m in sp.members:
+                i = idx[m]
+                _, s, e = requests[i]
+                piece = cut(data, sp.start, s, e)
+                if flags[i] and e is not None and len(piece) != e - s:
+                    results[i] = ShortRead(
+                        f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}"
+                    )
+                else:
+                    results[i] = piece
+
+    async def _read_retrying(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        protocol, rest = split_url(url)
+        target = self._target(protocol)
+        path = rest if isinstance(target, LocalTarget) else url
+        state = self._state()
+        assert state.semaphore is not None
+        for attempt in range(self.retries + 1):
+            try:
+                async with state.semaphore:
+                    return await target.read(path, spans)
+            except TransientError:
+                if attempt == self.retries:
+                    raise
+            except (ConnectionError, asyncio.TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(self.backoff * (2**attempt))
+        raise AssertionError("unreachable")
+
+    async def size(self, url: str) -> int:
+        """Size in bytes of the object at *url*."""
+        protocol, rest = split_url(url)
+        target = self._target(protocol)
+        return await target.size(rest if isinstance(target, LocalTarget) else url)

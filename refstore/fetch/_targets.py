@@ -1,0 +1,211 @@
+"""Targets: the per-protocol readers of byte spans (local pread, aiohttp, any fsspec filesystem).
+
+A target reads ``[start, end)`` of one object and raises ``FileNotFoundError``
+for a missing object, :class:`TransientError` for what a retry may cure, and
+any other ``OSError`` for the rest. Targets are created inside the event loop
+that uses them, since aiohttp and fsspec sessions belong to one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import aiohttp
+import fsspec
+from fsspec.asyn import AsyncFileSystem
+
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_MAX_REDIRECTS = 5
+
+
+class TransientError(OSError):
+    """A failure a retry may cure (HTTP 5xx/429, a dropped connection, a timeout)."""
+
+
+class LocalTarget:
+    """Positional reads of local files, keeping a small LRU of open descriptors.
+
+    Each batch of spans of one file is read in one worker thread, so a merged
+    or batched read costs one thread hop, not one per chunk.
+    """
+
+    def __init__(self, max_open: int = 128) -> None:
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max_open = max_open
+
+    def _fd(self, path: str) -> int:
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is not None:
+                self._fds.move_to_end(path)
+                return fd
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        with self._lock:
+            if path in self._fds:  # another thread opened it meanwhile
+                os.close(fd)
+                return self._fds[path]
+            self._fds[path] = fd
+            while len(self._fds) > self._max_open:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+        return fd
+
+    def _read_sync(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        fd = self._fd(path)
+        out = []
+        for start, end in spans:
+            size = (os.fstat(fd).st_size - start) if end is None else end - start
+            out.append(os.pread(fd, max(size, 0), start) if size > 0 else b"")
+        return out
+
+    async def read(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        return await asyncio.to_thread(self._read_sync, path, spans)
+
+    async def size(self, path: str) -> int:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+
+    async def close(self) -> None:
+        with self._lock:
+            fds, self._fds = list(self._fds.values()), OrderedDict()
+        for fd in fds:
+            os.close(fd)
+
+
+class HTTPTarget:
+    """HTTP(S) range GETs over one aiohttp session.
+
+    Redirects are followed by hand so each hop can be checked against the URL
+    policy (``check_url``).
+    """
+
+    def __init__(self, options: Mapping[str, Any], check_url: Callable[[str], None]) -> None:
+        opts = dict(options)
+        self._headers = dict(opts.pop("headers", {}) or {})
+        client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
+        self._headers.update(client_kwargs.pop("headers", {}) or {})
+        timeout = client_kwargs.pop("timeout", None) or aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=30)
+        self._session = aiohttp.ClientSession(timeout=timeout, **client_kwargs)
+        self._check_url = check_url
+
+    async def _get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
+        for _ in range(_MAX_REDIRECTS + 1):
+            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
+                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
+                    url = str(resp.url.join(aiohttp.client.URL(resp.headers["Location"])))
+                    self._check_url(url)
+                    continue
+                return resp.status, await resp.read(), resp.headers
+        raise OSError(f"too many redirects for {url}")
+
+    async def read_one(self, url: str, start: int, end: int | None) -> bytes:
+        headers = dict(self._headers)
+        if start or end is not None:
+            headers["Range"] = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+        if end is not None and end <= start:
+            return b""
+        try:
+            status, body, resp_headers = await self._get(url, headers)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        if status == 206:
+            return body
+        if status == 200:
+            # the server ignored Range: cut the span out of the whole body
+            return body[start:] if end is None else body[start:end]
+        if status == 416:
+            return b""
+        if status in (404, 410):
+            raise FileNotFoundError(f"HTTP {status} for {url}")
+        if status in _TRANSIENT_STATUS:
+            raise TransientError(f"HTTP {status} for {url}")
+        raise OSError(f"HTTP {status} for {url}")
+
+    async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        return list(await asyncio.gather(*(self.read_one(url, s, e) for s, e in spans)))
+
+    async def size(self, url: str) -> int:
+        async with self._session.head(url, headers=self._headers, allow_redirects=True) as resp:
+            if resp.status in (404, 410):
+                raise FileNotFoundError(f"HTTP {resp.status} for {url}")
+            if resp.status >= 400 or "Content-Length" not in resp.headers:
+                return len(await self.read_one(url, 0, None))
+            return int(resp.headers["Content-Length"])
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class FsspecTarget:
+    """Any fsspec filesystem: async ones are awaited in this loop, sync ones run in threads.
+
+    Parameters
+    ----------
+    fs
+        A filesystem instance given by the user, or None to build one for
+        *protocol* with *options* inside the running loop.
+    """
+
+    def __init__(self, protocol: str, options: Mapping[str, Any], fs: Any = None) -> None:
+        self.protocol = protocol
+        self._given = fs
+        self._options = dict(options)
+        self._fs: Any = None
+        self._native = False  # True when awaiting fs's coroutines in this loop is safe
+
+    async def _ensure(self) -> Any:
+        if self._fs is not None:
+            return self._fs
+        fs = self._given
+        if fs is None:
+            cls = fsspec.get_filesystem_class(self.protocol)
+            if issubclass(cls, AsyncFileSystem):
+                opts = {**self._options, "asynchronous": True, "skip_instance_cache": True}
+                opts.setdefault("loop", asyncio.get_running_loop())
+                fs = cls(**opts)
+                if hasattr(fs, "set_session"):
+                    await fs.set_session()
+                self._native = True
+            else:
+                fs = cls(**self._options)
+        elif isinstance(fs, AsyncFileSystem) and getattr(fs, "asynchronous", False):
+            self._native = getattr(fs, "_loop", None) in (None, asyncio.get_running_loop())
+        self._fs = fs
+        return fs
+
+    def _full(self, fs: Any, url: str) -> str:
+        return fs._strip_protocol(url) if "://" in url else url
+
+    async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        fs = await self._ensure()
+        path = self._full(fs, url)
+        if self._native:
+            return list(await asyncio.gather(*(fs._cat_file(path, start=s, end=e) for s, e in spans)))
+        return await asyncio.to_thread(
+            lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
+        )
+
+    async def size(self, url: str) -> int:
+        fs = await self._ensure()
+        path = self._full(fs, url)
+        if self._native:
+            return int((await fs._info(path))["size"])
+        return int((await asyncio.to_thread(fs.info, path))["size"])
+
+    async def close(self) -> None:
+        fs, self._fs = self._fs, None
+        if fs is not None and self._given is None and self._native:
+            session = getattr(fs, "_session", None)
+            closer = getattr(session, "close", None)
+            if closer is not None:
+                try:
+                    result = closer()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:  # closing is best effort  # noqa: BLE001
+                    pass

@@ -1,0 +1,367 @@
+"""ReferenceFileSystem: a drop-in for fsspec's ``reference://`` filesystem, sync and async."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from fsspec.asyn import AsyncFileSystem
+from fsspec.spec import AbstractBufferedFile
+
+from refstore._reader import Reader
+from refstore.errors import KeyNotInManifest
+from refstore.manifest import Manifest, Reference
+
+_HANDLES: weakref.WeakValueDictionary[str, Manifest] = weakref.WeakValueDictionary()
+_HANDLE_KEY = "refstore_manifest_handle"
+
+
+class ReferenceFileSystem(AsyncFileSystem):
+    """A read-only view of a reference manifest as a filesystem.
+
+    Accepts the constructor arguments of
+    ``fsspec.implementations.reference.ReferenceFileSystem`` and behaves the
+    same, with these differences: the target filesystems are managed per
+    event loop, so one instance works synchronously, asynchronously and under
+    zarr 3 whatever ``asynchronous`` was; ranges are merged on the async path
+    too; failures of a target keep their cause; pickling and zarr's
+    re-instantiation reuse the parsed manifest.
+
+    Parameters
+    ----------
+    fo
+        The manifest: a :class:`refstore.Manifest`, a kerchunk reference dict
+        (v0 or v1), or the path/URL of JSON (optionally ``.gz``/``.zst``) or
+        parquet references.
+    target
+        URL for references whose URL is null.
+    target_protocol, target_options
+        How to read *fo* when it is a path or URL (``ref_storage_args`` is an
+        old alias of ``target_options``).
+    remote_protocol, remote_options
+        Protocol for reference URLs that name none, and the options for the
+        remote filesystem (with no ``remote_protocol``, every protocol found
+        in the manifest gets ``remote_options``).
+    fs
+        A filesystem instance, or a dict ``{protocol: instance or options}``,
+        to read targets with.
+    template_overrides
+        Replace or add v1 templates.
+    simple_templates
+        Accepted for compatibility: refstore always expands templates without
+        a template engine, and expands ``gen`` safely.
+    max_gap, max_block
+        Range merging: the largest gap read through to join two ranges of one
+        URL (negative disables merging), and the largest merged read.
+    cache_size
+        Parquet partitions kept in memory.
+    max_concurrency, retries
+        Reads in flight per event loop; retries of transient failures.
+    url_policy
+        A :class:`refstore.URLPolicy`; by default a manifest read from a
+        remote URL may not read local files.
+    **kwargs
+        ``asynchronous``, ``loop`` and the other AsyncFileSystem arguments.
+
+    Raises
+    ------
+    refstore.ManifestError
+        If the manifest is malformed (naming the key).
+    """
+
+    protocol = ("reference", "refstore")
+    root_marker = ""
+    cachable = False  # tokenising a large reference dict costs more than parsing it
+
+    def __init__(
+        self,
+        fo: Any,
+        target: str | None = None,
+        ref_storage_args: Mapping[str, Any] | None = None,
+        target_protocol: str | None = None,
+        target_options: Mapping[str, Any] | None = None,
+        remote_protocol: str | None = None,
+        remote_options: Mapping[str, Any] | None = None,
+        fs: Any = None,
+        template_overrides: Mapping[str, str] | None = None,
+        simple_templates: bool = True,
+        max_gap: int = 64_000,
+        max_block: int = 256_000_000,
+        cache_size: int = 128,
+        max_concurrency: int = 64,
+        retries: int = 3,
+        url_policy: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**{k: v for k, v in kwargs.items() if k in ("asynchronous", "loop", "batch_size")})
+        if isinstance(fo, Mapping) and set(fo) >= {_HANDLE_KEY}:
+            fo = _from_handle(fo)
+        self._reader = Reader(
+            fo,
+            target=target,
+            target_protocol=target_protocol,
+            target_options=target_options or ref_storage_args,
+            remote_protocol=remote_protocol,
+            remote_options=remote_options,
+            fs=fs,
+            template_overrides=template_overrides,
+            max_gap=max_gap,
+            max_block=max_block,
+            max_concurrency=max_concurrency,
+            retries=retries,
+            cache_size=cache_size,
+            url_policy=url_policy,
+        )
+        self.target = target
+        self.max_gap = max_gap
+        self.max_block = max_block
+
+    # -- identity: rebuilds and pickles reuse the parsed manifest --------------------------------
+
+    @property
+    def manifest(self) -> Manifest:
+        """The :class:`refstore.Manifest` this filesystem reads (edits through ``pipe`` land here)."""
+        return self._reader.manifest
+
+    @property
+    def storage_args(self) -> tuple[Any, ...]:
+        return ()
+
+    @storage_args.setter
+    def storage_args(self, value: tuple[Any, ...]) -> None:
+        pass  # fo is reported through storage_options as the parsed Manifest
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return {**self._storage_options, "fo": self.manifest}
+
+    @storage_options.setter
+    def storage_options(self, value: dict[str, Any]) -> None:
+        drop = ("fo", "target_protocol", "target_options", "ref_storage_args", "template_overrides")
+        self._storage_options = {k: v for k, v in value.items() if k not in drop}
+
+    def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
+        """A JSON-safe description; the manifest is passed by an in-process handle.
+
+        zarr 3.1 re-creates filesystems from this (``to_json``/``from_json``);
+        the handle lets it reuse the parsed manifest instead of parsing again.
+        When the handle is gone (another process), the manifest's source URL
+        is opened again.
+        """
+        handle = getattr(self.manifest, "_handle", None)
+        if handle is None:
+            handle = self.manifest._handle = uuid.uuid4().hex  # type: ignore[attr-defined]
+            _HANDLES[handle] = self.manifest
+        opts = {k: v for k, v in self._storage_options.items() if k != "fs" or isinstance(v, (dict, type(None)))}
+        if not include_password:
+            opts.pop("password", None)
+        from fsspec.json import FilesystemJSONEncoder
+
+        return dict(
+            cls=f"{type(self).__module__}:{type(self).__name__}",
+            protocol="reference",
+            args=[],
+            fo={_HANDLE_KEY: handle, "source": self.manifest.source},
+            **FilesystemJSONEncoder().make_serializable(opts),
+        )
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        for proto in cls.protocol:
+            if path.startswith(proto + "://"):
+                path = path[len(proto) + 3 :]
+                break
+        return path.strip("/")
+
+    async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        return await self._reader.read(self._strip_protocol(path), start, end)
+
+    async def _cat_ranges(
+        self,
+        paths: list[str],
+        starts: list[int | None] | int | None,
+        ends: list[int | None] | int | None,
+        max_gap: int | None = None,
+        on_error: str = "return",
+        **kwargs: Any,
+    ) -> list[bytes | BaseException]:
+        n = len(paths)
+        starts = starts if isinstance(starts, list) else [starts] * n
+        ends = ends if isinstance(ends, list) else [ends] * n
+        if len(starts) != n or len(ends) != n:
+            raise ValueError("paths, starts and ends must have the same length")
+        keys = [self._strip_protocol(p) for p in paths]
+        results = await self._reader.read_many(list(zip(keys, starts, ends)))
+        if on_error == "raise":
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+        return results
+
+    async def _cat(self, path: Any, recursive: bool = False, on_error: str = "raise", batch_size: int | None = None, **kwargs: Any) -> Any:
+        paths = await self._expand_path(path, recursive=recursive)
+        keys = [p for p in paths if not await self._isdir(p)] if recursive or isinstance(path, list) or _has_magic(path) else paths
+        results = await self._reader.read_many([(k, None, None) for k in keys])
+        if on_error == "raise":
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+        out = {k: r for k, r in zip(keys, results) if not (on_error == "omit" and isinstance(r, BaseException))}
+        if len(paths) > 1 or isinstance(path, list) or paths[0] != self._strip_protocol(path):
+            return out
+        return results[0]
+
+    def cat(self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:
+        # the mirrored sync method is replaced so its signature matches fsspec's
+        from fsspec.asyn import sync
+
+        return sync(self.loop, self._cat, path, recursive=recursive, on_error=on_error, **kwargs)
+
+    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        key = self._strip_protocol(path)
+        entry = self.manifest.get(key) if key else None
+        if entry is not None:
+            size = await self._reader.size(key) if isinstance(entry, Reference) and entry.length is None else (
+                len(entry) if isinstance(entry, bytes) else entry.length
+            )
+            return {"name": key, "size": size, "type": "file"}
+        files, dirs = self.manifest.list_dir(key)
+        if files or dirs or not key:
+            return {"name": key, "size": 0, "type": "directory"}
+        raise FileNotFoundError(key)
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        key = self._strip_protocol(path)
+        entry = self.manifest.get(key) if key else None
+        if entry is not None:
+            out = [self._file_info(key, entry)]
+        else:
+            files, dirs = self.manifest.list_dir(key)
+            if not files and not dirs and key:
+                raise FileNotFoundError(key)
+            base = f"{key}/" if key else ""
+            out = [{"name": base + d, "size": 0, "type": "directory"} for d in dirs]
+            for name in files:
+                out.append(self._file_info(base + name, self.manifest.get(base + name)))
+            out.sort(key=lambda e: e["name"])
+        return out if detail else [e["name"] for e in out]
+
+    @staticmethod
+    def _file_info(key: str, entry: Any) -> dict[str, Any]:
+        if isinstance(entry, bytes):
+            size: int | None = len(entry)
+        else:
+            size = entry.length  # None for a whole-object reference, as in fsspec
+        return {"name": key, "size": size, "type": "file"}
+
+    async def _find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False, **kwargs: Any) -> Any:
+        key = self._strip_protocol(path)
+        base = f"{key}/" if key else ""
+        out: dict[str, dict[str, Any]] = {}
+        entry = self.manifest.get(key) if key else None
+        if entry is not None:
+            out[key] = self._file_info(key, entry)
+        for k in self.manifest.keys():
+            if not k.startswith(base):
+                continue
+            rel = k[len(base) :].split("/")
+            if maxdepth is not None and len(rel) > maxdepth:
+                continue
+            out[k] = self._file_info(k, self.manifest.get(k))
+            if withdirs:
+                for depth in range(1, len(rel)):
+                    d = base + "/".join(rel[:depth])
+                    out.setdefault(d, {"name": d, "size": 0, "type": "directory"})
+        if withdirs and key and out and key not in out:
+            out[key] = {"name": key, "size": 0, "type": "directory"}
+        names = sorted(out)
+        return {n: out[n] for n in names} if detail else names
+
+    async def _get_file(self, rpath: str, lpath: str, **kwargs: Any) -> None:
+        if os.path.isdir(lpath):
+            return
+        data = await self._cat_file(rpath)
+        parent = os.path.dirname(lpath)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with open(lpath, "wb") as f:
+            f.write(data)
+
+    # -- in-memory edits -------------------------------------------------------------------------
+
+    async def _pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
+        data = value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)
+        key = self._strip_protocol(path)
+        if mode == "create" and key in self.manifest:
+            raise FileExistsError(key)
+        self.manifest.set(key, data)
+
+    async def _rm_file(self, path: str, **kwargs: Any) -> None:
+        try:
+            self.manifest.delete(self._strip_protocol(path))
+        except KeyNotInManifest:
+            raise FileNotFoundError(path) from None
+
+    async def _put_file(self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any) -> None:
+        with open(lpath, "rb") as f:
+            await self._pipe_file(rpath, f.read(), mode=mode)
+
+    def save_json(self, url: str, **storage_options: Any) -> None:
+        """Write the (possibly edited) manifest as kerchunk JSON to *url*."""
+        self.manifest.save(url, storage_options=storage_options)
+
+    @property
+    def references(self) -> dict[str, Any]:
+        """The manifest as a kerchunk ``refs`` dict (a copy; edit with ``pipe``/``rm``)."""
+        from refstore.manifest._kerchunk import to_refs
+
+        return to_refs(self.manifest)
+
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None, cache_options: Any = None, **kwargs: Any) -> Any:
+        if mode != "rb":
+            raise NotImplementedError("ReferenceFileSystem is read-only; edit with pipe()")
+        key = self._strip_protocol(path)
+        entry = self.manifest.get(key)
+        if entry is None:
+            raise FileNotFoundError(key)
+        if isinstance(entry, bytes):
+            return io.BytesIO(entry)
+        return _ReferenceFile(self, key, block_size=block_size or 5 * 2**20, cache_options=cache_options, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<refstore.ReferenceFileSystem {self.manifest!r}>"
+
+
+class _ReferenceFile(AbstractBufferedFile):
+    """A read-only file over one reference, reading ranges on demand."""
+
+    def __init__(self, fs: ReferenceFileSystem, path: str, **kwargs: Any) -> None:
+        super().__init__(fs, path, mode="rb", **kwargs)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.fs.cat_file(self.path, start=start, end=end)
+
+
+def _has_magic(path: Any) -> bool:
+    return isinstance(path, str) and any(c in path for c in "*?[")
+
+
+def _from_handle(fo: Mapping[str, Any]) -> Any:
+    manifest = _HANDLES.get(fo[_HANDLE_KEY])
+    if manifest is not None:
+        return manifest
+    if fo.get("source"):
+        return fo["source"]
+    raise ValueError(
+        "this ReferenceFileSystem description refers to an in-memory manifest of another "
+        "process; pickle the filesystem instead of serialising it to JSON"
+    )

@@ -1,0 +1,154 @@
+"""Opening and saving manifests: dicts, local paths and fsspec URLs; JSON (plain, gzip, zstd) or parquet."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import ujson
+
+from refstore.errors import ManifestError
+
+if TYPE_CHECKING:
+    from refstore.manifest._model import Manifest
+
+_PARQUET_SUFFIXES = (".parq", ".parquet", ".parq/", ".parquet/")
+
+
+def _decompress(data: bytes, url: str, compression: str | None) -> bytes:
+    if compression == "gzip" or (compression is None and data[:2] == b"\x1f\x8b"):
+        return gzip.decompress(data)
+    if compression == "zstd" or (compression is None and data[:4] == b"\x28\xb5\x2f\xfd"):
+        from numcodecs import Zstd  # zarr depends on numcodecs
+
+        return bytes(Zstd().decode(data))
+    if compression not in (None, "infer"):
+        raise ManifestError(f"manifest {url!r}: unsupported compression {compression!r}")
+    return data
+
+
+def _fs_for(url: str, target_protocol: str | None, target_options: Mapping[str, Any] | None):
+    options = dict(target_options or {})
+    compression = options.pop("compression", None)
+    if target_protocol:
+        fs = fsspec.filesystem(target_protocol, **options)
+        path = fs._strip_protocol(url)
+    else:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path, compression
+
+
+def is_remote(url: str, target_protocol: str | None = None) -> bool:
+    """True if *url* (read with *target_protocol*) is not on the local filesystem."""
+    protocol = target_protocol or (url.split("://", 1)[0] if "://" in url else "file")
+    if "::" in url:
+        protocol = url.split("::")[-1].split("://", 1)[0] if "://" in url.split("::")[-1] else "file"
+    return protocol not in ("file", "local")
+
+
+def open_manifest(
+    fo: Any,
+    *,
+    target_protocol: str | None = None,
+    target_options: Mapping[str, Any] | None = None,
+    template_overrides: Mapping[str, str] | None = None,
+    cache_size: int = 128,
+) -> Manifest:
+    """Open a manifest.
+
+    Parameters
+    ----------
+    fo
+        A :class:`Manifest` (returned as is), a kerchunk reference dict, or a
+        path/URL of a JSON file (``.json``, ``.json.gz``, ``.json.zst``;
+        compression is also detected from the bytes) or of a parquet reference
+        directory.
+    target_protocol, target_options
+        How to read *fo* when it is a URL (as in fsspec's ReferenceFileSystem;
+        ``target_options["compression"]`` may name ``gzip`` or ``zstd``).
+    template_overrides
+        Replace or add v1 templates.
+    cache_size
+        Parquet partitions kept in memory.
+
+    Raises
+    ------
+    FileNotFoundError
+        If *fo* names a missing file.
+    ManifestError
+        If the content is malformed.
+    """
+    from refstore.manifest._model import Manifest
+
+    if isinstance(fo, Manifest):
+        return fo
+    if isinstance(fo, Mapping):
+        return Manifest.from_dict(fo, template_overrides=template_overrides)
+    if isinstance(fo, os.PathLike):
+        fo = os.fspath(fo)
+    if not isinstance(fo, str):
+        raise ManifestError(f"cannot open a manifest from {type(fo).__name__}; pass a dict, path or URL")
+    fs, path, compression = _fs_for(fo, target_protocol, target_options)
+    if path.rstrip("/").endswith(_PARQUET_SUFFIXES) or (
+        not path.endswith((".json", ".gz", ".zst")) and fs.isdir(path)
+    ):
+        from refstore.manifest._parquet import read_parquet
+
+        manifest = read_parquet(fs, path.rstrip("/"), cache_size=cache_size)
+    else:
+        data = _decompress(fs.cat_file(path), fo, compression)
+        try:
+            refs = ujson.loads(data)
+        except ValueError as exc:
+            raise ManifestError(f"manifest {fo!r} is not valid JSON: {exc}") from None
+        del data
+        manifest = Manifest.from_dict(refs, template_overrides=template_overrides)
+    manifest.source = fo
+    manifest.source_is_remote = is_remote(fo, target_protocol)
+    return manifest
+
+
+def save_manifest(
+    manifest: Manifest,
+    path: str,
+    *,
+    format: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    record_size: int = 10_000,
+) -> None:
+    """Write *manifest* to *path*.
+
+    Parameters
+    ----------
+    path
+        Local path or fsspec URL. ``.json`` writes plain JSON, ``.json.gz`` gzip,
+        ``.json.zst`` zstd; a ``.parq``/``.parquet`` path writes a parquet
+        reference directory (as fsspec's LazyReferenceMapper does).
+    format
+        ``"json"`` or ``"parquet"``, overriding the suffix.
+    record_size
+        References per parquet file.
+    """
+    fmt = format or ("parquet" if path.rstrip("/").endswith(_PARQUET_SUFFIXES) else "json")
+    fs, fpath = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+    if fmt == "parquet":
+        from refstore.manifest._parquet import write_parquet
+
+        write_parquet(manifest, fs, fpath.rstrip("/"), record_size=record_size)
+        return
+    if fmt != "json":
+        raise ValueError(f"unknown manifest format {fmt!r}; use 'json' or 'parquet'")
+    data = ujson.dumps(manifest.to_dict(), escape_forward_slashes=False).encode()
+    if fpath.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6)
+    elif fpath.endswith(".zst"):
+        from numcodecs import Zstd
+
+        data = bytes(Zstd(level=3).encode(data))
+    parent = os.path.dirname(fpath)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(fpath, data)

@@ -1,0 +1,243 @@
+"""Kerchunk reference dicts (spec versions 0 and 1) to and from :class:`Manifest`.
+
+Reading is columnar: for each array described by metadata in the reference
+set, the expected chunk keys are generated in blocks, looked up in the dict,
+and whole blocks of ``[url, offset, length]`` lists are turned into integer
+columns at C speed. Entries that fit no array grid are kept individually.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import ujson
+
+from refstore.errors import ManifestError
+from refstore.manifest._table import WHOLE, ChunkTable
+from refstore.manifest._templates import expand_gen, render, resolve_templates
+
+if TYPE_CHECKING:
+    from refstore.manifest._model import Manifest
+
+_BLOCK = 1 << 16
+_META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+
+
+def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None, int, int]:
+    """Interpret one kerchunk value.
+
+    Returns
+    -------
+    bytes or tuple
+        Inline bytes, or ``(url, offset, length)`` with ``length == WHOLE`` for
+        a whole-object reference.
+
+    Raises
+    ------
+    ManifestError
+        Naming *key*, when the value has an unsupported shape or type.
+    """
+    if isinstance(value, str):
+        if value.startswith("base64:"):
+            try:
+                return base64.b64decode(value[7:], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ManifestError(f"key {key!r}: invalid base64 data ({exc})") from None
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, dict):
+        return ujson.dumps(value).encode()
+    if isinstance(value, (list, tuple)):
+        if len(value) not in (1, 3):
+            raise ManifestError(
+                f"key {key!r}: a reference is [url] or [url, offset, length], got {len(value)} items"
+            )
+        url = value[0]
+        if url is not None and not isinstance(url, str):
+            raise ManifestError(f"key {key!r}: url must be text or null, got {type(url).__name__}")
+        if url is not None:
+            url = expand(url, key)
+        if len(value) == 1:
+            return (url, 0, WHOLE)
+        offset, length = value[1], value[2]
+        for name, n in (("offset", offset), ("length", length)):
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ManifestError(f"key {key!r}: {name} must be an integer >= 0, got {n!r}")
+        return (url, offset, length)
+    raise ManifestError(
+        f"key {key!r}: unsupported value of type {type(value).__name__}; expected text, "
+        "base64:, a JSON object, [url] or [url, offset, length]"
+    )
+
+
+def _make_expander(templates: Mapping[str, str]) -> Any:
+    cache: dict[str, str] = {}
+
+    def expand(url: str, key: str) -> str:
+        if "{{" not in url:
+            return url
+        out = cache.get(url)
+        if out is None:
+            out = cache[url] = render(url, templates, f"key {key!r}", expressions=False)
+        return out
+
+    return expand
+
+
+def ingest(
+    manifest: Manifest, refs: Mapping[str, Any], template_overrides: Mapping[str, str] | None
+) -> None:
+    """Load a kerchunk reference dict into an empty *manifest*.
+
+    Raises
+    ------
+    ManifestError
+        For an unknown version or a malformed entry (the message names the key).
+    """
+    if not isinstance(refs, Mapping):
+        raise ManifestError(f"references must be a mapping, got {type(refs).__name__}")
+    version = refs.get("version")
+    if version is None:
+        body: Mapping[str, Any] = refs
+        templates: dict[str, str] = resolve_templates({}, template_overrides)
+        gens: list[Any] = []
+    elif version == 1:
+        body = refs.get("refs") or {}
+        raw_templates = refs.get("templates") or {}
+        if not isinstance(body, Mapping) or not isinstance(raw_templates, Mapping):
+            raise ManifestError("version 1 references need 'refs' and 'templates' to be objects")
+        templates = resolve_templates(raw_templates, template_overrides)
+        gens = refs.get("gen") or []
+        if not isinstance(gens, list):
+            raise ManifestError("'gen' must be a list of generator entries")
+    else:
+        raise ManifestError(f"unknown reference spec version {version!r}; refstore reads 0 and 1")
+
+    expand = _make_expander(templates)
+    meta_keys = [k for k in body if isinstance(k, str) and k.endswith(_META_SUFFIXES)]
+    for key in meta_keys:
+        value = decode_value(key, body[key], expand)
+        if not isinstance(value, bytes):
+            raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
+        manifest.set(key, value)
+
+    placed = len(meta_keys)
+    # generous sparseness bound: tabulate arrays unless columns would dwarf the references
+    for table in list(manifest._tables.values()):
+        if table.layout.size > 4 * len(body) + (1 << 20):
+            del manifest._tables[table.layout.prefix]
+            continue
+        placed += _fill_table(manifest, table, body, expand)
+    manifest._add_table  # noqa: B018 (tables are registered already)
+    manifest._heads = {(t.layout.head, t.layout.slashes): t for t in manifest._tables.values()}
+    manifest._slash_counts = tuple(sorted({s for _, s in manifest._heads}))
+
+    if placed < len(body):
+        meta = set(meta_keys)
+        for key, value in body.items():
+            if key in meta:
+                continue
+            if not isinstance(key, str):
+                raise ManifestError(f"manifest key {key!r} is not text")
+            if manifest._locate(key) is not None and key in manifest:
+                continue
+            _place(manifest, key, decode_value(key, value, expand))
+
+    for key, url, offset, length in expand_gen(gens, templates):
+        _place(manifest, key, (url, offset if offset is not None else 0, WHOLE if length is None else length))
+
+
+def _place(manifest: Manifest, key: str, entry: bytes | tuple[str | None, int, int]) -> None:
+    from refstore.manifest._model import Reference
+
+    if isinstance(entry, bytes):
+        manifest.set(key, entry)
+    else:
+        url, offset, length = entry
+        manifest.set(key, Reference(url, offset, None if length == WHOLE else length))
+
+
+def _fill_table(manifest: Manifest, table: ChunkTable, body: Mapping[str, Any], expand: Any) -> int:
+    """Move every reference of *table*'s grid from *body* into the table; return how many."""
+    layout = table.layout
+    placed = 0
+    get = body.get
+    for start in range(0, layout.size, _BLOCK):
+        keys = list(layout.iter_keys(start, start + _BLOCK))
+        vals = list(map(get, keys))
+        if set(map(type, vals)) == {list} and set(map(len, vals)) == {3}:
+            if _fill_fast(manifest, table, start, keys, vals, expand):
+                placed += len(vals)
+                continue
+        for j, value in enumerate(vals):
+            if value is None:
+                continue
+            entry = decode_value(keys[j], value, expand)
+            if isinstance(entry, bytes):
+                manifest._inline[keys[j]] = entry
+            else:
+                table.assign(start + j, manifest.url_id(entry[0]), entry[1], entry[2])
+            placed += 1
+    return placed
+
+
+def _fill_fast(
+    manifest: Manifest, table: ChunkTable, start: int, keys: list[str], vals: list[list[Any]], expand: Any
+) -> bool:
+    """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
+    urls, offsets, lengths = zip(*vals)
+    ids = dict.fromkeys(urls)
+    for url in ids:
+        if url is not None and not isinstance(url, str):
+            return False
+        ids[url] = manifest.url_id(None if url is None else expand(url, keys[urls.index(url)]))
+    try:
+        off = np.array(offsets, dtype=np.int64)
+        ln = np.array(lengths, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if off.dtype.kind != "i" or (off < 0).any() or (ln < 0).any():
+        return False
+    if any(type(o) is not int for o in (offsets[0], lengths[0])):
+        # np.array accepts floats and bools; the checked path names the bad key
+        if not all(type(o) is int for o in offsets + lengths):
+            return False
+    n = len(vals)
+    sl = slice(start, start + n)
+    table.count += n - int((table.url_id[sl] != -1).sum())
+    table.url_id[sl] = np.fromiter(map(ids.__getitem__, urls), dtype=np.int32, count=n)
+    table.offset[sl] = off
+    table.length[sl] = ln
+    return True
+
+
+def encode_inline(data: bytes) -> str:
+    """Kerchunk's text form of inline bytes: UTF-8 text where possible, else ``base64:``."""
+    if not data.startswith(b"base64:"):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return "base64:" + base64.b64encode(data).decode("ascii")
+
+
+def to_refs(manifest: Manifest) -> dict[str, Any]:
+    """Return the manifest's entries as a kerchunk ``refs`` dict."""
+    out: dict[str, Any] = {key: encode_inline(v) for key, v in manifest._inline.items()}
+    urls = manifest._urls
+    for key, (uid, offset, length) in manifest._loose.items():
+        out[key] = [urls[uid]] if length == WHOLE else [urls[uid], offset, length]
+    for table in manifest._tables.values():
+        present = table.present()
+        uids = table.url_id[present].tolist()
+        offs = table.offset[present].tolist()
+        lens = table.length[present].tolist()
+        head, suffix = table.layout.head, table.layout.suffix
+        for flat, uid, off, ln in zip(present.tolist(), uids, offs, lens):
+            out[head + suffix(flat)] = [urls[uid]] if ln == WHOLE else [urls[uid], off, ln]
+    return out

@@ -1,0 +1,374 @@
+"""The in-memory manifest: a map from zarr key to inline bytes or a byte range of a URL.
+
+Storage is compact: a URL table, per-array integer columns over the chunk grid
+(:mod:`._table`), a dict for inline data and metadata, and a small dict for
+references that fit no grid. This module knows nothing of fetching.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import ujson
+
+from refstore.errors import KeyNotInManifest, ManifestError
+from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
+
+METADATA_NAMES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+
+
+class Reference(NamedTuple):
+    """A reference to bytes of a target.
+
+    Attributes
+    ----------
+    url
+        The target URL, or None for "the default target" (kerchunk's null URL).
+    offset
+        First byte.
+    length
+        Number of bytes, or None for the whole object.
+    """
+
+    url: str | None
+    offset: int
+    length: int | None
+
+
+def is_metadata_key(key: str) -> bool:
+    """True if *key* names a zarr metadata document."""
+    return key.rpartition("/")[2] in METADATA_NAMES
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/"):
+        raise ManifestError(f"manifest key {key!r}: keys are non-empty relative paths")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ManifestError(f"manifest key {key!r}: '.', '..' and empty path parts are not allowed")
+    return key
+
+
+class Manifest:
+    """A kerchunk-compatible reference set held in compact form.
+
+    Build one with :meth:`open` (a dict, a local path or any fsspec URL of
+    JSON or parquet references) or :meth:`from_dict`. Look keys up with
+    :meth:`get`; edit with :meth:`set` and :meth:`delete`; write with
+    :meth:`save` or :meth:`to_dict`.
+
+    Entries are either ``bytes`` (inline data, including metadata documents)
+    or a :class:`Reference`.
+    """
+
+    def __init__(self) -> None:
+        self._urls: list[str | None] = []
+        self._url_ids: dict[str | None, int] = {}
+        self._inline: dict[str, bytes] = {}
+        self._loose: dict[str, tuple[int, int, int]] = {}
+        self._tables: dict[str, ChunkTable] = {}
+        self._heads: dict[tuple[str, int], ChunkTable] = {}
+        self._slash_counts: tuple[int, ...] = ()
+        self._lock = threading.Lock()
+        self.source: str | None = None
+        """Where the manifest was read from (a URL or path), if anywhere."""
+        self.source_is_remote = False
+        """True if it was read from a remote URL (the default URL policy then refuses local files)."""
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(
+        cls,
+        refs: Mapping[str, Any],
+        *,
+        template_overrides: Mapping[str, str] | None = None,
+    ) -> Manifest:
+        """Build a manifest from a kerchunk reference dict (version 0 or 1).
+
+        Raises
+        ------
+        ManifestError
+            Naming the key and the problem, for any malformed entry.
+        """
+        from refstore.manifest._kerchunk import ingest
+
+        manifest = cls()
+        ingest(manifest, refs, template_overrides)
+        return manifest
+
+    @classmethod
+    def open(cls, fo: Any, **kwargs: Any) -> Manifest:
+        """Open a manifest from a dict, a :class:`Manifest`, a local path or an fsspec URL.
+
+        See :func:`refstore.manifest.open_manifest` for the keyword arguments.
+        """
+        from refstore.manifest._io import open_manifest
+
+        return open_manifest(fo, **kwargs)
+
+    def save(self, path: str, **kwargs: Any) -> None:
+        """Write the manifest as kerchunk JSON (``.json``, ``.json.gz``, ``.json.zst``)
+        or as a parquet reference directory (``.parq``/``.parquet`` or ``format="parquet"``).
+
+        See :func:`refstore.manifest.save_manifest` for the keyword arguments.
+        """
+        from refstore.manifest._io import save_manifest
+
+        save_manifest(self, path, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the manifest as a kerchunk version 1 reference dict."""
+        from refstore.manifest._kerchunk import to_refs
+
+        return {"version": 1, "refs": to_refs(self)}
+
+    # -- the URL table ------------------------------------------------------------------
+
+    def url_id(self, url: str | None) -> int:
+        """Return the id of *url* in the URL table, adding it if new."""
+        uid = self._url_ids.get(url)
+        if uid is None:
+            uid = self._url_ids[url] = len(self._urls)
+            self._urls.append(url)
+        return uid
+
+    @property
+    def urls(self) -> list[str | None]:
+        """The distinct target URLs, in first-seen order (None is "the default target")."""
+        return list(self._urls)
+
+    # -- tables -------------------------------------------------------------------------
+
+    def _add_table(self, layout: KeyLayout) -> ChunkTable:
+        table = self._tables.get(layout.prefix)
+        if table is not None and table.layout == layout:
+            return table
+        table = ChunkTable(layout)
+        self._tables[layout.prefix] = table
+        self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
+        self._slash_counts = tuple(sorted({s for _, s in self._heads}))
+        return table
+
+    def _layout_for(self, key: str, value: bytes) -> KeyLayout | None:
+        prefix, _, name = key.rpartition("/")
+        if name not in (".zarray", "zarr.json"):
+            return None
+        try:
+            meta = ujson.loads(value)
+        except ValueError:
+            return None
+        return layout_from_metadata(prefix, name, meta) if isinstance(meta, dict) else None
+
+    def _locate(self, key: str) -> tuple[ChunkTable, int] | None:
+        for slashes in self._slash_counts:
+            parts = key.rsplit("/", slashes + 1)
+            if len(parts) == slashes + 2:
+                head, suffix = parts[0] + "/", key[len(parts[0]) + 1 :]
+            elif len(parts) == slashes + 1:
+                head, suffix = "", key  # an array at the root
+            else:
+                continue
+            table = self._heads.get((head, slashes))
+            if table is not None:
+                flat = table.layout.parse(suffix)
+                if flat >= 0:
+                    return table, flat
+        return None
+
+    # -- lookup -------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | Reference | None:
+        """Return the entry for *key*: inline ``bytes``, a :class:`Reference`, or None if absent."""
+        data = self._inline.get(key)
+        if data is not None:
+            return data
+        ref = self._loose.get(key)
+        if ref is None:
+            found = self._locate(key)
+            if found is None:
+                return None
+            ref = found[0].lookup(found[1])
+            if ref is None:
+                return None
+        uid, offset, length = ref
+        return Reference(self._urls[uid], offset, None if length == WHOLE else length)
+
+    def __getitem__(self, key: str) -> bytes | Reference:
+        entry = self.get(key)
+        if entry is None:
+            raise KeyNotInManifest(f"key {key!r} is not in the manifest")
+        return entry
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self._inline) + len(self._loose) + sum(t.count for t in self._tables.values())
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
+    def keys(self) -> Iterator[str]:
+        """Every key, metadata and inline entries first, then chunk references."""
+        yield from list(self._inline)
+        yield from list(self._loose)
+        for table in list(self._tables.values()):
+            yield from table.iter_keys()
+
+    def items(self) -> Iterator[tuple[str, bytes | Reference]]:
+        for key in self.keys():
+            entry = self.get(key)
+            if entry is not None:
+                yield key, entry
+
+    def nbytes(self) -> int:
+        """Approximate memory held by the reference columns (not counting metadata)."""
+        return sum(t.nbytes() for t in self._tables.values())
+
+    # -- edits --------------------------------------------------------------------------
+
+    def set(self, key: str, value: bytes | Reference) -> None:
+        """Add or replace one entry.
+
+        Parameters
+        ----------
+        key
+            A relative zarr key.
+        value
+            Inline bytes, or a :class:`Reference`.
+
+        Raises
+        ------
+        ManifestError
+            If the key or the reference is malformed.
+        """
+        _check_key(key)
+        with self._lock:
+            self._discard(key)
+            if isinstance(value, Reference):
+                if value.offset < 0 or (value.length is not None and value.length < 0):
+                    raise ManifestError(f"key {key!r}: offset and length must be >= 0, got {value}")
+                uid = self.url_id(value.url)
+                length = WHOLE if value.length is None else value.length
+                found = self._locate(key)
+                if found is not None:
+                    found[0].assign(found[1], uid, value.offset, length)
+                else:
+                    self._loose[key] = (uid, value.offset, length)
+                return
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ManifestError(f"key {key!r}: value must be bytes or a Reference, got {type(value).__name__}")
+            self._inline[key] = bytes(value)
+            layout = self._layout_for(key, self._inline[key])
+            if layout is not None:
+                self._adopt(layout)
+
+    def _adopt(self, layout: KeyLayout) -> None:
+        """Start a table for a newly described array, moving matching loose references into it."""
+        if layout.size > 4 * len(self._loose) + (1 << 20):
+            return  # a sparse grid: keep its keys individually rather than allocate columns
+        table = self._add_table(layout)
+        for key in [k for k in self._loose if k.startswith(layout.head)]:
+            flat = layout.parse(key[len(layout.head) :])
+            if flat >= 0:
+                table.assign(flat, *self._loose.pop(key))
+
+    def _discard(self, key: str) -> bool:
+        removed = self._inline.pop(key, None) is not None
+        removed = (self._loose.pop(key, None) is not None) or removed
+        found = self._locate(key)
+        if found is not None:
+            removed = found[0].remove(found[1]) or removed
+        return removed
+
+    def delete(self, key: str) -> None:
+        """Remove *key*.
+
+        Raises
+        ------
+        KeyNotInManifest
+            If the manifest has no such key.
+        """
+        with self._lock:
+            if not self._discard(key):
+                raise KeyNotInManifest(f"key {key!r} is not in the manifest")
+
+    # -- listing ------------------------------------------------------------------------
+
+    def list_dir(self, path: str) -> tuple[list[str], list[str]]:
+        """Return ``(files, dirs)``: the names directly under *path* (``""`` is the root).
+
+        Both lists are sorted and hold names without the *path* prefix.
+        """
+        path = path.strip("/")
+        base = f"{path}/" if path else ""
+        files: set[str] = set()
+        dirs: set[str] = set()
+
+        def place(rest: str) -> None:
+            name, slash, _ = rest.partition("/")
+            (dirs if slash else files).add(name)
+
+        for key in list(self._inline) + list(self._loose):
+            if key.startswith(base):
+                place(key[len(base) :])
+        for table in list(self._tables.values()):
+            if table.count == 0:
+                continue
+            head = table.layout.head
+            if head.startswith(base):
+                # the whole table lies below path
+                rest = head[len(base) :]
+                if rest:
+                    place(rest + "x")
+                else:
+                    self._table_children(table, "", files, dirs)
+            elif base.startswith(head):
+                self._table_children(table, base[len(head) :], files, dirs)
+        return sorted(files), sorted(dirs)
+
+    @staticmethod
+    def _table_children(table: ChunkTable, inner: str, files: set[str], dirs: set[str]) -> None:
+        """Children of ``head + inner`` inside a table's chunk keys (``inner`` ends with ``/`` or is empty)."""
+        layout = table.layout
+        present = table.present()
+        if layout.slashes == 0:
+            if inner == "":
+                files.update(layout.suffix(int(f)) for f in present)
+            return
+        parts = inner.rstrip("/").split("/") if inner else []
+        depth = len(parts)
+        if depth > layout.slashes:
+            return
+        idx = np.unravel_index(present, layout.grid)
+        mask = np.ones(len(present), dtype=bool)
+        for d, part in enumerate(parts):
+            if not part.isdigit():
+                return
+            mask &= idx[d] == int(part)
+        names = {str(int(v)) for v in np.unique(idx[depth][mask])}
+        (files if depth == layout.slashes else dirs).update(names)
+
+    def __repr__(self) -> str:
+        src = f" from {self.source!r}" if self.source else ""
+        return f"<Manifest{src}: {len(self)} keys, {len(self._urls)} urls, {len(self._tables)} arrays>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: getattr(self, k) for k in ("_urls", "_inline", "_loose", "_tables", "source", "source_is_remote")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self._urls = state["_urls"]
+        self._url_ids = {u: i for i, u in enumerate(self._urls)}
+        self._inline = state["_inline"]
+        self._loose = state["_loose"]
+        self.source = state["source"]
+        self.source_is_remote = state["source_is_remote"]
+        for table in state["_tables"].values():
+            self._tables[table.layout.prefix] = table
+        self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
+        self._slash_counts = tuple(sorted({s for _, s in self._heads}))

@@ -1,0 +1,194 @@
+"""Compact storage of one array's chunk references: integer columns over the chunk grid.
+
+A chunk key such as ``temp/c/0/1/2`` or ``temp/0.1.2`` is not stored as a
+string: it is the table's *head* (``temp/c/``) plus a chunk index, ravelled
+over the array's chunk grid. Each chunk then costs 20 bytes (url id, offset,
+length) instead of several hundred bytes of Python objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ABSENT = -1
+"""``url_id`` of a chunk the table does not hold."""
+WHOLE = -1
+"""``length`` of a reference to a whole object."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """How an array spells its chunk keys.
+
+    Attributes
+    ----------
+    prefix
+        The array's path in the hierarchy (``""`` for a root array).
+    grid
+        Number of chunks along each dimension.
+    v3
+        True for zarr v3 default keys (``c/0/1``), False for zarr v2 keys (``0.1``).
+    sep
+        The dimension separator, ``"."`` or ``"/"``.
+    """
+
+    prefix: str
+    grid: tuple[int, ...]
+    v3: bool
+    sep: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def head(self) -> str:
+        """The fixed text before the part of a key that :meth:`parse` reads."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        if self.v3 and self.sep == "/" and self.grid:
+            return base + "c/"
+        return base
+
+    @property
+    def slashes(self) -> int:
+        """How many ``/`` the parsed part of a key contains."""
+        return len(self.grid) - 1 if (self.sep == "/" and self.grid) else 0
+
+    def parse(self, suffix: str) -> int:
+        """Return the ravelled chunk index of *suffix*, or -1 if it is not a canonical key."""
+        if not self.grid:
+            return 0 if suffix == ("c" if self.v3 else "0") else -1
+        if self.v3 and self.sep == ".":
+            if not suffix.startswith("c."):
+                return -1
+            suffix = suffix[2:]
+        parts = suffix.split(self.sep)
+        if len(parts) != len(self.grid):
+            return -1
+        flat = 0
+        for part, n in zip(parts, self.grid):
+            if not part.isdigit() or (part[0] == "0" and len(part) > 1) or not part.isascii():
+                return -1
+            i = int(part)
+            if i >= n:
+                return -1
+            flat = flat * n + i
+        return flat
+
+    def suffix(self, flat: int) -> str:
+        """The key text after :attr:`head` for a ravelled chunk index."""
+        if not self.grid:
+            return "c" if self.v3 else "0"
+        idx = np.unravel_index(flat, self.grid)
+        text = self.sep.join(str(int(i)) for i in idx)
+        return "c." + text if (self.v3 and self.sep == ".") else text
+
+    def iter_keys(self, start: int = 0, stop: int | None = None) -> Iterator[str]:
+        """Every key of the grid in ravelled order, from *start* to *stop*."""
+        if not self.grid:
+            yield self.head + self.suffix(0)
+            return
+        lead = "c." if (self.v3 and self.sep == ".") else ""
+        parts = [[str(i) for i in range(n)] for n in self.grid]
+        keys = map(self.sep.join, itertools.product(*parts))
+        yield from map((self.head + lead).__add__, itertools.islice(keys, start, stop))
+
+
+def layout_from_metadata(prefix: str, name: str, meta: Mapping[str, Any]) -> KeyLayout | None:
+    """Derive the key layout of an array from its metadata document.
+
+    Parameters
+    ----------
+    prefix
+        The array's path.
+    name
+        ``".zarray"`` or ``"zarr.json"``.
+    meta
+        The parsed metadata.
+
+    Returns
+    -------
+    KeyLayout or None
+        None when the document is not a regular-grid array (a group, or a grid
+        refstore does not tabulate); such arrays' keys are kept individually.
+    """
+    try:
+        shape = [int(s) for s in meta["shape"]]
+        if name == ".zarray":
+            chunks = [int(c) for c in meta["chunks"]]
+            sep = meta.get("dimension_separator") or "."
+            v3 = False
+        else:
+            if meta.get("node_type") != "array":
+                return None
+            grid = meta["chunk_grid"]
+            if grid.get("name") != "regular":
+                return None
+            chunks = [int(c) for c in grid["configuration"]["chunk_shape"]]
+            enc = meta.get("chunk_key_encoding") or {"name": "default"}
+            v3 = enc.get("name", "default") == "default"
+            sep = (enc.get("configuration") or {}).get("separator", "/" if v3 else ".")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if len(chunks) != len(shape) or sep not in ("/", ".") or any(c <= 0 for c in chunks):
+        return None
+    grid_shape = tuple(-(-s // c) for s, c in zip(shape, chunks))
+    return KeyLayout(prefix, grid_shape, v3, sep)
+
+
+class ChunkTable:
+    """Reference columns for every chunk of one array.
+
+    Columns are dense over the chunk grid: ``url_id`` (int32, ``ABSENT`` where
+    there is no reference), ``offset`` (int64) and ``length`` (int64,
+    ``WHOLE`` for a whole-object reference).
+    """
+
+    __slots__ = ("layout", "url_id", "offset", "length", "count")
+
+    def __init__(self, layout: KeyLayout) -> None:
+        self.layout = layout
+        n = layout.size
+        self.url_id = np.full(n, ABSENT, dtype=np.int32)
+        self.offset = np.zeros(n, dtype=np.int64)
+        self.length = np.full(n, WHOLE, dtype=np.int64)
+        self.count = 0
+
+    def lookup(self, flat: int) -> tuple[int, int, int] | None:
+        """Return ``(url_id, offset, length)`` for a chunk, or None if absent."""
+        uid = int(self.url_id[flat])
+        if uid == ABSENT:
+            return None
+        return uid, int(self.offset[flat]), int(self.length[flat])
+
+    def assign(self, flat: int, uid: int, offset: int, length: int) -> None:
+        if self.url_id[flat] == ABSENT:
+            self.count += 1
+        self.url_id[flat] = uid
+        self.offset[flat] = offset
+        self.length[flat] = length
+
+    def remove(self, flat: int) -> bool:
+        if self.url_id[flat] == ABSENT:
+            return False
+        self.url_id[flat] = ABSENT
+        self.count -= 1
+        return True
+
+    def present(self) -> np.ndarray:
+        """Ravelled indices of the chunks that have a reference, ascending."""
+        return np.flatnonzero(self.url_id != ABSENT)
+
+    def iter_keys(self) -> Iterator[str]:
+        head = self.layout.head
+        for flat in self.present():
+            yield head + self.layout.suffix(int(flat))
+
+    def nbytes(self) -> int:
+        return self.url_id.nbytes + self.offset.nbytes + self.length.nbytes

@@ -1,0 +1,175 @@
+"""ReferenceStore: a native zarr 3 store over a reference manifest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+
+from refstore._reader import Reader
+from refstore.errors import KeyNotInManifest
+
+if TYPE_CHECKING:
+    from zarr.core.buffer import Buffer, BufferPrototype
+
+
+def _to_range(byte_range: ByteRequest | None) -> tuple[int | None, int | None]:
+    if byte_range is None:
+        return None, None
+    if isinstance(byte_range, RangeByteRequest):
+        return byte_range.start, byte_range.end
+    if isinstance(byte_range, OffsetByteRequest):
+        return byte_range.offset, None
+    if isinstance(byte_range, SuffixByteRequest):
+        return -byte_range.suffix, None
+    raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+
+
+class ReferenceStore(Store):
+    """A zarr 3 store whose keys are the entries of a reference manifest.
+
+    Parameters
+    ----------
+    fo
+        The manifest: a :class:`refstore.Manifest`, a kerchunk reference dict,
+        or a path/URL of JSON or parquet references.
+    read_only
+        True (the default) refuses writes. With False, ``set`` and ``delete``
+        edit the manifest in memory (the targets are never written); save the
+        result with ``store.manifest.save(...)``.
+    **kwargs
+        The keyword arguments of :class:`refstore.ReferenceFileSystem`:
+        ``target``, ``target_protocol``, ``target_options``,
+        ``remote_protocol``, ``remote_options``, ``fs``,
+        ``template_overrides``, ``max_gap``, ``max_block``,
+        ``max_concurrency``, ``retries``, ``cache_size``, ``url_policy``.
+
+    Notes
+    -----
+    A key the manifest lacks reads as None (zarr fills it). A key whose
+    target cannot be read raises :class:`refstore.ReferenceNotReachable`, and
+    a URL outside the policy raises :class:`refstore.URLNotAllowed`: a broken
+    dataset never reads as fill values.
+    """
+
+    supports_writes: bool = True
+    supports_deletes: bool = True
+    supports_listing: bool = True
+
+    def __init__(self, fo: Any, *, read_only: bool = True, **kwargs: Any) -> None:
+        super().__init__(read_only=read_only)
+        self._kwargs = kwargs
+        self._reader = kwargs.pop("_reader", None) or Reader(fo, **kwargs)
+
+    @property
+    def manifest(self) -> Any:
+        """The :class:`refstore.Manifest` this store reads."""
+        return self._reader.manifest
+
+    def with_read_only(self, read_only: bool = False) -> ReferenceStore:
+        # docstring inherited
+        return type(self)(self.manifest, read_only=read_only, _reader=self._reader)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, ReferenceStore)
+            and self.read_only == other.read_only
+            and (other.manifest is self.manifest or dict(other.manifest.items()) == dict(self.manifest.items()))
+        )
+
+    def __repr__(self) -> str:
+        return f"ReferenceStore({self.manifest!r}, read_only={self.read_only})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_is_open"] = False
+        return state
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        # docstring inherited
+        if not self._is_open:
+            await self._open()
+        start, end = _to_range(byte_range)
+        try:
+            data = await self._reader.read(key, start, end)
+        except KeyNotInManifest:
+            return None
+        return prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        # docstring inherited
+        requests = [(key, *_to_range(br)) for key, br in key_ranges]
+        results = await self._reader.read_many(requests)
+        out: list[Buffer | None] = []
+        for res in results:
+            if isinstance(res, KeyNotInManifest):
+                out.append(None)
+            elif isinstance(res, BaseException):
+                raise res
+            else:
+                out.append(prototype.buffer.from_bytes(res))
+        return out
+
+    async def exists(self, key: str) -> bool:
+        # docstring inherited
+        return key in self.manifest
+
+    async def getsize(self, key: str) -> int:
+        # docstring inherited
+        try:
+            return await self._reader.size(key)
+        except KeyNotInManifest:
+            raise FileNotFoundError(key) from None
+
+    # -- in-memory edits ----------------------------------------------------------------------
+
+    async def set(self, key: str, value: Buffer) -> None:
+        # docstring inherited
+        self._check_writable()
+        if not isinstance(value, _buffer_type()):
+            raise TypeError(f"ReferenceStore.set(): `value` must be a Buffer instance. Got an instance of {type(value)} instead.")
+        self.manifest.set(key, value.to_bytes())
+
+    async def delete(self, key: str) -> None:
+        # docstring inherited
+        self._check_writable()
+        try:
+            self.manifest.delete(key)
+        except KeyNotInManifest:
+            pass
+
+    # -- listing ------------------------------------------------------------------------------
+
+    async def list(self) -> AsyncIterator[str]:
+        # docstring inherited
+        for key in self.manifest.keys():
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        # docstring inherited
+        for key in self.manifest.keys():
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        # docstring inherited
+        files, dirs = self.manifest.list_dir(prefix)
+        for name in sorted(set(files) | set(dirs)):
+            yield name
+
+    def close(self) -> None:
+        # docstring inherited; the fetcher's sessions are closed with their event loop
+        super().close()
+
+
+def _buffer_type() -> type:
+    from zarr.core.buffer import Buffer
+
+    return Buffer
