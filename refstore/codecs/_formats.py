@@ -15,6 +15,7 @@ __all__ = [
     "ImageCodecError",
     "ImageFormat",
     "available_formats",
+    "check_options",
     "decode_image",
     "detect_format",
     "encode_image",
@@ -85,6 +86,14 @@ def parse_format(value: object, field: str = "format") -> ImageFormat:
     if isinstance(value, str) and value.lower() in FORMATS:
         return cast(ImageFormat, value.lower())
     raise ImageCodecError(f"{field}={value!r} is not an image format; choose one of {FORMATS}")
+
+
+def check_options(level: object, lossless: object) -> None:
+    """Raise ImageCodecError unless *level* is an int or None and *lossless* a bool or None."""
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+        raise ImageCodecError(f"level={level!r} must be an integer or null")
+    if lossless is not None and not isinstance(lossless, bool):
+        raise ImageCodecError(f"lossless={lossless!r} must be true, false or null")
 
 
 def available_formats() -> tuple[ImageFormat, ...]:

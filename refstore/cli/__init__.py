@@ -1,0 +1,5 @@
+"""The ``refstore`` command line."""
+
+from refstore.cli._main import main
+
+__all__ = ["main"]
