@@ -1,4 +1,4 @@
-"""Image codecs: PNG, JPEG, TIFF, WebP, JPEG 2000 and JPEG XL tiles as zarr chunks (zarr 3 and numcodecs).
+"""Image codecs: PNG, JPEG, TIFF, WebP, JPEG 2000 and JPEG XL files as zarr chunks (v3 and v2).
 
 The codecs are found through the ``zarr.codecs`` and ``numcodecs.codecs`` entry
 points, so opening an array needs no import; `register` does the same by hand

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 import numpy as np
 
@@ -30,8 +30,11 @@ _CHANNEL_NAMES: Final[dict[int, str]] = {1: "gray", 2: "gray+alpha", 3: "RGB", 4
 
 def parse_layout(value: object) -> Layout | None:
     """Return *value* as a layout name (None stays None), or raise naming the choices."""
-    if value is None or value in LAYOUTS:
-        return cast("Layout | None", value)
+    if value is None:
+        return None
+    for layout in LAYOUTS:
+        if value == layout:
+            return layout
     raise ImageCodecError(
         f"layout={value!r} is not a chunk layout; choose one of {LAYOUTS} "
         "(or leave it unset: 'yx' for 2-D chunks, 'yxc' otherwise)"
@@ -137,8 +140,10 @@ def _convert_channels(tile: np.ndarray, channels: int, chunk_shape: tuple[int, .
     if color.shape[2] == 1 and want_color == 3:
         color = np.repeat(color, 3, axis=2)
     elif color.shape[2] == 3 and want_color == 1:
-        if not (np.array_equal(color[:, :, 0], color[:, :, 1])
-                and np.array_equal(color[:, :, 0], color[:, :, 2])):
+        if not (
+            np.array_equal(color[:, :, 0], color[:, :, 1])
+            and np.array_equal(color[:, :, 0], color[:, :, 2])
+        ):
             raise ImageCodecError(
                 refusal + "its red, green and blue differ; give the array "
                 f"{3 + want_alpha} channels"
@@ -150,7 +155,7 @@ def _convert_channels(tile: np.ndarray, channels: int, chunk_shape: tuple[int, .
         if has_alpha:
             parts.append(tile[:, :, -1:])
         else:
-            parts.append(np.full(tile.shape[:2] + (1,), opaque, dtype=tile.dtype))
+            parts.append(np.full((*tile.shape[:2], 1), opaque, dtype=tile.dtype))
     elif has_alpha and not np.all(tile[:, :, -1] == opaque):
         raise ImageCodecError(
             refusal + f"its alpha channel is not opaque ({opaque}) everywhere; give the array "

@@ -1,4 +1,4 @@
-"""Image file formats: recognise one by its magic bytes, decode it to pixels, encode pixels to it."""
+"""Image file formats: recognise one by its magic bytes, decode it, encode pixels to it."""
 
 from __future__ import annotations
 
@@ -215,18 +215,42 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarra
 def _decode_tiff(ic: Any, data: Any) -> np.ndarray:
     """Decode the first page with libtiff, or with tifffile where libtiff lacks the compression."""
     try:
-        return np.asarray(ic.tiff_decode(data, index=0))
+        image = np.asarray(ic.tiff_decode(data, index=0))
     except ic.TiffError as libtiff_error:
         try:
             import tifffile
         except ImportError:
             raise libtiff_error from None
         with tifffile.TiffFile(io.BytesIO(bytes(memoryview(data).cast("B")))) as tif:
-            page = tif.pages[0]
-            image = np.asarray(page.asarray())  # type: ignore[union-attr]
-            if image.ndim == 3 and page.planarconfig == 2 and page.samplesperpixel > 1:  # type: ignore[union-attr]
-                image = np.moveaxis(image, 0, -1)  # separate planes -> channel-last
-        return image
+            image = np.asarray(tif.pages[0].asarray())
+    if image.ndim == 3 and _tiff_planar_separate(data):
+        image = np.moveaxis(image, 0, -1)  # both decoders return separate planes first
+    return image
+
+
+def _tiff_planar_separate(data: Any) -> bool:
+    """Whether the first IFD of a TIFF says PlanarConfiguration = 2 (samples in separate planes)."""
+    head = memoryview(data).cast("B")
+    order = "<" if bytes(head[:2]) == b"II" else ">"
+    big = int(np.frombuffer(head[2:4], order + "u2")[0]) == 43
+    try:
+        if big:
+            offset = int(np.frombuffer(head[8:16], order + "u8")[0])
+            count = int(np.frombuffer(head[offset : offset + 8], order + "u8")[0])
+            start, size = offset + 8, 20
+        else:
+            offset = int(np.frombuffer(head[4:8], order + "u4")[0])
+            count = int(np.frombuffer(head[offset : offset + 2], order + "u2")[0])
+            start, size = offset + 2, 12
+        for i in range(min(count, 4096)):
+            entry = head[start + i * size : start + (i + 1) * size]
+            if int(np.frombuffer(entry[:2], order + "u2")[0]) == 284:  # PlanarConfiguration, SHORT
+                return (
+                    int(np.frombuffer(entry[size - (8 if big else 4) :][:2], order + "u2")[0]) == 2
+                )
+    except (IndexError, ValueError):  # truncated IFD: the decoder has read it, so assume contiguous
+        return False
+    return False
 
 
 # Per format: (dtypes it stores, sample counts it stores, lossless by default)
@@ -274,7 +298,8 @@ def encode_image(
     if ("*" not in dtypes and image.dtype.name not in dtypes) or samples not in counts:
         raise ImageCodecError(
             f"{_TITLES[fmt]} cannot store a chunk of dtype {image.dtype} with {samples} "
-            f"sample(s) (it stores dtypes {', '.join(dtypes)} with {counts} samples); "
+            f"sample(s) (it stores {'/'.join(dtypes).replace('*', 'any dtype')} with "
+            f"{'/'.join(map(str, counts))} samples); "
             "choose another format in the codec configuration"
         )
     exact = default_lossless if lossless is None else lossless

@@ -1,4 +1,4 @@
-"""The image codecs for zarr format 2 (numcodecs): codec id ``refstore.image`` and per-format aliases."""
+"""numcodecs image codecs for zarr format 2: id ``refstore.image`` and per-format aliases."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from refstore.codecs._formats import (
 )
 
 __all__ = [
+    "NUMCODECS_CODECS",
     "ImageNumcodec",
     "Jpeg2kNumcodec",
     "JpegNumcodec",
     "JpegxlNumcodec",
-    "NUMCODECS_CODECS",
     "PngNumcodec",
     "TiffNumcodec",
     "WebpNumcodec",
@@ -53,7 +53,7 @@ class ImageNumcodec(Codec):
         The array's ``fill_value``, used to pad edge tiles; None means 0.
     """
 
-    codec_id: ClassVar[str] = "refstore.image"  # type: ignore[misc]
+    codec_id: ClassVar[str] = "refstore.image"
     fixed_format: ClassVar[ImageFormat | None] = None
 
     def __init__(
@@ -148,7 +148,9 @@ class ImageNumcodec(Codec):
                 shape = tuple(out_array.shape)
         if shape is None:
             shape = _own_shape(image, self.layout)
-        chunk = fit_image(image, shape, image.dtype if dtype is None else dtype, self.fill_value, self.layout)
+        chunk = fit_image(
+            image, shape, image.dtype if dtype is None else dtype, self.fill_value, self.layout
+        )
         return ndarray_copy(chunk, out) if out is not None else chunk
 
 
@@ -177,7 +179,7 @@ class JpegNumcodec(ImageNumcodec):
 
 
 class TiffNumcodec(ImageNumcodec):
-    """`ImageNumcodec` with codec id ``refstore.tiff``: writes TIFF (deflate), reads every format."""
+    """`ImageNumcodec` with codec id ``refstore.tiff``: writes deflated TIFF, reads every format."""
 
     codec_id = "refstore.tiff"
     fixed_format = "tiff"

@@ -1,4 +1,4 @@
-"""The image codecs for zarr format 3: one array-to-bytes codec, ``refstore.image``, and per-format aliases."""
+"""Zarr 3 image codecs: the array-to-bytes codec ``refstore.image`` and per-format aliases."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, NDBuffer
 
 __all__ = [
+    "ZARR3_CODECS",
     "ImageCodec",
     "Jpeg2kCodec",
     "JpegCodec",
@@ -33,14 +34,13 @@ __all__ = [
     "PngCodec",
     "TiffCodec",
     "WebpCodec",
-    "ZARR3_CODECS",
 ]
 
 _CONFIG_KEYS: Final = ("format", "level", "lossless", "layout")
 
 
 def native_dtype(dtype: object) -> np.dtype:
-    """Return the numpy dtype of a zarr data type (a ZDType in zarr >= 3.1, a numpy dtype before)."""
+    """Return the numpy dtype of a zarr data type (a ZDType since zarr 3.1, else a numpy dtype)."""
     to_native = getattr(dtype, "to_native_dtype", None)
     return np.dtype(to_native() if callable(to_native) else dtype)  # type: ignore[arg-type]
 
@@ -112,7 +112,9 @@ class ImageCodec(ArrayBytesCodec):
             or bad values.
         """
         if data.get("name") != cls.codec_name:
-            raise ImageCodecError(f"expected codec name {cls.codec_name!r}, got {data.get('name')!r}")
+            raise ImageCodecError(
+                f"expected codec name {cls.codec_name!r}, got {data.get('name')!r}"
+            )
         config = data.get("configuration") or {}
         if not isinstance(config, dict):
             raise ImageCodecError(f"codec {cls.codec_name!r}: configuration must be an object")
@@ -125,7 +127,7 @@ class ImageCodec(ArrayBytesCodec):
         return cls(**config)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON form; unset options are left out, and so is ``configuration`` if empty."""
+        """Return the JSON form, leaving out unset options (and ``configuration`` if empty)."""
         config: dict[str, Any] = {}
         if self.fixed_format is None:
             config["format"] = self.format

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import operator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
     from refstore.manifest._model import Manifest
 
 _BLOCK = 1 << 16
+_FIRST, _SECOND, _THIRD = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 _META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+_is_meta = operator.methodcaller("endswith", _META_SUFFIXES)  # filter() with it runs in C
 
 
 def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None, int, int]:
@@ -119,7 +122,7 @@ def ingest(
         raise ManifestError(f"unknown reference spec version {version!r}; refstore reads 0 and 1")
 
     expand = _make_expander(templates)
-    meta_keys = [k for k in body if isinstance(k, str) and k.endswith(_META_SUFFIXES)]
+    meta_keys = [k for k in filter(_is_meta, body) if isinstance(k, str)]
     for key in meta_keys:
         value = decode_value(key, body[key], expand)
         if not isinstance(value, bytes):
@@ -190,24 +193,26 @@ def _fill_fast(
     manifest: Manifest, table: ChunkTable, start: int, keys: list[str], vals: list[list[Any]], expand: Any
 ) -> bool:
     """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
-    urls, offsets, lengths = zip(*vals)
+    n = len(vals)
+    urls = list(map(_FIRST, vals))
     ids = dict.fromkeys(urls)
     for url in ids:
         if url is not None and not isinstance(url, str):
             return False
-        ids[url] = manifest.url_id(None if url is None else expand(url, keys[urls.index(url)]))
+        try:
+            ids[url] = manifest.url_id(None if url is None else expand(url, "?"))
+        except ManifestError:
+            return False  # the checked path raises, naming the key
     try:
-        off = np.array(offsets, dtype=np.int64)
-        ln = np.array(lengths, dtype=np.int64)
+        off = np.fromiter(map(_SECOND, vals), dtype=np.int64, count=n)
+        ln = np.fromiter(map(_THIRD, vals), dtype=np.int64, count=n)
     except (TypeError, ValueError, OverflowError):
         return False
-    if off.dtype.kind != "i" or (off < 0).any() or (ln < 0).any():
+    if (off < 0).any() or (ln < 0).any():
         return False
-    if any(type(o) is not int for o in (offsets[0], lengths[0])):
-        # np.array accepts floats and bools; the checked path names the bad key
-        if not all(type(o) is int for o in offsets + lengths):
-            return False
-    n = len(vals)
+    # fromiter also accepts floats and bools; let the checked path refuse them
+    if not (set(map(type, map(_SECOND, vals))) | set(map(type, map(_THIRD, vals)))) <= {int}:
+        return False
     sl = slice(start, start + n)
     table.count += n - int((table.url_id[sl] != -1).sum())
     table.url_id[sl] = np.fromiter(map(ids.__getitem__, urls), dtype=np.int32, count=n)

@@ -90,14 +90,13 @@ class KeyLayout:
         return "c." + text if (self.v3 and self.sep == ".") else text
 
     def iter_keys(self, start: int = 0, stop: int | None = None) -> Iterator[str]:
-        """Every key of the grid in ravelled order, from *start* to *stop*."""
+        """Every key of the grid in ravelled order, from *start* to *stop* (built at C speed)."""
         if not self.grid:
-            yield self.head + self.suffix(0)
-            return
+            return iter([self.head + self.suffix(0)][start:stop])
         lead = "c." if (self.v3 and self.sep == ".") else ""
         parts = [[str(i) for i in range(n)] for n in self.grid]
         keys = map(self.sep.join, itertools.product(*parts))
-        yield from map((self.head + lead).__add__, itertools.islice(keys, start, stop))
+        return map((self.head + lead).__add__, itertools.islice(keys, start, stop))
 
 
 def layout_from_metadata(prefix: str, name: str, meta: Mapping[str, Any]) -> KeyLayout | None:
