@@ -70,11 +70,15 @@ class URLNotAllowed(RefstoreError, PermissionError):
     def __init__(self, url: str, reason: str, key: str | None = None) -> None:
         self.url = url
         self.key = key
+        self.reason = reason
         where = f" (key {key!r})" if key is not None else ""
         super().__init__(
             f"URL {url!r}{where} is not allowed by the URL policy: {reason}. "
             "Pass url_policy=refstore.URLPolicy(...) to allow it."
         )
+
+    def __reduce__(self):  # keep the three-argument constructor picklable
+        return (type(self), (self.url, self.reason, self.key))
 
 
 class ReferenceNotReachable(RefstoreError, _FsspecReferenceNotReachable):

@@ -1,0 +1,35 @@
+"""The public surface: a short, sorted, complete ``__all__``; errors subclass the builtins."""
+
+from __future__ import annotations
+
+import pickle
+
+import fsspec.implementations.reference as fsspec_reference
+
+import refstore
+from refstore import errors
+
+
+def test_all_is_sorted_and_complete():
+    assert refstore.__all__ == sorted(refstore.__all__)
+    public = {n for n in dir(refstore) if not n.startswith("_") and n[0].isupper()}
+    assert public == set(refstore.__all__)
+
+
+def test_error_tree():
+    assert issubclass(errors.ManifestError, ValueError)
+    assert issubclass(errors.TemplateError, errors.ManifestError)
+    assert issubclass(errors.KeyNotInManifest, FileNotFoundError)
+    assert issubclass(errors.URLNotAllowed, PermissionError)
+    assert issubclass(errors.ReferenceNotReachable, fsspec_reference.ReferenceNotReachable)
+    assert issubclass(errors.ReferenceNotReachable, RuntimeError)
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.RefstoreError)
+
+
+def test_errors_pickle():
+    err = errors.ReferenceNotReachable("a/0", "s3://b/k", FileNotFoundError("gone"))
+    back = pickle.loads(pickle.dumps(err))
+    assert str(back) == str(err) and "a/0" in str(back) and "s3://b/k" in str(back)
+    refused = errors.URLNotAllowed("/etc/passwd", "no local files", key="k")
+    assert str(pickle.loads(pickle.dumps(refused))) == str(refused)
