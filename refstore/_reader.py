@@ -71,10 +71,11 @@ class Reader:
                 options[proto] = remote_opts
         if isinstance(fs, Mapping):
             for proto, value in fs.items():
+                proto = split_url((proto or self._default_protocol(remote_protocol)) + "://")[0]
                 if isinstance(value, Mapping):
                     options[proto] = _clean(value)
                 elif value is not None:
-                    filesystems[proto or self._default_protocol(remote_protocol)] = value
+                    filesystems[proto] = value
         elif fs is not None:
             for proto in _protocols_of(fs):
                 filesystems[split_url(proto + "://")[0]] = fs

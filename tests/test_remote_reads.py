@@ -163,3 +163,21 @@ def test_policy_limits_prefixes(remote, tmp_path):
                              url_policy=refstore.URLPolicy.allow(allowed + "-other"))
     with pytest.raises(URLNotAllowed):
         fs.cat("k")
+
+
+def test_user_filesystem_instances_and_protocol_aliases(remote, tmp_path):
+    """fs= may be a sync instance of any filesystem; it works under zarr's own event loop too."""
+    blob = np.random.default_rng(9).bytes(5000)
+    (tmp_path / "u.bin").write_bytes(blob)
+    url = remote.upload(tmp_path / "u.bin")
+    refs = {"k": [url, 100, 200]}
+    inst = remote.fs()
+    fs = ReferenceFileSystem(refs, fs=inst)
+    assert fs.cat("k") == blob[100:300]
+    store = ReferenceStore(refs, fs={remote.protocol: inst})
+    got = zarr.core.sync.sync(store.get("k", zarr.core.buffer.default_buffer_prototype()))
+    assert got.to_bytes() == blob[100:300]
+    if remote.protocol == "gs":
+        bare = url.split("://", 1)[1]
+        fs = ReferenceFileSystem({"k": [bare, 0, 10]}, remote_protocol="gcs", remote_options=remote.storage_options)
+        assert fs.cat("k") == blob[:10]

@@ -14,13 +14,12 @@ _ALIASES = {"local": "file", "gcs": "gs", "s3a": "s3"}
 
 
 def split_url(url: str) -> tuple[str, str]:
-    """Split *url* into ``(protocol, rest)``; a bare path is ``("file", absolute path)``."""
+    """Split *url* into ``(protocol, rest)``, with aliases merged (``gcs`` is ``gs``,
+    ``s3a`` is ``s3``, ``local`` is ``file``); a bare path is ``("file", path)``."""
     if "://" in url:
         protocol, rest = url.split("://", 1)
         protocol = protocol.lower()
-        if protocol in LOCAL_PROTOCOLS:
-            return "file", rest
-        return protocol, rest
+        return _ALIASES.get(protocol, protocol), rest
     return "file", url
 
 
@@ -32,7 +31,6 @@ def normalize(url: str) -> str:
     ``s3://b/data/``.
     """
     protocol, rest = split_url(url)
-    protocol = _ALIASES.get(protocol, protocol)
     if protocol == "file":
         path = os.path.abspath(os.path.expanduser(rest)) if rest else os.getcwd()
         return "file://" + path.replace(os.sep, "/")
@@ -109,7 +107,7 @@ class URLPolicy:
         key
             The manifest key, named in the error.
         """
-        protocol = _ALIASES.get(split_url(url)[0], split_url(url)[0])
+        protocol = split_url(url)[0]
         if protocol == "file" and not self.allow_local:
             raise URLNotAllowed(url, "the manifest came from a remote URL and may not read local files", key)
         if self.protocols is not None and protocol not in self.protocols:
