@@ -209,7 +209,8 @@ class ReferenceFileSystem(AsyncFileSystem):
 
     async def _cat(self, path: Any, recursive: bool = False, on_error: str = "raise", batch_size: int | None = None, **kwargs: Any) -> Any:
         paths = await self._expand_path(path, recursive=recursive)
-        keys = [p for p in paths if not await self._isdir(p)] if recursive or isinstance(path, list) or _has_magic(path) else paths
+        expanded = recursive or isinstance(path, list) or _has_magic(path)
+        keys = [p for p in paths if p in self.manifest] if expanded else paths  # drop directories
         results = await self._reader.read_many([(k, None, None) for k in keys])
         if on_error == "raise":
             for res in results:
