@@ -13,6 +13,8 @@ from refstore.fs import ReferenceFileSystem
 from refstore.manifest import Manifest, Reference
 from refstore.store import ReferenceStore
 
+from refstore import build, multiscale  # noqa: E402  (subpackages that use the names above)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -27,4 +29,6 @@ __all__ = [
     "TemplateError",
     "URLNotAllowed",
     "URLPolicy",
+    "build",
+    "multiscale",
 ]

@@ -184,6 +184,12 @@ def remote(request: pytest.FixtureRequest) -> Remote:
     return make_remote(request.param, request)
 
 
+@pytest.fixture(params=("http", "s3", "gcs"))
+def network_remote(request: pytest.FixtureRequest) -> Remote:
+    """Like ``remote``, without the local backend."""
+    return make_remote(request.param, request)
+
+
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     """A fresh temporary directory (alias of ``tmp_path``)."""

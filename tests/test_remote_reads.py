@@ -128,13 +128,6 @@ def test_http_transient_failures_are_retried(http, tmp_path):
     assert http.gets(url) == 3
 
 
-@pytest.fixture(params=["http", "s3", "gcs"])
-def network_remote(request):
-    from conftest import make_remote
-
-    return make_remote(request.param, request)
-
-
 def test_remote_manifest_cannot_read_local_files(network_remote, tmp_path):
     remote = network_remote
     secret = tmp_path / "secret.txt"

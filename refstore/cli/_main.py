@@ -58,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dest")
     p.set_defaults(func=_convert)
 
+    from refstore.build._cli import add_build_parser
+
+    add_build_parser(sub)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

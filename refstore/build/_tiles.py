@@ -1,0 +1,218 @@
+"""Tile pyramids as manifests: Deep Zoom (``.dzi`` + ``_files/``) and XYZ (``z/y/x.fmt``) folders."""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import re
+import xml.etree.ElementTree as ET
+from fractions import Fraction
+from typing import Any
+
+import fsspec
+
+from refstore.build._common import (
+    array_metadata,
+    chunk_key,
+    group_metadata,
+    image_axes,
+    image_shape,
+    probe_image,
+    progress,
+)
+from refstore.manifest import Manifest, Reference
+from refstore.multiscale import multiscale_attributes
+
+__all__ = ["dzi", "xyz"]
+
+
+def _location(path: str) -> str:
+    """Return *path* as written into references: an absolute path, or the URL unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def _listing(fs: Any, folder: str) -> set[str] | None:
+    """Return the file names directly in *folder*, or None if the filesystem cannot list it."""
+    try:
+        return {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
+    except (OSError, NotImplementedError, ValueError):
+        return None
+
+
+def _level_arrays(
+    manifest: Manifest,
+    levels: list[tuple[int, int, dict[tuple[int, int], str]]],
+    tile: int,
+    sample: bytes,
+    sample_name: str,
+    channel_first: bool,
+    resampling_offset: bool,
+    name: str,
+) -> None:
+    """Write the group and level arrays ``0``, ``1``, ... (largest first) of a tile pyramid.
+
+    *levels* holds ``(height, width, {(row, col): url})`` per level, largest first.
+    """
+    info = probe_image(sample, sample_name)
+    axes, layout = image_axes(info.channels, channel_first)
+    shapes = [image_shape(h, w, info.channels, layout) for h, w, _ in levels]
+    spatial = [a in ("y", "x") for a in axes]
+    factors = [[Fraction(2**k) if s else Fraction(1) for s in spatial] for k in range(len(levels))]
+    offsets = [[(f - 1) / 2 if resampling_offset else Fraction(0) for f in fs] for fs in factors]
+    paths = [str(i) for i in range(len(levels))]
+    attrs = multiscale_attributes(paths, shapes, axes, factors=factors, offsets=offsets, name=name)
+    manifest.set("zarr.json", group_metadata(attrs))
+    chunks = image_shape(tile, tile, info.channels, layout)
+    for path, shape, (_, _, tiles) in zip(paths, shapes, levels, strict=True):
+        manifest.set(f"{path}/zarr.json", array_metadata(shape, chunks, info.dtype, layout, axes))
+        for (row, col), url in sorted(tiles.items()):
+            index = {"y": row, "x": col, "c": 0}
+            manifest.set(chunk_key(path, [index[a] for a in axes]), Reference(url, 0, None))
+
+
+def _dzi_descriptor(text: str, where: str) -> tuple[int, int, int, int, str]:
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValueError(f"{where}: not a Deep Zoom descriptor ({exc})") from exc
+    size = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Size"), None)
+    try:
+        tile = int(root.attrib["TileSize"])
+        overlap = int(root.attrib.get("Overlap", "0"))
+        fmt = root.attrib["Format"]
+        assert size is not None
+        width, height = int(size.attrib["Width"]), int(size.attrib["Height"])
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ValueError(f"{where}: Deep Zoom descriptor lacks TileSize, Format or Size Width/Height") from exc
+    return width, height, tile, overlap, fmt
+
+
+def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, show_progress: bool = True) -> Manifest:
+    """Build a manifest reading a Deep Zoom image as a multiscale group.
+
+    Parameters
+    ----------
+    path
+        The ``.dzi`` descriptor: a local path or any fsspec URL. Tiles are read from
+        ``<name>_files/<level>/<col>_<row>.<format>`` beside it.
+    channel_first
+        Make RGB(A) levels ``(c, y, x)`` instead of ``(y, x, c)``. Gray images are ``(y, x)``.
+    check_tiles
+        List each level folder and leave out tiles that do not exist (they read as
+        the fill value 0). Where listing is impossible every tile is assumed present.
+
+    Returns
+    -------
+    Manifest
+        A zarr 3 group whose arrays ``0``, ``1``, ... are the DZI levels, largest
+        first (DZI level ``max`` is array ``0``). DZI level sizes round up:
+        level ``L`` is ``ceil(size / 2**(max - L))`` with ``max = ceil(log2(max(W, H)))``.
+        Chunks are whole-file references decoded by the ``refstore.image`` codec.
+
+    Raises
+    ------
+    ValueError
+        If the descriptor is malformed, or its ``Overlap`` is not 0 (see
+        ``spec/builders.md``: a per-chunk crop cannot be expressed by one codec).
+    """
+    fs, fspath = fsspec.core.url_to_fs(path)
+    with fs.open(fspath, "rb") as f:
+        width, height, tile, overlap, fmt = _dzi_descriptor(f.read().decode("utf-8", "replace"), path)
+    if overlap:
+        raise ValueError(
+            f"{path}: Overlap={overlap}; refstore reads Deep Zoom tile sets with Overlap=0 only, because "
+            "whether to trim a tile's top/left rows depends on its position, which no codec sees. "
+            "Re-tile with overlap 0 (vips dzsave --overlap 0)."
+        )
+    base = re.sub(r"\.(dzi|xml)$", "", path, flags=re.IGNORECASE) + "_files"
+    fsbase = re.sub(r"\.(dzi|xml)$", "", fspath, flags=re.IGNORECASE) + "_files"
+    top = math.ceil(math.log2(max(width, height))) if max(width, height) > 1 else 0
+    levels = []
+    sample: tuple[bytes, str] | None = None
+    for level in progress(list(range(top, -1, -1)), f"dzi {path}", show_progress):
+        k = top - level
+        h, w = math.ceil(height / 2**k), math.ceil(width / 2**k)
+        names = _listing(fs, f"{fsbase}/{level}") if check_tiles else None
+        tiles = {}
+        for row in range(math.ceil(h / tile)):
+            for col in range(math.ceil(w / tile)):
+                name = f"{col}_{row}.{fmt}"
+                if names is None or name in names:
+                    tiles[(row, col)] = _location(f"{base}/{level}/{name}")
+                    if sample is None:
+                        sample = (fs.cat_file(f"{fsbase}/{level}/{name}"), f"{base}/{level}/{name}")
+        levels.append((h, w, tiles))
+    if sample is None:
+        raise ValueError(f"{path}: no tiles found under {base}")
+    manifest = Manifest()
+    _level_arrays(manifest, levels, tile, sample[0], sample[1], channel_first, True, posixpath.basename(base[:-6]))
+    return manifest
+
+
+_XYZ = re.compile(r"(\d+)/(\d+)/(\d+)\.(\w+)$")
+
+
+def xyz(
+    root: str,
+    *,
+    channel_first: bool = False,
+    tile_size: int | None = None,
+    show_progress: bool = True,
+) -> Manifest:
+    """Build a manifest reading an XYZ (slippy-map, vips ``--layout google``) tile folder.
+
+    Parameters
+    ----------
+    root
+        A local folder or listable fsspec URL holding ``<z>/<y>/<x>.<fmt>``.
+    channel_first
+        Make RGB(A) levels ``(c, y, x)`` instead of ``(y, x, c)``.
+    tile_size
+        Tile edge in pixels; default: the size of the first tile found.
+
+    Returns
+    -------
+    Manifest
+        A zarr 3 group whose arrays ``0``, ``1``, ... are zoom levels, the highest
+        zoom (largest) first. Level ``k`` spans ``max(tiles present, ceil(n0 / 2**k))``
+        tiles per axis, where ``n0`` is the tile count of the highest zoom, so the
+        arrays cover every tile present and no more of the world. Absent tiles
+        read as fill 0.
+
+    Raises
+    ------
+    ValueError
+        If no ``z/y/x.fmt`` tiles are found, or tiles are not square.
+    """
+    fs, fsroot = fsspec.core.url_to_fs(root)
+    fsroot = fsroot.rstrip("/")
+    found: dict[int, dict[tuple[int, int], str]] = {}
+    for p in progress(sorted(fs.find(fsroot)), f"xyz {root}", show_progress):
+        m = _XYZ.search(p[len(fsroot):])
+        if m:
+            z, y, x = int(m[1]), int(m[2]), int(m[3])
+            found.setdefault(z, {})[(y, x)] = p
+    if not found:
+        raise ValueError(f"{root}: no <z>/<y>/<x>.<format> tiles found")
+    zooms = sorted(found, reverse=True)
+    first = found[zooms[0]][min(found[zooms[0]])]
+    sample = fs.cat_file(first)
+    info = probe_image(sample, first)
+    if tile_size is None:
+        if info.height != info.width:
+            raise ValueError(f"{first}: tile is {info.height}x{info.width}; pass tile_size for non-square tiles")
+        tile_size = info.height
+    rows0 = max(r for r, _ in found[zooms[0]]) + 1
+    cols0 = max(c for _, c in found[zooms[0]]) + 1
+    prefix = root.rstrip("/")
+    levels = []
+    for k, z in enumerate(range(zooms[0], -1, -1)):
+        tiles = found.get(z, {})
+        rows = max([math.ceil(rows0 / 2**k)] + [r + 1 for r, _ in tiles])
+        cols = max([math.ceil(cols0 / 2**k)] + [c + 1 for _, c in tiles])
+        refs = {rc: _location(prefix + p[len(fsroot):]) for rc, p in tiles.items()}
+        levels.append((rows * tile_size, cols * tile_size, refs))
+    manifest = Manifest()
+    _level_arrays(manifest, levels, tile_size, sample, first, channel_first, True, posixpath.basename(prefix))
+    return manifest
