@@ -88,7 +88,46 @@ def run_demo(folder: str | None = None) -> int:
     noon = zarr.open_array(fs.get_mapper("temperature"), mode="r")[12, 45, :4]
     print(f"  through fsspec.filesystem('reference') ({type(fs).__module__}): temperature[12, 45, :4] = {noon}")
     ok &= bool(np.array_equal(noon, truth["temperature"][12, 45, :4]))
+    ok &= _pyramid_demo(folder)
     print("demo OK" if ok else "demo FAILED: values differ")
     if tmp is not None:
         tmp.cleanup()
     return 0 if ok else 1
+
+
+def _pyramid_demo(folder: str) -> bool:
+    """Write a small XYZ tile pyramid as PNG files, build its manifest with
+    :func:`refstore.build.xyz`, and open it as a multiscale group."""
+    try:
+        import imagecodecs
+    except ImportError:
+        print("tile pyramid part skipped: pip install 'refstore[images]' for the image codecs")
+        return True
+    import zarr
+
+    from refstore import ReferenceStore, build, multiscale
+
+    tile = 64
+    yy, xx = np.mgrid[0:256, 0:256]
+    image = np.stack([(xx % 256), (yy % 256), ((xx + yy) // 2) % 256], axis=-1).astype("u1")
+    root = os.path.join(folder, "tiles")
+    level_images = {}
+    for z, step in ((2, 1), (1, 2), (0, 4)):  # z=2 is the full image, each level down halves it
+        level = image[::step, ::step]
+        level_images[z] = level
+        for y in range(0, level.shape[0], tile):
+            for x in range(0, level.shape[1], tile):
+                os.makedirs(os.path.join(root, str(z), str(y // tile)), exist_ok=True)
+                with open(os.path.join(root, str(z), str(y // tile), f"{x // tile}.png"), "wb") as f:
+                    f.write(imagecodecs.png_encode(np.ascontiguousarray(level[y : y + tile, x : x + tile])))
+    manifest_path = os.path.join(folder, "tiles.json")
+    build.xyz(root, show_progress=False).save(manifest_path)
+    group = zarr.open_group(ReferenceStore(manifest_path), mode="r")
+    print(f"tile pyramid {root} (PNG tiles) as a multiscale group through {manifest_path}:")
+    ok = True
+    for level, z in zip(multiscale.levels(group), (2, 1, 0)):
+        same = bool(np.array_equal(group[level.path][:], level_images[z]))
+        ok &= same
+        factor = "x".join(str(f) for f in level.factor)
+        print(f"  level {level.path}: shape {level.shape}, downsample factor {factor}, matches the tiles: {same}")
+    return ok
