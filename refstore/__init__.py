@@ -12,6 +12,7 @@ from refstore.fetch import URLPolicy
 from refstore.fs import ReferenceFileSystem
 from refstore.manifest import Manifest, Reference
 from refstore.store import ReferenceStore
+from refstore.virtual import VirtualArray, concat, open_virtual, pad, save_virtual, stack
 
 from refstore import build, multiscale  # noqa: E402  (subpackages that use the names above)
 
@@ -29,6 +30,12 @@ __all__ = [
     "TemplateError",
     "URLNotAllowed",
     "URLPolicy",
+    "VirtualArray",
     "build",
+    "concat",
     "multiscale",
+    "open_virtual",
+    "pad",
+    "save_virtual",
+    "stack",
 ]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 
-from refstore._reader import Reader
+from refstore._reader import Reader, _slice
 from refstore.errors import KeyNotInManifest
 
 if TYPE_CHECKING:
@@ -59,8 +59,19 @@ class ReferenceStore(Store):
 
     def __init__(self, fo: Any, *, read_only: bool = True, **kwargs: Any) -> None:
         super().__init__(read_only=read_only)
-        self._kwargs = kwargs
         self._reader = kwargs.pop("_reader", None) or Reader(fo, **kwargs)
+        self._kwargs = kwargs
+        self._virtual: Any = None
+        self._find_virtual_arrays()
+
+    def _find_virtual_arrays(self) -> None:
+        """Serve virtual arrays (see ``spec/virtual.md``) if the manifest defines any."""
+        from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
+
+        if self._virtual is None and any(
+            k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest._inline
+        ):
+            self._virtual = VirtualResolver(self, **self._kwargs)
 
     @property
     def manifest(self) -> Any:
@@ -95,6 +106,9 @@ class ReferenceStore(Store):
         if not self._is_open:
             await self._open()
         start, end = _to_range(byte_range)
+        if self._virtual is not None and await self._virtual.is_virtual(key):
+            chunk = await self._virtual.get_chunk(key)
+            return None if chunk is None else prototype.buffer.from_bytes(chunk[_slice(start, end, len(chunk))])
         try:
             data = await self._reader.read(key, start, end)
         except KeyNotInManifest:
@@ -105,6 +119,9 @@ class ReferenceStore(Store):
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
         # docstring inherited
+        key_ranges = list(key_ranges)
+        if self._virtual is not None:
+            return [await self.get(key, prototype, br) for key, br in key_ranges]
         requests = [(key, *_to_range(br)) for key, br in key_ranges]
         results = await self._reader.read_many(requests)
         out: list[Buffer | None] = []
@@ -136,6 +153,7 @@ class ReferenceStore(Store):
         if not isinstance(value, _buffer_type()):
             raise TypeError(f"ReferenceStore.set(): `value` must be a Buffer instance. Got an instance of {type(value)} instead.")
         self.manifest.set(key, value.to_bytes())
+        self._find_virtual_arrays()
 
     async def delete(self, key: str) -> None:
         # docstring inherited

@@ -33,6 +33,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _combine(args: argparse.Namespace) -> int:
+    from refstore.virtual._combine import combine
+
+    combine(args.inputs, args.concat_dim, args.output, flatten=args.flatten)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from refstore.cli._demo import run_demo
 
@@ -57,6 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("source")
     p.add_argument("dest")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("combine", help="join manifests along a dimension into one virtual manifest")
+    p.add_argument("inputs", nargs="+", help="reference manifests (JSON or parquet) of datasets with the same variables")
+    p.add_argument("--concat-dim", required=True, help="the dimension to concatenate along")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--flatten", action="store_true", help="write plain kerchunk references (aligned inputs only)")
+    p.set_defaults(func=_combine)
 
     from refstore.build._cli import add_build_parser
 

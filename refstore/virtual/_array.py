@@ -1,0 +1,350 @@
+"""VirtualArray: a lazy array made of layers of zarr arrays, plus concat, stack and pad."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from refstore.errors import ManifestError
+from refstore.virtual._index import Item, Layer, check_axis, normalize_index, shift_layer, view_layer
+from refstore.virtual._source import CF_ATTRS, ZarrSource, dimension_names_of, fill_of, same_value
+
+
+class IncompatibleSources(ManifestError):
+    """Inputs of :func:`concat` / :func:`stack` disagree on a field that must match.
+
+    The message names the input index and the field, with both values.
+    """
+
+
+class VirtualArray:
+    """A lazy array assembled from layers of zarr arrays (or other virtual arrays).
+
+    Build one with :func:`refstore.concat`, :func:`refstore.stack`, :func:`refstore.pad`,
+    or load a definition with :meth:`from_dict`.
+
+    Indexing: ``v[...]`` (a bare Ellipsis) reads the whole array and returns numpy
+    data; any other basic index (ints, slices with positive steps) returns a lazy
+    *view*, itself a ``VirtualArray``: ``v[10:20, ::2][...]`` reads only that window.
+    ``np.asarray(v)`` and :meth:`read` also materialize.
+
+    Parameters
+    ----------
+    shape, dtype, chunks, fill_value
+        The virtual array's own shape, dtype, chunk grid and fill value (read where
+        no layer covers).
+    layers
+        Later layers win where they overlap earlier ones.
+    attrs, dimension_names
+        Metadata of the virtual array.
+    encoding
+        Metadata documents (``zarr.json`` or ``.zarray``) whose codecs the virtual
+        array uses when served as zarr; None means "copy the first source's encoding
+        if all sources share it, else plain bytes".
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: Any,
+        chunks: Sequence[int],
+        fill_value: Any,
+        layers: Sequence[Layer],
+        *,
+        attrs: dict[str, Any] | None = None,
+        dimension_names: Sequence[str | None] | None = None,
+        encoding: dict[str, bytes] | None = None,
+    ) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.fill_value = np.asarray(0 if fill_value is None else fill_value).astype(self.dtype)[()]
+        self.layers = tuple(layers)
+        self.attrs = dict(attrs or {})
+        self.dimension_names = tuple(dimension_names) if dimension_names is not None else None
+        self._encoding = encoding
+        if len(self.chunks) != len(self.shape):
+            raise ManifestError(f"chunks {self.chunks} do not match shape {self.shape}")
+
+    # -- numpy-like surface ----------------------------------------------------------------
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d virtual array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"<VirtualArray shape={self.shape} dtype={self.dtype} chunks={self.chunks} "
+            f"layers={len(self.layers)}>"
+        )
+
+    def __getitem__(self, index: Any) -> Any:
+        if index is Ellipsis:
+            return self.read()
+        return self.view(index)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read()
+        return out if dtype is None else out.astype(dtype)
+
+    def view(self, index: Any) -> VirtualArray:
+        """A lazy view of ``index`` (ints, positive-step slices, one Ellipsis)."""
+        return self._view(normalize_index(index, self.shape))
+
+    def _view(self, sel: tuple[Item, ...]) -> VirtualArray:
+        shape, chunks, names = [], [], []
+        for d, item in enumerate(sel):
+            if isinstance(item, int):
+                continue
+            n = len(range(*item))
+            shape.append(n)
+            chunks.append(max(1, min(self.chunks[d], n)))
+            names.append(self.dimension_names[d] if self.dimension_names else None)
+        layers = [v for v in (view_layer(layer, sel) for layer in self.layers) if v is not None]
+        return VirtualArray(
+            shape, self.dtype, chunks, self.fill_value, layers, attrs=self.attrs,
+            dimension_names=names if self.dimension_names else None,
+        )
+
+    def read(self, index: Any = Ellipsis) -> np.ndarray:
+        """Read ``index`` (default: everything) as a numpy array."""
+        from zarr.core.sync import sync
+
+        return sync(self.read_async(index))
+
+    async def read_async(self, index: Any = Ellipsis) -> np.ndarray:
+        """Async :meth:`read`; run it on zarr's event loop (where the sources' stores live)."""
+        sel = normalize_index(index, self.shape)
+        return await self._view(sel)._read_all()
+
+    async def read_source(self, selection: tuple[int | slice, ...]) -> np.ndarray:
+        """Read as a layer source does (same contract as :meth:`ZarrSource.read`)."""
+        return await self.read_async(selection)
+
+    async def _read_all(self) -> np.ndarray:
+        import asyncio
+
+        out = np.full(self.shape, self.fill_value, dtype=self.dtype)
+        if not self.layers or out.size == 0:
+            return out
+        datas = await asyncio.gather(*(_read_layer(layer) for layer in self.layers))
+        for layer, data in zip(self.layers, datas):
+            out[layer.box()] = data
+        return out
+
+    # -- metadata for serving as zarr --------------------------------------------------------
+
+    def encoding_docs(self, zarr_format: int | None = None) -> dict[str, bytes]:
+        """The zarr metadata documents of this virtual array (``zarr.json`` or ``.zarray``/``.zattrs``).
+
+        The encoding is the first source's when every leaf source shares it (and
+        ``zarr_format`` is None or matches), so aligned chunks pass through as stored
+        bytes; otherwise plain uncompressed bytes in ``zarr_format`` (default 3).
+        """
+        from refstore.virtual._source import encoding_of, metadata_docs
+
+        if self._encoding is not None and zarr_format is None:
+            return self._encoding
+        leaves = list(leaf_sources(self))
+        like = None
+        if leaves:
+            first = leaves[0].array
+            enc = encoding_of(first)
+            if all(encoding_of(s.array) == enc for s in leaves[1:]):
+                like = first
+            if like is not None and zarr_format is not None and like.metadata.zarr_format != zarr_format:
+                like = None
+        return metadata_docs(
+            like, shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.fill_value,
+            attributes=self.attrs, dimension_names=self.dimension_names, zarr_format=zarr_format or 3,
+        )
+
+    # -- definitions ---------------------------------------------------------------------------
+
+    def to_dict(self, **kwargs: Any) -> dict[str, Any]:
+        """The JSON definition (see ``spec/virtual.md``); see :func:`refstore.virtual._spec.to_dict`."""
+        from refstore.virtual._spec import to_dict
+
+        return to_dict(self, **kwargs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], **kwargs: Any) -> VirtualArray:
+        """Load a JSON definition; see :func:`refstore.virtual._spec.from_dict`."""
+        from refstore.virtual._spec import from_dict
+
+        return from_dict(d, **kwargs)
+
+    def to_manifest(self, name: str = "data") -> Any:
+        """A plain kerchunk :class:`refstore.Manifest` for this array, if every chunk passes through.
+
+        Raises :class:`refstore.ManifestError` naming the first chunk that would need
+        assembling (misaligned, cropped, strided or differently encoded sources).
+        """
+        from refstore.virtual._store import flatten
+
+        return flatten({name: self})
+
+
+async def _read_layer(layer: Layer) -> np.ndarray:
+    src = layer.source
+    sel = layer.source_selection()
+    if isinstance(src, VirtualArray):
+        data = await src.read_source(sel)
+    else:
+        data = await src.read(sel)
+    return np.asarray(data).reshape(layer.shape)
+
+
+def leaf_sources(v: VirtualArray) -> Any:
+    """The zarr sources under ``v``, depth first, in layer order."""
+    for layer in v.layers:
+        if isinstance(layer.source, VirtualArray):
+            yield from leaf_sources(layer.source)
+        else:
+            yield layer.source
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+class _Input:
+    """The metadata of one input, however it was given."""
+
+    def __init__(self, src: Any, index: int) -> None:
+        self.index = index
+        if isinstance(src, VirtualArray):
+            self.virtual: VirtualArray | None = src
+            self.layers = list(src.layers)
+            self.shape, self.dtype, self.chunks = src.shape, src.dtype, src.chunks
+            self.fill, self.attrs, self.names = src.fill_value, src.attrs, src.dimension_names
+            return
+        source = src if isinstance(src, ZarrSource) else ZarrSource(src)
+        arr = source.array
+        if not hasattr(arr, "metadata") or not hasattr(arr, "chunks"):
+            raise TypeError(f"input {index}: expected a zarr array or VirtualArray, got {type(src).__name__}")
+        self.virtual = None
+        self.shape, self.dtype, self.chunks = tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks)
+        self.fill, self.attrs, self.names = fill_of(arr), dict(arr.attrs), dimension_names_of(arr)
+        ndim = len(self.shape)
+        self.layers = [Layer(source, (0,) * ndim, self.shape, tuple((d, 0, 1) for d in range(ndim)))]
+
+
+def _validate(inputs: list[_Input], axis: int | None, what: str) -> None:
+    first = inputs[0]
+
+    def fail(inp: _Input, field: str, a: Any, b: Any) -> None:
+        raise IncompatibleSources(
+            f"{what}: input {inp.index} differs from input 0 in {field}: "
+            f"input {inp.index} has {b!r}, input 0 has {a!r}"
+        )
+
+    for inp in inputs[1:]:
+        if inp.dtype != first.dtype:
+            fail(inp, "dtype", first.dtype, inp.dtype)
+        if len(inp.shape) != len(first.shape):
+            fail(inp, "ndim", len(first.shape), len(inp.shape))
+        for d, (a, b) in enumerate(zip(first.shape, inp.shape)):
+            if d != axis and a != b:
+                fail(inp, f"shape (axis {d})", first.shape, inp.shape)
+        if not same_value(first.fill, inp.fill):
+            fail(inp, "fill_value", first.fill, inp.fill)
+        for attr in CF_ATTRS:
+            if not same_value(first.attrs.get(attr), inp.attrs.get(attr)):
+                fail(inp, f"attribute {attr!r}", first.attrs.get(attr), inp.attrs.get(attr))
+        if first.names is not None and inp.names is not None and tuple(first.names) != tuple(inp.names):
+            fail(inp, "dimension names", first.names, inp.names)
+
+
+def concat(sources: Sequence[Any], axis: int = 0) -> VirtualArray:
+    """Concatenate zarr arrays or virtual arrays along an existing ``axis``, like ``numpy.concatenate``.
+
+    Parameters
+    ----------
+    sources
+        ``zarr.Array`` objects (from any store) or :class:`VirtualArray` objects.
+    axis
+        The axis to join along.
+
+    Returns
+    -------
+    VirtualArray
+        Lazy; chunks and metadata are the first input's.
+
+    Raises
+    ------
+    IncompatibleSources
+        If dtype, ndim, shape off ``axis``, fill value, CF attributes
+        (``scale_factor``, ``add_offset``, ``_FillValue``, ``missing_value``) or dimension
+        names differ; the message names the input index and the field.
+    """
+    if not sources:
+        raise ManifestError("concat: need at least one input")
+    inputs = [_Input(s, i) for i, s in enumerate(sources)]
+    first = inputs[0]
+    if not first.shape:
+        raise ManifestError("concat: zero-dimensional inputs cannot be concatenated")
+    axis = check_axis(axis, len(first.shape), "concat")
+    _validate(inputs, axis, "concat")
+    layers: list[Layer] = []
+    pos = 0
+    for inp in inputs:
+        offset = tuple(pos if d == axis else 0 for d in range(len(first.shape)))
+        layers.extend(shift_layer(layer, offset) for layer in inp.layers)
+        pos += inp.shape[axis]
+    shape = tuple(pos if d == axis else n for d, n in enumerate(first.shape))
+    return VirtualArray(
+        shape, first.dtype, first.chunks, first.fill, layers, attrs=first.attrs, dimension_names=first.names
+    )
+
+
+def stack(sources: Sequence[Any], axis: int = 0, dimension_name: str | None = None) -> VirtualArray:
+    """Stack same-shaped arrays along a new ``axis``, like ``numpy.stack``.
+
+    The new axis has chunk length 1. ``dimension_name`` names it when the inputs
+    have dimension names. Raises :class:`IncompatibleSources` as :func:`concat` does.
+    """
+    if not sources:
+        raise ManifestError("stack: need at least one input")
+    inputs = [_Input(s, i) for i, s in enumerate(sources)]
+    first = inputs[0]
+    axis = check_axis(axis, len(first.shape) + 1, "stack")
+    _validate(inputs, None, "stack")
+    layers: list[Layer] = []
+    for i, inp in enumerate(inputs):
+        offset = tuple(i if d == axis else 0 for d in range(len(first.shape) + 1))
+        layers.extend(shift_layer(layer, offset, insert_axis=axis) for layer in inp.layers)
+    shape = first.shape[:axis] + (len(inputs),) + first.shape[axis:]
+    chunks = first.chunks[:axis] + (1,) + first.chunks[axis:]
+    names = None
+    if first.names is not None:
+        names = tuple(first.names[:axis]) + (dimension_name,) + tuple(first.names[axis:])
+    return VirtualArray(shape, first.dtype, chunks, first.fill, layers, attrs=first.attrs, dimension_names=names)
+
+
+def pad(source: Any, pad_width: Any, fill_value: Any = None) -> VirtualArray:
+    """Pad an array with ``fill_value`` (default: the source's), like ``numpy.pad(mode="constant")``.
+
+    ``pad_width`` is an int, ``(before, after)``, or one ``(before, after)`` per axis.
+    Padding need not fill whole chunks.
+    """
+    inp = _Input(source, 0)
+    ndim = len(inp.shape)
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (ndim, 2))
+    if (widths < 0).any():
+        raise ManifestError(f"pad: pad_width must be non-negative, got {pad_width!r}")
+    offset = tuple(int(w) for w in widths[:, 0])
+    shape = tuple(int(n + b + a) for n, (b, a) in zip(inp.shape, widths))
+    layers = [shift_layer(layer, offset) for layer in inp.layers]
+    fill = inp.fill if fill_value is None else fill_value
+    return VirtualArray(shape, inp.dtype, inp.chunks, fill, layers, attrs=inp.attrs, dimension_names=inp.names)

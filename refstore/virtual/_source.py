@@ -1,0 +1,270 @@
+"""Sources of virtual arrays: zarr arrays opened lazily, their metadata, and chunk encoding."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+
+#: Attributes compared between inputs because they change what the values mean.
+CF_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value")
+
+
+class ZarrSource:
+    """A zarr array used as a virtual-array source, opened on first use.
+
+    Parameters
+    ----------
+    array
+        An open ``zarr.Array`` (from any store), or None with ``opener``.
+    opener
+        An async callable returning the ``zarr.AsyncArray`` (or ``zarr.Array``); awaited
+        once, on first use.
+    ref
+        How a saved definition names this source (``{"path": ...}``, ``{"url": ..., ...}``),
+        or None if it must be embedded when saved.
+    """
+
+    def __init__(
+        self,
+        array: Any = None,
+        *,
+        opener: Callable[[], Awaitable[Any]] | None = None,
+        ref: dict[str, Any] | None = None,
+    ) -> None:
+        if array is None and opener is None:
+            raise TypeError("ZarrSource needs an array or an opener")
+        self._array = array
+        self._opener = opener
+        self.ref = ref
+
+    @property
+    def array(self) -> Any:
+        """The ``zarr.Array`` (opened now if it was not yet; do not call on zarr's loop)."""
+        if self._array is None:
+            from zarr.core.sync import sync
+
+            sync(self.open_async())
+        return self._array
+
+    async def open_async(self) -> Any:
+        """Open the source if it is not yet open, and return the ``zarr.Array``."""
+        if self._array is None:
+            assert self._opener is not None
+            arr = await self._opener()
+            self._array = arr if isinstance(arr, zarr.Array) else zarr.Array(arr)
+        return self._array
+
+    @property
+    def metadata(self) -> Any:
+        return self.array.metadata
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.array.chunks)
+
+    @property
+    def fill_value(self) -> Any:
+        return fill_of(self.array)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.array.attrs)
+
+    @property
+    def dimension_names(self) -> tuple[str | None, ...] | None:
+        return dimension_names_of(self.array)
+
+    async def read(self, selection: tuple[int | slice, ...]) -> np.ndarray:
+        """Decode ``selection`` of the source with its own codecs."""
+        arr = await self.open_async()
+        out = await arr._async_array.getitem(selection)
+        return np.asarray(out)
+
+    async def get_chunk_bytes(self, coords: tuple[int, ...]) -> bytes | None:
+        """The stored (encoded) bytes of one source chunk, or None if it is absent."""
+        arr = await self.open_async()
+        key = arr.metadata.encode_chunk_key(coords)
+        buf = await (arr.store_path / key).get(default_buffer_prototype())
+        return None if buf is None else buf.to_bytes()
+
+    def __repr__(self) -> str:
+        where = self.ref or self._array
+        return f"ZarrSource({where!r})"
+
+
+def fill_of(array: Any) -> Any:
+    """The fill value of a zarr array as a numpy scalar of its dtype (None becomes 0)."""
+    fv = array.fill_value
+    dtype = np.dtype(array.dtype)
+    if fv is None:
+        return np.zeros((), dtype)[()]
+    return np.asarray(fv).astype(dtype)[()]
+
+
+def dimension_names_of(array: Any) -> tuple[str | None, ...] | None:
+    """v3 ``dimension_names``, else v2 ``_ARRAY_DIMENSIONS``, else None."""
+    names = getattr(array.metadata, "dimension_names", None)
+    if names is not None:
+        return tuple(names)
+    dims = array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(dims) if dims is not None else None
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality that treats NaN as equal to NaN and compares arrays elementwise."""
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        aa, bb = np.asarray(a), np.asarray(b)
+        if aa.shape != bb.shape:
+            return False
+        if aa.dtype.kind in "fc" or bb.dtype.kind in "fc":
+            return bool(np.all((aa == bb) | (np.isnan(aa.astype("f8")) & np.isnan(bb.astype("f8")))))
+        return bool(np.all(aa == bb))
+    except (TypeError, ValueError):
+        return bool(a == b)
+
+
+def encoding_of(array: Any) -> str:
+    """A canonical string of everything that decides how a chunk's bytes decode."""
+    d = array.metadata.to_dict()
+    for k in ("shape", "chunks", "chunk_grid", "attributes", "dimension_names", "chunk_key_encoding", "dimension_separator"):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def chunk_key_parser(meta: Any) -> Callable[[str], tuple[int, ...] | None]:
+    """A function from a chunk key (relative to the array) to its grid coordinates, or None."""
+    ndim = len(meta.shape)
+    if meta.zarr_format == 2:
+        prefix, sep = "", getattr(meta, "dimension_separator", ".") or "."
+        zero_d = "0"
+    else:
+        enc = meta.chunk_key_encoding
+        sep = enc.separator
+        prefix = "c" + sep if getattr(enc, "name", "default") == "default" else ""
+        zero_d = "c" if prefix else "0"
+
+    def parse(key: str) -> tuple[int, ...] | None:
+        if ndim == 0:
+            return () if key == zero_d else None
+        if not key.startswith(prefix):
+            return None
+        parts = key[len(prefix) :].split(sep)
+        if len(parts) != ndim or not all(p.isdigit() for p in parts):
+            return None
+        return tuple(int(p) for p in parts)
+
+    return parse
+
+
+def metadata_docs(
+    like: Any | None,
+    *,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: np.dtype[Any],
+    fill_value: Any,
+    attributes: dict[str, Any],
+    dimension_names: tuple[str | None, ...] | None,
+    zarr_format: int = 3,
+) -> dict[str, bytes]:
+    """The metadata documents (``zarr.json``, or ``.zarray`` + ``.zattrs``) of a virtual array.
+
+    With ``like`` (a source ``zarr.Array``), its encoding (codecs, compressor, filters,
+    order, dtype) is copied, so its chunks can pass through unchanged. Without it, the
+    array is uncompressed: zarr v3 with the plain ``bytes`` codec (or v2 with no compressor).
+    """
+    proto = default_buffer_prototype()
+    if like is not None:
+        d = like.metadata.to_dict()
+        d["shape"] = list(shape)
+        d["attributes"] = dict(attributes)
+        d["fill_value"] = json_fill(np.asarray(fill_value).astype(dtype)[()])
+        if d["zarr_format"] == 2:
+            d["chunks"] = list(chunks)
+            if dimension_names is not None and all(n is not None for n in dimension_names):
+                d["attributes"]["_ARRAY_DIMENSIONS"] = list(dimension_names)
+        else:
+            d["chunk_grid"] = {"name": "regular", "configuration": {"chunk_shape": list(chunks)}}
+            d["dimension_names"] = list(dimension_names) if dimension_names is not None else None
+        meta = type(like.metadata).from_dict(d)
+        return {k: v.to_bytes() for k, v in meta.to_buffer_dict(proto).items()}
+    store = zarr.storage.MemoryStore()
+    names = list(dimension_names) if dimension_names is not None and zarr_format == 3 else None
+    attrs = dict(attributes)
+    if zarr_format == 2 and dimension_names is not None and all(n is not None for n in dimension_names):
+        attrs["_ARRAY_DIMENSIONS"] = list(dimension_names)
+    zarr.create_array(
+        store,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill_value,
+        compressors=None,
+        filters=None,
+        zarr_format=zarr_format,  # type: ignore[arg-type]
+        attributes=attrs,
+        dimension_names=names,
+        write_data=False,
+    )
+    return {k: v.to_bytes() for k, v in store._store_dict.items()}
+
+
+async def encode_chunk(
+    docs: dict[str, bytes], coords: tuple[int, ...], chunks: tuple[int, ...], data: np.ndarray
+) -> bytes | None:
+    """Encode one chunk with the codecs of the array described by ``docs``.
+
+    ``data`` is the chunk's content clipped to the array's shape. Returns None when the
+    chunk equals the fill value everywhere (zarr then reads it as fill).
+    """
+    from zarr.core.array import AsyncArray
+    from zarr.storage import MemoryStore
+
+    proto = default_buffer_prototype()
+    store = MemoryStore({k: proto.buffer.from_bytes(v) for k, v in docs.items()})
+    arr = await AsyncArray.open(store, zarr_format=3 if "zarr.json" in docs else 2)
+    sel = tuple(slice(c * n, c * n + s) for c, n, s in zip(coords, chunks, data.shape))
+    await arr.setitem(sel, data)
+    buf = store._store_dict.get(arr.metadata.encode_chunk_key(coords))
+    return None if buf is None else buf.to_bytes()
+
+
+def json_fill(value: Any) -> Any:
+    """A fill value as zarr writes it in JSON (NaN and infinities as strings)."""
+    v = np.asarray(value)[()]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        if math.isnan(f):
+            return "NaN"
+        if math.isinf(f):
+            return "Infinity" if f > 0 else "-Infinity"
+        return f
+    if isinstance(v, (np.complexfloating, complex)):
+        return [json_fill(v.real), json_fill(v.imag)]
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (np.bytes_, bytes)):
+        return v.decode("latin1")
+    return v.item() if hasattr(v, "item") else v
+
+
+def nbytes_of(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    return math.prod(shape) * dtype.itemsize

@@ -1,0 +1,157 @@
+"""The JSON definition of a virtual array (``spec/virtual.md``): writing and loading it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from refstore.errors import ManifestError
+from refstore.virtual._index import Layer
+from refstore.virtual._source import ZarrSource, json_fill
+
+FORMAT_VERSION = 1
+
+#: Given a :class:`ZarrSource`, return its JSON source reference.
+SourceRef = Callable[[ZarrSource], dict[str, Any]]
+
+
+def _parse_fill(value: Any, dtype: np.dtype[Any]) -> Any:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        value = float(value.replace("Infinity", "inf"))
+    if isinstance(value, list) and dtype.kind == "c":
+        value = complex(_parse_fill(value[0], np.dtype("f8")), _parse_fill(value[1], np.dtype("f8")))
+    return np.asarray(value).astype(dtype)[()]
+
+
+def _default_ref(source: ZarrSource) -> dict[str, Any]:
+    if source.ref is None:
+        raise ManifestError(
+            f"{source!r} has no saved location; save it with refstore.save_virtual, which embeds "
+            "the source's references, or give the source a ref"
+        )
+    return dict(source.ref)
+
+
+def to_dict(v: Any, source_ref: SourceRef | None = None) -> dict[str, Any]:
+    """The JSON definition of virtual array ``v``.
+
+    Parameters
+    ----------
+    v
+        The :class:`~refstore.virtual.VirtualArray`.
+    source_ref
+        Maps each zarr source to its JSON reference (``{"path": ...}`` etc.); by
+        default the source's own ``ref``.
+    """
+    from refstore.virtual._array import VirtualArray
+
+    ref = source_ref or _default_ref
+    layers = []
+    for layer in v.layers:
+        if isinstance(layer.source, VirtualArray):
+            src: dict[str, Any] = {"virtual": to_dict(layer.source, source_ref)}
+        else:
+            src = ref(layer.source)
+        layers.append(
+            {
+                "source": src,
+                "origin": list(layer.origin),
+                "shape": list(layer.shape),
+                "map": [m if isinstance(m, int) else list(m) for m in layer.src_map],
+            }
+        )
+    return {
+        "refstore_virtual": FORMAT_VERSION,
+        "shape": list(v.shape),
+        "dtype": v.dtype.str,
+        "chunks": list(v.chunks),
+        "fill_value": json_fill(v.fill_value),
+        "attributes": v.attrs,
+        "dimension_names": list(v.dimension_names) if v.dimension_names is not None else None,
+        "layers": layers,
+    }
+
+
+def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSource:
+    """A lazily opened :class:`ZarrSource` for a JSON source reference.
+
+    ``{"path": p}`` is an array in ``root`` (the store holding the definition);
+    ``{"manifest": url, "path": p, "options": {...}}`` an array of another reference
+    manifest; ``{"zarr": url, "path": p, "storage_options": {...}}`` an array of a zarr
+    store at ``url``. ``options`` are passed to :class:`refstore.ReferenceStore` for
+    ``"manifest"`` sources when the reference has none.
+    """
+    from zarr.api.asynchronous import open_array
+
+    path = ref.get("path", "")
+    if "manifest" in ref:
+
+        async def opener() -> Any:
+            import asyncio
+
+            from refstore.store import ReferenceStore
+
+            kwargs = ref.get("options") or options
+            store = await asyncio.to_thread(ReferenceStore, ref["manifest"], **kwargs)
+            return await open_array(store=store, mode="r", path=path)
+
+    elif "zarr" in ref:
+
+        async def opener() -> Any:
+            return await open_array(store=ref["zarr"], mode="r", path=path, storage_options=ref.get("storage_options"))
+
+    elif "path" in ref:
+        if root is None:
+            raise ManifestError(f"source {ref!r} names a path but no store to resolve it in was given")
+
+        async def opener() -> Any:
+            return await open_array(store=root, mode="r", path=path)
+
+    else:
+        raise ManifestError(f"source {ref!r}: expected one of 'path', 'manifest', 'zarr' or 'virtual'")
+    return ZarrSource(opener=opener, ref=dict(ref))
+
+
+def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
+    """Load a virtual array from its JSON definition; sources open lazily, on first read.
+
+    Parameters
+    ----------
+    d
+        The definition (see ``spec/virtual.md``).
+    root
+        The zarr store that ``{"path": ...}`` sources are resolved in.
+    **options
+        Passed to :class:`refstore.ReferenceStore` for ``{"manifest": ...}`` sources.
+    """
+    from refstore.virtual._array import VirtualArray
+
+    if d.get("refstore_virtual") != FORMAT_VERSION:
+        raise ManifestError(
+            f"virtual array definition: field 'refstore_virtual' must be {FORMAT_VERSION}, "
+            f"got {d.get('refstore_virtual')!r}"
+        )
+    try:
+        dtype = np.dtype(d["dtype"])
+        shape, chunks = tuple(d["shape"]), tuple(d["chunks"])
+        layers = []
+        for k, ld in enumerate(d["layers"]):
+            sref = ld["source"]
+            src: Any = from_dict(sref["virtual"], root, **options) if "virtual" in sref else open_source(sref, root, **options)
+            src_map = tuple(m if isinstance(m, int) else tuple(m) for m in ld["map"])
+            layer = Layer(src, tuple(ld["origin"]), tuple(ld["shape"]), src_map)
+            if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
+                raise ManifestError(f"virtual array definition: layer {k} has origin/shape of the wrong length")
+            for o, n, total in zip(layer.origin, layer.shape, shape):
+                if o < 0 or n < 0 or o + n > total:
+                    raise ManifestError(f"virtual array definition: layer {k} lies outside the shape {shape}")
+            layers.append(layer)
+    except KeyError as e:
+        raise ManifestError(f"virtual array definition: missing field {e.args[0]!r}") from None
+    return VirtualArray(
+        shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
+        attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
+    )
