@@ -130,15 +130,17 @@ def ingest(
         manifest.set(key, value)
 
     placed = len(meta_keys)
-    # generous sparseness bound: tabulate arrays unless columns would dwarf the references
+    # tabulate every described array unless its columns would dwarf the references
+    limit = 4 * len(body) + (1 << 20)
+    for key in meta_keys:
+        layout = manifest._layout_for(key, manifest._inline[key])
+        if layout is not None and layout.size <= limit:
+            manifest._add_table(layout)
     for table in list(manifest._tables.values()):
-        if table.layout.size > 4 * len(body) + (1 << 20):
-            del manifest._tables[table.layout.prefix]
+        if table.layout.size > limit:
+            manifest._drop_table(table.layout.prefix)
             continue
         placed += _fill_table(manifest, table, body, expand)
-    manifest._add_table  # noqa: B018 (tables are registered already)
-    manifest._heads = {(t.layout.head, t.layout.slashes): t for t in manifest._tables.values()}
-    manifest._slash_counts = tuple(sorted({s for _, s in manifest._heads}))
 
     if placed < len(body):
         meta = set(meta_keys)

@@ -148,9 +148,17 @@ class Manifest:
             return table
         table = ChunkTable(layout)
         self._tables[layout.prefix] = table
+        self._reindex()
+        return table
+
+    def _drop_table(self, prefix: str) -> None:
+        del self._tables[prefix]
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Rebuild the key-head index after the set of tables changed."""
         self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
         self._slash_counts = tuple(sorted({s for _, s in self._heads}))
-        return table
 
     def _layout_for(self, key: str, value: bytes) -> KeyLayout | None:
         prefix, _, name = key.rpartition("/")
@@ -368,7 +376,5 @@ class Manifest:
         self._loose = state["_loose"]
         self.source = state["source"]
         self.source_is_remote = state["source_is_remote"]
-        for table in state["_tables"].values():
-            self._tables[table.layout.prefix] = table
-        self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
-        self._slash_counts = tuple(sorted({s for _, s in self._heads}))
+        self._tables = dict(state["_tables"])
+        self._reindex()

@@ -189,3 +189,11 @@ def test_compact_in_memory():
     assert len(pickle.dumps(m)) < 25 * n
     assert m[f"a/{n - 1}"] == Reference(f"s3://b/file{(n - 1) % 100}.nc", (n - 1) * 8, 8)
     assert np.all(m._tables["a"].offset == np.arange(n) * 8)
+
+
+def test_grids_larger_than_a_million_chunks_are_tabulated():
+    refs = {"big/.zarray": zarray([1200, 1000], [1, 1])}  # 1.2M chunks, 40k of them referenced
+    refs.update({f"big/{i}.{j}": ["u", i * 1000 + j, 1] for i in [*range(39), 1199] for j in range(1000)})
+    m = Manifest.from_dict(refs)
+    assert "big" in m._tables and not m._loose
+    assert m["big/1199.999"] == Reference("u", 1199999, 1)
