@@ -87,6 +87,11 @@ def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSo
     from zarr.api.asynchronous import open_array
 
     path = ref.get("path", "")
+    # a definition inside a ReferenceStore may reach only what that store's URL policy allows
+    policy = getattr(getattr(root, "_reader", None), "policy", None)
+    for field in ("manifest", "zarr"):
+        if policy is not None and isinstance(ref.get(field), str):
+            policy.check(ref[field], key=f"virtual source {field!r}")
     if "manifest" in ref:
 
         async def opener() -> Any:
@@ -94,7 +99,9 @@ def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSo
 
             from refstore.store import ReferenceStore
 
-            kwargs = ref.get("options") or options
+            kwargs = dict(ref.get("options") or options)
+            if policy is not None:
+                kwargs["url_policy"] = policy
             store = await asyncio.to_thread(ReferenceStore, ref["manifest"], **kwargs)
             return await open_array(store=store, mode="r", path=path)
 

@@ -166,3 +166,20 @@ def test_resolver_as_store_hook(time_files) -> None:
         zarr.open_array(store, path="x", mode="r")[:], np.concatenate([read_h5(time_files["y2001_gz"]), read_h5(time_files["y2004_raw"])])
     )
     assert default_buffer_prototype() is not None
+
+
+def test_remote_definition_cannot_reach_local_sources(tmp_path, time_files, http) -> None:
+    """A virtual definition read from a remote manifest obeys that manifest's URL policy."""
+    p = tmp_path / "local_refs.json"
+    p.write_text(json.dumps(kerchunk_refs(time_files["y2001_gz"], str(time_files["y2001_gz"]))))
+    d = {"refstore_virtual": 1, "shape": [365, 6, 8], "dtype": "<f4", "chunks": [73, 6, 8], "fill_value": "NaN",
+         "layers": [{"source": {"manifest": str(p), "path": "var"}, "origin": [0, 0, 0], "shape": [365, 6, 8],
+                     "map": [[0, 0, 1], [1, 0, 1], [2, 0, 1]]}]}
+    local = tmp_path / "virtual.json"
+    save_virtual({"v": VirtualArray.from_dict(d)}, str(local))
+    g = zarr.open_group(refstore.ReferenceStore(str(local)), mode="r")
+    np.testing.assert_array_equal(g["v"][:], read_h5(time_files["y2001_gz"]))  # a local manifest may
+    url = http.serve(local, "virt")
+    g = zarr.open_group(refstore.ReferenceStore(url), mode="r")
+    with pytest.raises(refstore.URLNotAllowed, match="local files"):
+        g["v"][:]
