@@ -1,0 +1,116 @@
+"""Command line: ``python -m benchmarks [--quick] [--only NAME] [--repeat N] [--out PATH]``.
+
+Scenarios:
+
+* ``open_json`` - open a kerchunk JSON with 1M references (100k with
+  ``--quick``): time, peak memory, pickle size and unpickle time;
+* ``contiguous_local`` / ``contiguous_http`` / ``contiguous_s3`` - read an
+  uncompressed zarr v3 array of 4096 contiguous 8 KiB chunks (512 with
+  ``--quick``) from a local file, a loopback aiohttp server and moto S3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from ._common import Config, Row, import_refstore, refstore_error
+
+SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
+    p.add_argument("--only", action="append", default=[], metavar="NAME",
+                   help="run only scenarios whose name starts with NAME (repeatable, comma lists ok)")
+    p.add_argument("--repeat", type=int, default=None, help="repeats per measurement (default 5, quick 3)")
+    p.add_argument("--slow-repeat", type=int, default=1,
+                   help="repeats for fsspec on moto S3, which is very slow (default 1)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT})")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where generated inputs are kept (default $REFSTORE_BENCH_CACHE or a temp dir)")
+    p.add_argument("--servers-in-process", action="store_true",
+                   help="run HTTP/S3 servers in threads of this process instead of subprocesses")
+    p.add_argument("--n-refs", type=int, default=None, help="references in the open_json file")
+    p.add_argument("--n-chunks", type=int, default=None, help="chunks in the contiguous scenarios")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.add_argument("--list", action="store_true", help="list scenario names and exit")
+    return p.parse_args(argv)
+
+
+def _config(a: argparse.Namespace) -> Config:
+    cfg = Config(quick=a.quick, slow_repeat=a.slow_repeat, servers_in_process=a.servers_in_process,
+                 verbose=not a.quiet)
+    if a.quick:
+        cfg.repeat, cfg.n_refs, cfg.n_chunks = 3, 100_000, 512
+    if a.repeat is not None:
+        cfg.repeat = a.repeat
+    if a.n_refs is not None:
+        cfg.n_refs = a.n_refs
+    if a.n_chunks is not None:
+        cfg.n_chunks = a.n_chunks
+    if a.cache_dir is not None:
+        a.cache_dir.mkdir(parents=True, exist_ok=True)
+        cfg.cache_dir = a.cache_dir
+    return cfg
+
+
+def _select(only: list[str]) -> list[str]:
+    if not only:
+        return list(SCENARIOS)
+    wanted = [w.strip() for item in only for w in item.split(",") if w.strip()]
+    chosen = [s for s in SCENARIOS if any(s.startswith(w) for w in wanted)]
+    if not chosen:
+        raise SystemExit(f"no scenario matches {wanted}; choose from {', '.join(SCENARIOS)}")
+    return chosen
+
+
+def _runner(name: str) -> Callable[[Config], list[Row]]:
+    if name == "open_json":
+        from . import open_json
+
+        return open_json.run
+    from . import contiguous
+
+    return lambda cfg: contiguous.run(name, cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected scenarios, print the table, write the JSON."""
+    from .report import format_table, write_json
+
+    args = _parse(argv)
+    if args.list:
+        print("\n".join(SCENARIOS))
+        return 0
+    cfg = _config(args)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if import_refstore() is None:
+        print(f"note: refstore not importable ({refstore_error()}); its columns show n/a", flush=True)
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    for name in _select(args.only):
+        if cfg.verbose:
+            print(f"== {name}", flush=True)
+        try:
+            rows.extend(_runner(name)(cfg))
+        except Exception as exc:  # noqa: BLE001 - keep the other scenarios
+            print(f"  scenario {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            rows.append(Row(name, "-", note=f"scenario failed: {type(exc).__name__}: {exc}"))
+    elapsed = time.perf_counter() - t0
+    print()
+    print(format_table(rows))
+    write_json(args.out, rows, cfg, elapsed)
+    print(f"\nwrote {args.out} ({elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Shared helpers: configuration, result rows, timing and the refstore import."""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+@dataclass
+class Config:
+    """Options shared by all scenarios (built from the command line)."""
+
+    quick: bool = False
+    repeat: int = 5
+    slow_repeat: int = 1
+    n_refs: int = 1_000_000
+    n_chunks: int = 4096
+    chunk_size: int = 8192
+    cache_dir: Path = field(default_factory=lambda: default_cache_dir())
+    servers_in_process: bool = False
+    verbose: bool = True
+
+
+def default_cache_dir() -> Path:
+    """Directory for generated inputs, reused between runs."""
+    env = os.environ.get("REFSTORE_BENCH_CACHE")
+    base = Path(env) if env else Path(tempfile.gettempdir()) / "refstore-bench-cache"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass
+class Row:
+    """One line of the result table; times in seconds, sizes in the named unit.
+
+    ``refstore``/``fsspec``/``limit`` hold the median of the repeats (or a
+    single measured quantity such as MiB); ``None`` means not available.
+    ``raw`` holds all per-repeat measurements and any extra information.
+    """
+
+    scenario: str
+    variant: str
+    unit: str = "s"
+    refstore: float | None = None
+    fsspec: float | None = None
+    limit: float | None = None
+    limit_name: str = ""
+    requests: str = ""
+    note: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+
+    @property
+    def fsspec_over_refstore(self) -> float | None:
+        """Speed-up of refstore over fsspec (higher is better for refstore)."""
+        if self.refstore and self.fsspec is not None:
+            return self.fsspec / self.refstore
+        return None
+
+    @property
+    def refstore_over_limit(self) -> float | None:
+        """How far refstore is from the limit (1.0 means at the limit)."""
+        if self.refstore is not None and self.limit:
+            return self.refstore / self.limit
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialisable form including the derived ratios."""
+        out = asdict(self)
+        out["ratio_fsspec_over_refstore"] = self.fsspec_over_refstore
+        out["ratio_refstore_over_limit"] = self.refstore_over_limit
+        return out
+
+
+_REFSTORE: ModuleType | None = None
+_REFSTORE_ERROR: str | None = None
+_REFSTORE_TRIED = False
+
+
+def import_refstore() -> ModuleType | None:
+    """Import refstore once; return ``None`` (and remember why) if it fails."""
+    global _REFSTORE, _REFSTORE_ERROR, _REFSTORE_TRIED
+    if not _REFSTORE_TRIED:
+        _REFSTORE_TRIED = True
+        try:
+            import refstore
+
+            _REFSTORE = refstore
+        except Exception as exc:  # noqa: BLE001 - any failure means "n/a"
+            _REFSTORE_ERROR = f"{type(exc).__name__}: {exc}"
+    return _REFSTORE
+
+
+def refstore_error() -> str | None:
+    """Why ``import refstore`` failed, if it did."""
+    import_refstore()
+    return _REFSTORE_ERROR
+
+
+def _all_fs_classes() -> list[type]:
+    """Every imported AbstractFileSystem subclass (helper for cache clearing)."""
+    from fsspec.spec import AbstractFileSystem
+
+    out: list[type] = []
+    stack: list[type] = [AbstractFileSystem]
+    while stack:
+        cls = stack.pop()
+        out.append(cls)
+        stack.extend(cls.__subclasses__())
+    return out
+
+
+def reset_caches() -> None:
+    """Clear instance caches of all fsspec filesystem classes and collect garbage."""
+    for cls in _all_fs_classes():
+        clear = getattr(cls, "clear_instance_cache", None)
+        if clear is not None:
+            try:
+                clear()
+            except Exception:  # noqa: BLE001
+                pass
+    gc.collect()
+
+
+@dataclass
+class Timing:
+    """Outcome of running one implementation several times."""
+
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float | None:
+        """Median of the recorded times, or ``None`` if none succeeded."""
+        return statistics.median(self.times) if self.times else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialisable form."""
+        return {"times": self.times, "median": self.median, "error": self.error, **self.extra}
+
+
+@dataclass
+class Job:
+    """One implementation to time: ``fn`` does the work, ``check`` verifies it.
+
+    ``check`` is called (untimed) on every result of ``fn`` and must raise if
+    it is wrong, so a fast wrong answer cannot produce a number.  ``before``
+    and ``after`` run untimed around each call (e.g. to reset and read
+    request counters); what ``after`` returns is stored per repeat.
+    """
+
+    label: str
+    fn: Callable[[], Any]
+    check: Callable[[Any], None] | None = None
+    repeat: int = 1
+    before: Callable[[], None] | None = None
+    after: Callable[[], Any] | None = None
+
+
+def run_interleaved(jobs: list[Job], verbose: bool = True) -> dict[str, Timing]:
+    """Time every job ``job.repeat`` times, interleaving the jobs round by round.
+
+    Interleaving spreads slow drifts of a noisy machine over all
+    implementations.  Caches are reset before every call.  An exception ends
+    that job's series (stored as its error) without stopping the others.
+    """
+    results = {job.label: Timing() for job in jobs}
+    rounds = max((job.repeat for job in jobs), default=0)
+    for r in range(rounds):
+        for job in jobs:
+            res = results[job.label]
+            if r >= job.repeat or res.error is not None:
+                continue
+            reset_caches()
+            try:
+                if job.before is not None:
+                    job.before()
+                t0 = time.perf_counter()
+                value = job.fn()
+                dt = time.perf_counter() - t0
+                if job.check is not None:
+                    job.check(value)
+                del value
+                if job.after is not None:
+                    res.extra.setdefault("after", []).append(job.after())
+            except Exception as exc:  # noqa: BLE001
+                res.error = f"{type(exc).__name__}: {exc}"
+                if verbose:
+                    print(f"    {job.label}: FAILED ({res.error})", flush=True)
+                    if os.environ.get("REFSTORE_BENCH_TRACEBACK"):
+                        traceback.print_exc()
+                continue
+            res.times.append(dt)
+            if verbose:
+                print(f"    {job.label} [{r + 1}/{job.repeat}]: {dt:.4f} s", flush=True)
+    return results

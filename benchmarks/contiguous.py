@@ -1,0 +1,319 @@
+"""Scenarios ``contiguous_local``, ``contiguous_http`` and ``contiguous_s3``.
+
+One file of ``n_chunks * chunk_size`` random bytes is described by references
+as an uncompressed zarr v3 uint8 array (chunk ``c/i`` = bytes
+``[i * size, (i + 1) * size)``).  Each implementation opens the array through
+zarr and reads it whole with ``arr[:]``; the result is compared with the file
+bytes.  Timed: building the store, opening the array and reading it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+from .data import contiguous_file, contiguous_refs, localstore_copy
+from .servers import Server, s3_options, set_dummy_aws_env
+
+BUCKET = "bench"
+FSSPEC = "fsspec RFS + FsspecStore"
+REF_STORE = "refstore.ReferenceStore"
+REF_RFS = "refstore RFS + FsspecStore"
+
+
+@dataclass
+class Backend:
+    """Where the data file lives and how to reach it."""
+
+    name: str
+    url: str
+    protocol: str
+    options: dict[str, Any]
+    limits: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    server: Server | None = None
+
+
+def _read_zarr(store: Any) -> np.ndarray:
+    """Open the array at the root of ``store`` and read all of it."""
+    import zarr
+
+    return zarr.open_array(store=store, mode="r")[:]
+
+
+def fsspec_store(refs: dict[str, Any], b: Backend) -> Any:
+    """zarr 3 store over fsspec's own ReferenceFileSystem (the baseline).
+
+    fsspec's RFS must be asynchronous for zarr's FsspecStore; the remote
+    filesystem must then be asynchronous too (sync ones such as
+    ``LocalFileSystem`` are wrapped by RFS in ``AsyncFileSystemWrapper``).
+    """
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+    from zarr.storage import FsspecStore
+
+    fs = FsspecRFS(
+        fo=refs,
+        remote_protocol=b.protocol,
+        remote_options={**b.options, "asynchronous": True},
+        asynchronous=True,
+    )
+    return FsspecStore(fs, read_only=True)
+
+
+def refstore_native(refs: dict[str, Any], b: Backend) -> Any:
+    """refstore's native zarr 3 store."""
+    refstore = import_refstore()
+    assert refstore is not None
+    return refstore.ReferenceStore(refs, remote_protocol=b.protocol, remote_options=b.options)
+
+
+def refstore_rfs(refs: dict[str, Any], b: Backend) -> Any:
+    """zarr's FsspecStore over refstore's drop-in ReferenceFileSystem."""
+    from zarr.storage import FsspecStore
+
+    refstore = import_refstore()
+    assert refstore is not None
+    fs = refstore.ReferenceFileSystem(
+        fo=refs,
+        remote_protocol=b.protocol,
+        remote_options={**b.options, "asynchronous": True},
+        asynchronous=True,
+    )
+    return FsspecStore(fs, read_only=True)
+
+
+async def _close_remote(fs: Any) -> None:
+    """Close the client session of an async remote filesystem, if it has one.
+
+    Asynchronous fsspec filesystems never close their sessions themselves
+    (fsspec only registers finalizers for synchronous instances), so without
+    this every repeat would leak an aiohttp session and its connections.
+    """
+    fs = getattr(fs, "sync_fs", fs)  # unwrap AsyncFileSystemWrapper
+    session = getattr(fs, "_session", None)
+    if session is not None and hasattr(session, "close"):
+        await session.close()
+        fs._session = None
+    creator = getattr(fs, "_s3creator", None)
+    if creator is not None:
+        await creator.__aexit__(None, None, None)
+        fs._s3creator = fs._s3 = None
+
+
+def close_store(store: Any) -> None:
+    """Release what a store opened (untimed cleanup between repeats)."""
+    from zarr.core.sync import sync
+
+    fs = getattr(store, "fs", None)
+    subs = list(getattr(fs, "fss", {}).values()) if fs is not None else []
+    for sub in {id(x): x for x in subs}.values():
+        try:
+            sync(_close_remote(sub))
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    for owner in (store, fs):  # refstore's reader owns its sessions (private, best effort)
+        reader = getattr(owner, "_reader", None)
+        if reader is not None and callable(getattr(reader, "close", None)):
+            try:
+                res = reader.close()
+                if asyncio.iscoroutine(res):
+                    sync(res)
+            except Exception:  # noqa: BLE001
+                pass
+    close = getattr(store, "close", None)
+    if callable(close):
+        try:
+            res = close()
+            if asyncio.iscoroutine(res):
+                sync(res)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _Opened:
+    """Remembers the last store a job built so it can be closed untimed."""
+
+    def __init__(self, make: Callable[[], Any], after: Callable[[], Any] | None) -> None:
+        self.make = make
+        self._after = after
+        self.store: Any = None
+
+    def read(self) -> np.ndarray:
+        """Build the store and read the whole array (the timed part)."""
+        self.store = self.make()
+        return _read_zarr(self.store)
+
+    def after(self) -> Any:
+        """Close the store, then report the server counters (if any)."""
+        if self.store is not None:
+            close_store(self.store)
+            self.store = None
+        return self._after() if self._after is not None else None
+
+
+def _checker(expected: np.ndarray) -> Callable[[Any], None]:
+    """A check that raises unless the value equals ``expected`` byte for byte."""
+
+    def check(value: Any) -> None:
+        arr = np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else value
+        if arr.shape != expected.shape or not np.array_equal(arr, expected):
+            raise AssertionError("read returned wrong data")
+
+    return check
+
+
+def _local_backend(cfg: Config, path: Path) -> Backend:
+    """Local file; limits: zarr LocalStore with the same chunks, one read()."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    folder = localstore_copy(cfg.cache_dir, path, cfg.n_chunks, cfg.chunk_size)
+
+    def localstore() -> np.ndarray:
+        return zarr.open_array(store=LocalStore(folder, read_only=True), mode="r")[:]
+
+    def raw_read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    return Backend("local", str(path), "file", {}, {"zarr LocalStore": localstore, "open().read()": raw_read})
+
+
+def _http_backend(cfg: Config, path: Path) -> Backend:
+    """Loopback aiohttp server; limit: one GET of the whole file."""
+    import aiohttp
+
+    server = Server("http", path.parent, in_process=cfg.servers_in_process)
+    url = f"{server.url}/{path.name}"
+
+    def one_get() -> bytes:
+        async def get() -> bytes:
+            async with aiohttp.ClientSession() as session, session.get(url) as resp:
+                resp.raise_for_status()
+                return await resp.read()
+
+        return asyncio.run(get())
+
+    return Backend("http", url, "http", {}, {"1 GET (aiohttp)": one_get}, server)
+
+
+def _s3_backend(cfg: Config, path: Path) -> Backend:
+    """moto S3 server; limit: one s3fs ``cat_file`` of the whole object."""
+    import s3fs
+
+    set_dummy_aws_env()
+    server = Server("s3", in_process=cfg.servers_in_process)
+    opts = s3_options(server.url)
+    try:
+        fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        fs.put_file(str(path), f"{BUCKET}/{path.name}")
+    except BaseException:
+        server.close()
+        raise
+    url = f"s3://{BUCKET}/{path.name}"
+
+    def cat_whole() -> bytes:
+        return s3fs.S3FileSystem(**opts, skip_instance_cache=True).cat_file(url)
+
+    return Backend("s3", url, "s3", opts, {"1 cat_file (s3fs)": cat_whole}, server)
+
+
+BACKENDS: dict[str, Callable[[Config, Path], Backend]] = {
+    "contiguous_local": _local_backend,
+    "contiguous_http": _http_backend,
+    "contiguous_s3": _s3_backend,
+}
+
+
+def _warm_up_zarr() -> None:
+    """Start zarr's event-loop thread and import codecs outside any timing."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    arr = zarr.create_array(store=MemoryStore(), shape=(16,), chunks=(8,), dtype="uint8", compressors=None)
+    arr[:] = 1
+    _ = arr[:]
+
+
+def run(name: str, cfg: Config) -> list[Row]:
+    """Run one contiguous scenario and return its table rows."""
+    _warm_up_zarr()
+    path = contiguous_file(cfg.cache_dir, cfg.n_chunks, cfg.chunk_size)
+    expected = np.fromfile(path, dtype=np.uint8)
+    check = _checker(expected)
+    backend = BACKENDS[name](cfg, path)
+    try:
+        refs = contiguous_refs(backend.url, cfg.n_chunks, cfg.chunk_size)
+        server = backend.server
+        before = server.reset if server else None
+        after = server.stats if server else None
+        refstore = import_refstore()
+        makers: dict[str, Callable[[dict[str, Any], Backend], Any]] = {FSSPEC: fsspec_store}
+        if refstore is not None and hasattr(refstore, "ReferenceStore"):
+            makers[REF_STORE] = refstore_native
+        if refstore is not None and hasattr(refstore, "ReferenceFileSystem"):
+            makers[REF_RFS] = refstore_rfs
+        jobs = []
+        for label, maker in makers.items():
+            opened = _Opened(lambda maker=maker: maker(refs, backend), after)  # type: ignore[misc]
+            slow = label == FSSPEC and backend.name == "s3"
+            reps = cfg.slow_repeat if slow else cfg.repeat
+            jobs.append(Job(label, opened.read, check, reps, before, opened.after))
+        for lname, fn in backend.limits.items():
+            jobs.append(Job(lname, fn, check, cfg.repeat, before, after))
+        results = run_interleaved(jobs, cfg.verbose)
+    finally:
+        if backend.server is not None:
+            backend.server.close()
+    return _rows(name, cfg, backend, results)
+
+
+def _requests(t: Timing | None) -> int | None:
+    """Request count of the last repeat, if the server counted any."""
+    if t is None or not t.extra.get("after"):
+        return None
+    last = t.extra["after"][-1]
+    return int(last["requests"]) if last else None
+
+
+def _rows(name: str, cfg: Config, b: Backend, results: dict[str, Timing]) -> list[Row]:
+    """Turn the timings of one scenario into table rows."""
+    fs = results[FSSPEC]
+    limit_names = list(b.limits)
+    raw_common = {
+        "n_chunks": cfg.n_chunks,
+        "chunk_size": cfg.chunk_size,
+        "url": b.url,
+        "timings": {k: v.to_json() for k, v in results.items()},
+    }
+    rows = []
+    variants = [(REF_STORE, limit_names), (REF_RFS, limit_names[:1])]
+    for variant, lnames in variants:
+        rt = results.get(variant)
+        for lname in lnames:
+            lim = results[lname]
+            reqs = ""
+            if b.server is not None:
+                parts = [f"{_requests(rt) if rt and rt.times else 'n/a'}", f"{_requests(fs) or 'n/a'}", f"{_requests(lim)}"]
+                reqs = "/".join(parts)
+            note = ";".join(e for e in (rt.error if rt else "not available in refstore yet", fs.error, lim.error) if e)
+            rows.append(
+                Row(
+                    scenario=name,
+                    variant=variant,
+                    refstore=rt.median if rt else None,
+                    fsspec=fs.median,
+                    limit=lim.median,
+                    limit_name=lname,
+                    requests=reqs,
+                    note=note,
+                    raw={**raw_common, "refstore_impl": variant, "limit_impl": lname},
+                )
+            )
+    return rows

@@ -1,0 +1,221 @@
+"""Scenario ``open_json``: open a kerchunk JSON with ~1M references.
+
+Each measurement runs in a fresh subprocess so that peak memory is isolated:
+the worker imports everything, records its resident size as the baseline,
+opens the references, and reports the wall time and ``ru_maxrss - baseline``.
+A second worker kind pickles the opened object and times the unpickling
+(after clearing fsspec's instance cache, which would otherwise hand back the
+same object).
+
+Run a worker directly as
+``python -m benchmarks.open_json IMPL ACTION PATH N_REFS`` with IMPL one of
+:data:`IMPLS` and ACTION ``open`` or ``pickle``; it prints ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import Config, Row, import_refstore, reset_caches
+from .data import TEMPLATE_URL, big_json, big_key
+
+FSSPEC = "fsspec"
+MANIFEST = "refstore.Manifest"
+REF_RFS = "refstore.ReferenceFileSystem"
+LIMIT = "ujson.load"
+IMPLS = (FSSPEC, MANIFEST, REF_RFS, LIMIT)
+REMOTE = {"remote_protocol": "s3", "remote_options": {"anon": True}}
+MIB = 1024 * 1024
+
+
+# --------------------------------------------------------------------- worker
+def _rss_now() -> int:
+    """Current resident set size in bytes."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: fall back to the peak so far
+        return _rss_peak()
+
+
+def _rss_peak() -> int:
+    """Peak resident set size in bytes (``ru_maxrss`` is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _opener(impl: str, path: str) -> tuple[Any, Any]:
+    """(open function, lookup function) for one implementation; imports now."""
+    import s3fs  # noqa: F401 - imported by every worker so baselines match
+    import ujson
+
+    if impl == FSSPEC:
+        from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+
+        return (lambda: FsspecRFS(fo=path, **REMOTE)), (lambda o, k: o.info(k)["size"])
+    if impl == MANIFEST:
+        import refstore
+
+        def length(o: Any, k: str) -> int:
+            ref = o.get(k)
+            return getattr(ref, "length", None) or ref[2]
+
+        return (lambda: refstore.Manifest.open(path)), length
+    if impl == REF_RFS:
+        import refstore
+
+        return (lambda: refstore.ReferenceFileSystem(fo=path, **REMOTE)), (lambda o, k: o.info(k)["size"])
+    if impl == LIMIT:
+
+        def load() -> Any:
+            with open(path, "rb") as f:
+                return ujson.load(f)
+
+        return load, (lambda o, k: o["refs"][k][2])
+    raise SystemExit(f"unknown implementation {impl!r}")
+
+
+def worker(impl: str, action: str, path: str, n_refs: int) -> dict[str, Any]:
+    """Measure one open (or one pickle round trip) in this process."""
+    open_fn, lookup = _opener(impl, path)
+    key = big_key(n_refs, n_refs - 1)
+    base = _rss_now()
+    t0 = time.perf_counter()
+    obj = open_fn()
+    t1 = time.perf_counter()
+    size = lookup(obj, key)
+    t2 = time.perf_counter()
+    peak = _rss_peak()
+    kept = _rss_now()
+    if size != 40000:
+        raise AssertionError(f"lookup of {key} gave length {size}")
+    out: dict[str, Any] = {
+        "open_s": t1 - t0,
+        "lookup_s": t2 - t1,
+        "baseline_rss": base,
+        "peak_rss": peak,
+        "peak_delta": max(0, peak - base),
+        "kept_delta": max(0, kept - base),
+    }
+    if action == "pickle":
+        t0 = time.perf_counter()
+        blob = pickle.dumps(obj)
+        t1 = time.perf_counter()
+        del obj
+        reset_caches()  # else fsspec's instance cache hands back the same object
+        t2 = time.perf_counter()
+        obj = pickle.loads(blob)
+        size = lookup(obj, key)
+        t3 = time.perf_counter()
+        if size != 40000:
+            raise AssertionError(f"lookup after unpickling gave length {size}")
+        out.update(pickle_bytes=len(blob), dumps_s=t1 - t0, loads_lookup_s=t3 - t2)
+    return out
+
+
+# --------------------------------------------------------------------- parent
+def _spawn(impl: str, action: str, path: Path, n_refs: int) -> dict[str, Any]:
+    """Run one worker subprocess and parse its result (or its error)."""
+    cmd = [sys.executable, "-m", "benchmarks.open_json", impl, action, str(path), str(n_refs)]
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=1800)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": tail}
+
+
+def _measure(impl: str, action: str, path: Path, n_refs: int, repeat: int, verbose: bool) -> dict[str, Any]:
+    """Run ``repeat`` workers; medians of every numeric field plus the raw runs."""
+    runs: list[dict[str, Any]] = []
+    for i in range(repeat):
+        res = _spawn(impl, action, path, n_refs)
+        if "error" in res:
+            if verbose:
+                print(f"    {impl} {action}: FAILED ({res['error']})", flush=True)
+            return {"error": res["error"], "runs": runs}
+        runs.append(res)
+        if verbose:
+            extra = f", pickle {res['pickle_bytes'] / MIB:.2f} MiB" if "pickle_bytes" in res else ""
+            print(
+                f"    {impl} {action} [{i + 1}/{repeat}]: open {res['open_s']:.3f} s, "
+                f"peak +{res['peak_delta'] / MIB:.1f} MiB{extra}",
+                flush=True,
+            )
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return {"median": med, "runs": runs}
+
+
+def _get(m: dict[str, Any] | None, field: str, scale: float = 1.0) -> float | None:
+    """A median field of a measurement, scaled, or ``None``."""
+    if not m or "median" not in m or field not in m["median"]:
+        return None
+    return m["median"][field] / scale
+
+
+def run(cfg: Config) -> list[Row]:
+    """Run the open_json scenario (opening and pickling) and return table rows."""
+    path = big_json(cfg.cache_dir, cfg.n_refs)
+    n = cfg.n_refs
+    rs = import_refstore()
+    impls = [FSSPEC, LIMIT]
+    if rs is not None and hasattr(rs, "Manifest"):
+        impls.append(MANIFEST)
+    if rs is not None and hasattr(rs, "ReferenceFileSystem"):
+        impls.append(REF_RFS)
+    reps = max(1, min(cfg.repeat, 3))
+    opened = {impl: _measure(impl, "open", path, n, reps, cfg.verbose) for impl in impls}
+    pickled = {i: _measure(i, "pickle", path, n, 1, cfg.verbose) for i in impls if i != LIMIT}
+    raw = {
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
+        "n_refs": n,
+        "template": TEMPLATE_URL,
+        "open": opened,
+        "pickle": pickled,
+    }
+    fs_o, lim_o, fs_p = opened[FSSPEC], opened[LIMIT], pickled[FSSPEC]
+    err = "; ".join(f"{k}: {m['error']}" for d in (opened, pickled) for k, m in d.items() if "error" in m)
+    metrics: list[tuple[str, str, Any, str]] = [
+        ("open_json", "s", lambda m: _get(m, "open_s"), LIMIT),
+        ("open_json+lookup", "s", _sum, LIMIT),
+        ("open_json peak", "MiB", lambda m: _get(m, "peak_delta", MIB), LIMIT),
+        ("open_json peak", "B/ref", lambda m: _get(m, "peak_delta", n), LIMIT),
+        ("open_json kept", "MiB", lambda m: _get(m, "kept_delta", MIB), LIMIT),
+        ("pickle size", "bytes", lambda m: _get(m, "pickle_bytes"), ""),
+        ("unpickle+lookup", "s", lambda m: _get(m, "loads_lookup_s"), ""),
+    ]
+    rows: list[Row] = []
+    for scen, unit, pick, lname in metrics:
+        pickle_metric = scen.startswith(("pickle", "unpickle"))
+        for variant in (MANIFEST, REF_RFS):
+            mine = (pickled if pickle_metric else opened).get(variant)
+            base = fs_p if pickle_metric else fs_o
+            lim = pick(lim_o) if lname else None
+            rows.append(Row(scen, variant, unit, pick(mine), pick(base), lim, lname, group="open_json"))
+    rows[0].raw = raw
+    rows[0].note = err
+    return rows
+
+
+def _sum(m: dict[str, Any] | None) -> float | None:
+    """Median open time plus median first-lookup time."""
+    a, b = _get(m, "open_s"), _get(m, "lookup_s")
+    return a + b if a is not None and b is not None else None
+
+
+if __name__ == "__main__":
+    _impl, _action, _path, _n = sys.argv[1:5]
+    print("RESULT " + json.dumps(worker(_impl, _action, _path, int(_n))), flush=True)
