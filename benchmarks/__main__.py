@@ -25,6 +25,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
@@ -40,12 +41,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="run HTTP/S3 servers in threads of this process instead of subprocesses")
     p.add_argument("--n-refs", type=int, default=None, help="references in the open_json file")
     p.add_argument("--n-chunks", type=int, default=None, help="chunks in the contiguous scenarios")
+    p.add_argument("--zarr-concurrency", type=int, default=None,
+                   help="set zarr's async.concurrency (default: zarr's own, 10)")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     p.add_argument("--list", action="store_true", help="list scenario names and exit")
     return p.parse_args(argv)
 
 
 def _config(a: argparse.Namespace) -> Config:
+    """Build the run configuration (quick sizes first, explicit options override)."""
     cfg = Config(quick=a.quick, slow_repeat=a.slow_repeat, servers_in_process=a.servers_in_process,
                  verbose=not a.quiet)
     if a.quick:
@@ -63,6 +67,7 @@ def _config(a: argparse.Namespace) -> Config:
 
 
 def _select(only: list[str]) -> list[str]:
+    """Scenario names selected by ``--only`` prefixes (all if none given)."""
     if not only:
         return list(SCENARIOS)
     wanted = [w.strip() for item in only for w in item.split(",") if w.strip()]
@@ -73,6 +78,7 @@ def _select(only: list[str]) -> list[str]:
 
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:
+    """The function running scenario ``name``."""
     if name == "open_json":
         from . import open_json
 
@@ -91,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(SCENARIOS))
         return 0
     cfg = _config(args)
+    if args.zarr_concurrency is not None:
+        import zarr
+
+        zarr.config.set({"async.concurrency": args.zarr_concurrency})
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     if import_refstore() is None:
         print(f"note: refstore not importable ({refstore_error()}); its columns show n/a", flush=True)

@@ -84,6 +84,7 @@ def format_table(rows: list[Row]) -> str:
         "opening the array and reading it all (contiguous_*), or of opening the references (open_json).",
         "fsspec/refstore > 1 means refstore is faster; refstore/limit = 1 means refstore is at the limit.",
         "requests r/f/l = HTTP requests seen by the server for refstore / fsspec / limit (last repeat).",
+        "zarr MemoryStore = the same chunks read through zarr from memory: zarr's per-chunk floor.",
         "open_json limit (ujson.load of the file) is a reference point, not a hard lower bound.",
         "peak = ru_maxrss - RSS after imports (fresh process); kept = RSS still held after the open.",
         "fsspec pickles only its constructor arguments (the path): unpickling re-reads the JSON.",

@@ -150,12 +150,15 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
 
     def _start_process(self, root: Path | None) -> int:
+        """Start ``python -m benchmarks.servers`` and read its port."""
         cmd = [sys.executable, "-m", "benchmarks.servers", self.kind]
         if root is not None:
             cmd.append(str(root))
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        root_dir = Path(__file__).resolve().parent.parent  # so "-m benchmarks..." imports
+        path = os.pathsep.join(p for p in (str(root_dir), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root_dir
         )
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
@@ -165,6 +168,7 @@ class Server:
         return int(line.split()[1])
 
     def _start_thread(self, root: Path | None) -> int:
+        """Start the server in a daemon thread of this process; return its port."""
         ready = threading.Event()
         ports: list[int] = []
 
@@ -186,6 +190,7 @@ class Server:
         return ports[0]
 
     def _get(self, path: str) -> dict[str, int]:
+        """GET one of the uncounted control endpoints."""
         with urllib.request.urlopen(self.url + path, timeout=30) as resp:
             return json.loads(resp.read())
 
