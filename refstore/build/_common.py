@@ -101,13 +101,18 @@ def array_metadata(
     dimension_names: Sequence[str],
     attributes: dict[str, Any] | None = None,
     fill_value: int | float = 0,
+    raw: bool = False,
 ) -> bytes:
     """Return the ``zarr.json`` of a zarr 3 array whose chunks are image files.
 
     The serializer is the ``refstore.image`` codec with *layout*, and there are no
-    compressors, so each chunk's bytes are exactly one image file. Chunk keys use the
-    default encoding (``c/0/1/2``).
+    compressors, so each chunk's bytes are exactly one image file. With *raw*, the
+    serializer is the plain little-endian ``bytes`` codec instead (for virtual arrays,
+    whose chunks refstore produces). Chunk keys use the default encoding (``c/0/1/2``).
     """
+    codec: dict[str, Any] = {"name": "refstore.image", "configuration": {"layout": layout}}
+    if raw:
+        codec = {"name": "bytes", "configuration": {"endian": "little"}}
     doc = {
         "zarr_format": 3,
         "node_type": "array",
@@ -116,7 +121,7 @@ def array_metadata(
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(n) for n in chunks]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": fill_value,
-        "codecs": [{"name": "refstore.image", "configuration": {"layout": layout}}],
+        "codecs": [codec],
         "attributes": attributes or {},
         "dimension_names": list(dimension_names),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import posixpath
@@ -11,6 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from refstore.build._common import (
     array_metadata,
@@ -49,10 +51,13 @@ def _level_arrays(
     channel_first: bool,
     resampling_offset: bool,
     name: str,
+    overlap: int = 0,
 ) -> None:
     """Write the group and level arrays ``0``, ``1``, ... (largest first) of a tile pyramid.
 
     *levels* holds ``(height, width, {(row, col): url})`` per level, largest first.
+    With *overlap*, levels of more than one tile are virtual arrays over their tiles
+    (see :func:`_overlap_level`).
     """
     info = probe_image(sample, sample_name)
     axes, layout = image_axes(info.channels, channel_first)
@@ -64,11 +69,67 @@ def _level_arrays(
     attrs = multiscale_attributes(paths, shapes, axes, factors=factors, offsets=offsets, name=name)
     manifest.set("zarr.json", group_metadata(attrs))
     chunks = image_shape(tile, tile, info.channels, layout)
-    for path, shape, (_, _, tiles) in zip(paths, shapes, levels, strict=True):
+    for path, shape, (h, w, tiles) in zip(paths, shapes, levels, strict=True):
+        if overlap and (h > tile or w > tile):
+            _overlap_level(manifest, path, shape, tiles, tile, overlap, info.channels, info.dtype, layout, axes)
+            continue
         manifest.set(f"{path}/zarr.json", array_metadata(shape, chunks, info.dtype, layout, axes))
         for (row, col), url in sorted(tiles.items()):
             index = {"y": row, "x": col, "c": 0}
             manifest.set(chunk_key(path, [index[a] for a in axes]), Reference(url, 0, None))
+
+
+def _overlap_level(
+    manifest: Manifest,
+    path: str,
+    shape: list[int],
+    tiles: dict[tuple[int, int], str],
+    tile: int,
+    overlap: int,
+    channels: int,
+    dtype: Any,
+    layout: str,
+    axes: list[str],
+) -> None:
+    """Write one Deep Zoom level whose tiles overlap as a virtual array (``spec/builders.md``).
+
+    Tile ``(row, col)`` covers rows ``[row*tile - (overlap if row else 0), (row+1)*tile + overlap)``
+    (clipped to the image), and likewise columns. The tiles become the chunks of a raw
+    array at ``<path>/.sources/0`` with chunks of ``tile + 2*overlap`` (each tile at the
+    top-left of its chunk); the level is a virtual array with chunks of ``tile`` whose
+    blocked maps skip ``overlap`` rows and columns of every tile but the first.
+    """
+    from refstore.virtual._store import DEFINITION_NAME, SOURCES_DIR
+
+    stride = tile + 2 * overlap
+    rows, cols = math.ceil(shape[axes.index("y")] / tile), math.ceil(shape[axes.index("x")] / tile)
+    raw = f"{path}/{SOURCES_DIR}/0"
+    raw_shape = image_shape(rows * stride, cols * stride, channels, layout)
+    raw_chunks = image_shape(stride, stride, channels, layout)
+    manifest.set(f"{raw}/zarr.json", array_metadata(raw_shape, raw_chunks, dtype, layout, axes))
+    for (row, col), url in sorted(tiles.items()):
+        index = {"y": row, "x": col, "c": 0}
+        manifest.set(chunk_key(raw, [index[a] for a in axes]), Reference(url, 0, None))
+    chunks = image_shape(tile, tile, channels, layout)
+    manifest.set(f"{path}/zarr.json", array_metadata(shape, chunks, dtype, layout, axes, raw=True))
+    blocked = {"start": 0, "step": 1, "block": tile, "stride": stride, "offsets": [0, overlap]}
+    definition = {
+        "refstore_virtual": 1,
+        "shape": shape,
+        "dtype": np.dtype(dtype).str,
+        "chunks": chunks,
+        "fill_value": 0,
+        "dimension_names": axes,
+        "layers": [
+            {
+                "source": {"path": raw},
+                "origin": [0] * len(shape),
+                "shape": shape,
+                "map": [{"dim": d, **blocked} if a in ("y", "x") else [d, 0, 1] for d, a in enumerate(axes)],
+            }
+        ],
+    }
+    manifest.set(f"{path}/{DEFINITION_NAME}", json.dumps(definition).encode())
 
 
 def _dzi_descriptor(text: str, where: str) -> tuple[int, int, int, int, str]:
@@ -109,22 +170,21 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
         first (DZI level ``max`` is array ``0``). DZI level sizes round up:
         level ``L`` is ``ceil(size / 2**(max - L))`` with ``max = ceil(log2(max(W, H)))``.
         Chunks are whole-file references decoded by the ``refstore.image`` codec.
+        With ``Overlap > 0``, each level of more than one tile is a virtual array
+        (``spec/virtual.md``) over a raw array of whole tiles, which crops each tile's
+        overlap by its position; it reads through :class:`refstore.ReferenceStore`.
 
     Raises
     ------
     ValueError
-        If the descriptor is malformed, or its ``Overlap`` is not 0 (see
-        ``spec/builders.md``: a per-chunk crop cannot be expressed by one codec).
+        If the descriptor is malformed (naming the file and the field), its
+        ``TileSize`` is below 1 or its ``Overlap`` is negative.
     """
     fs, fspath = fsspec.core.url_to_fs(path)
     with fs.open(fspath, "rb") as f:
         width, height, tile, overlap, fmt = _dzi_descriptor(f.read().decode("utf-8", "replace"), path)
-    if overlap:
-        raise ValueError(
-            f"{path}: Overlap={overlap}; refstore reads Deep Zoom tile sets with Overlap=0 only, because "
-            "whether to trim a tile's top/left rows depends on its position, which no codec sees. "
-            "Re-tile with overlap 0 (vips dzsave --overlap 0)."
-        )
+    if tile < 1 or not 0 <= overlap:
+        raise ValueError(f"{path}: TileSize={tile} and Overlap={overlap}; need TileSize >= 1 and Overlap >= 0")
     base = re.sub(r"\.(dzi|xml)$", "", path, flags=re.IGNORECASE) + "_files"
     fsbase = re.sub(r"\.(dzi|xml)$", "", fspath, flags=re.IGNORECASE) + "_files"
     top = math.ceil(math.log2(max(width, height))) if max(width, height) > 1 else 0
@@ -146,7 +206,9 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
     if sample is None:
         raise ValueError(f"{path}: no tiles found under {base}")
     manifest = Manifest()
-    _level_arrays(manifest, levels, tile, sample[0], sample[1], channel_first, True, posixpath.basename(base[:-6]))
+    _level_arrays(
+        manifest, levels, tile, sample[0], sample[1], channel_first, True, posixpath.basename(base[:-6]), overlap
+    )
     return manifest
 
 

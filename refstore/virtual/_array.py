@@ -138,7 +138,7 @@ class VirtualArray:
         out = np.full(self.shape, self.fill_value, dtype=self.dtype)
         if not self.layers or out.size == 0:
             return out
-        datas = await asyncio.gather(*(_read_layer(layer) for layer in self.layers))
+        datas = await asyncio.gather(*(_read_layer(layer, self.dtype) for layer in self.layers))
         for layer, data in zip(self.layers, datas):
             out[layer.box()] = data
         return out
@@ -196,14 +196,27 @@ class VirtualArray:
         return flatten({name: self})
 
 
-async def _read_layer(layer: Layer) -> np.ndarray:
+async def _read_layer(layer: Layer, dtype: np.dtype[Any]) -> np.ndarray:
+    """The data of ``layer``'s whole box: one source read per piece (one per block if blocked)."""
+    import asyncio
+
     src = layer.source
-    sel = layer.source_selection()
-    if isinstance(src, VirtualArray):
-        data = await src.read_source(sel)
-    else:
-        data = await src.read(sel)
-    return np.asarray(data).reshape(layer.shape)
+
+    async def read_piece(box: tuple[slice, ...], sel: tuple[int | slice, ...]) -> np.ndarray:
+        if isinstance(src, VirtualArray):
+            data = await src.read_source(sel)
+        else:
+            data = await src.read(sel)
+        return np.asarray(data).reshape(tuple(b.stop - b.start for b in box))
+
+    pieces = layer.pieces()
+    if len(pieces) == 1:
+        return await read_piece(*pieces[0][:2])
+    out = np.empty(layer.shape, dtype)
+    datas = await asyncio.gather(*(read_piece(box, sel) for box, sel, _ in pieces))
+    for (box, _, _), data in zip(pieces, datas):
+        out[box] = data
+    return out
 
 
 def leaf_sources(v: VirtualArray) -> Any:

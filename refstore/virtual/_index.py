@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from refstore.errors import ManifestError
 
+
+@dataclass(frozen=True)
+class Blocked:
+    """A source dimension read in blocks that sit at a per-block offset inside fixed strides.
+
+    Virtual index ``i`` on ``vdim`` gives ``j = start + (i - origin[vdim]) * step``, which
+    lies in block ``k = j // block`` at position ``p = j % block``; it reads source index
+    ``k * stride + offset(k) + p``, where ``offset(k)`` is ``offsets[k]``, the last entry
+    repeating for later blocks. A Deep Zoom level with overlap ``ov`` and tile size ``T``
+    stored as chunks of ``T + 2 * ov`` is ``Blocked(d, 0, 1, T, T + 2 * ov, (0, ov))``.
+    """
+
+    vdim: int
+    start: int
+    step: int
+    block: int
+    stride: int
+    offsets: tuple[int, ...]
+
+    def offset(self, k: int) -> int:
+        """The offset of block ``k`` inside its stride."""
+        return self.offsets[min(k, len(self.offsets) - 1)]
+
+    def source_index(self, j: int) -> int:
+        """The source index of position ``j`` (already shifted by ``start`` and scaled by ``step``)."""
+        k, p = divmod(j, self.block)
+        return k * self.stride + self.offset(k) + p
+
+    def runs(self, n: int) -> list[tuple[int, int, slice, tuple[int, int]]]:
+        """Split virtual positions ``0 .. n-1`` (relative to the origin) into one run per block.
+
+        Returns ``(lo, hi, source_slice, block_span)``: positions ``lo .. hi-1`` read
+        ``source_slice``; ``block_span`` is the source range the block can ever read.
+        """
+        out = []
+        t = 0
+        while t < n:
+            j = self.start + t * self.step
+            k = j // self.block
+            hi = min(n, _ceil_div((k + 1) * self.block - self.start, self.step))
+            first = self.source_index(j)
+            base = k * self.stride + self.offset(k)
+            out.append((t, hi, slice(first, first + (hi - t - 1) * self.step + 1, self.step), (base, base + self.block)))
+            t = hi
+        return out
+
+
 #: One source dimension of a layer: a fixed source index (the dimension was dropped by an
-#: integer index), or ``(virtual_dim, start, step)``: virtual index ``i`` on ``virtual_dim``
-#: reads source index ``start + (i - origin[virtual_dim]) * step``.
-SourceDim = int | tuple[int, int, int]
+#: integer index); ``(virtual_dim, start, step)``: virtual index ``i`` on ``virtual_dim``
+#: reads source index ``start + (i - origin[virtual_dim]) * step``; or a :class:`Blocked` map.
+SourceDim = int | tuple[int, int, int] | Blocked
+
+#: One piece of a layer read: the box it fills (slices relative to the layer's origin),
+#: the source selection, and per source dimension the source range the layer's map can
+#: reach around it (None: unbounded), which tells whether a source chunk can be read again.
+Piece = tuple[tuple[slice, ...], tuple[int | slice, ...], tuple[tuple[int, int] | None, ...]]
 
 #: A normalized index item: an int, or ``(start, stop, step)`` with ``step >= 1``.
 Item = int | tuple[int, int, int]
@@ -39,20 +92,44 @@ class Layer:
     src_map: tuple[SourceDim, ...]
 
     def mapped(self) -> dict[int, tuple[int, int, int]]:
-        """``{virtual_dim: (source_dim, start, step)}`` for the mapped virtual dimensions."""
-        return {m[0]: (k, m[1], m[2]) for k, m in enumerate(self.src_map) if not isinstance(m, int)}
+        """``{virtual_dim: (source_dim, start, step)}`` for the plainly mapped virtual dimensions."""
+        return {m[0]: (k, m[1], m[2]) for k, m in enumerate(self.src_map) if isinstance(m, tuple)}
+
+    @property
+    def blocked(self) -> bool:
+        """True if some source dimension is a :class:`Blocked` map."""
+        return any(isinstance(m, Blocked) for m in self.src_map)
 
     def source_selection(self) -> tuple[int | slice, ...]:
-        """The source index that reads this layer's whole box."""
-        sel: list[int | slice] = []
+        """The source index that reads this layer's whole box (layers without blocked maps)."""
+        pieces = self.pieces()
+        if len(pieces) != 1:
+            raise ValueError("a layer with blocked maps reads as several pieces; use pieces()")
+        return pieces[0][1]
+
+    def pieces(self) -> list[Piece]:
+        """The layer's box split into rectangular source selections: one per block combination.
+
+        A layer without :class:`Blocked` maps is one piece covering its whole box.
+        """
+        per_dim: list[list[tuple[int | None, int, int, int | slice, tuple[int, int] | None]]] = []
         for m in self.src_map:
             if isinstance(m, int):
-                sel.append(m)
+                per_dim.append([(None, 0, 0, m, None)])
+            elif isinstance(m, Blocked):
+                per_dim.append([(m.vdim, lo, hi, sl, span) for lo, hi, sl, span in m.runs(self.shape[m.vdim])])
             else:
                 vdim, start, step = m
                 n = self.shape[vdim]
-                sel.append(slice(start, start + step * (n - 1) + 1, step))
-        return tuple(sel)
+                per_dim.append([(vdim, 0, n, slice(start, start + step * (n - 1) + 1, step), None)])
+        out: list[Piece] = []
+        for combo in itertools.product(*per_dim):
+            box = [slice(0, n) for n in self.shape]
+            for vdim, lo, hi, _, _ in combo:
+                if vdim is not None:
+                    box[vdim] = slice(lo, hi)
+            out.append((tuple(box), tuple(c[3] for c in combo), tuple(c[4] for c in combo)))
+        return out
 
     def box(self) -> tuple[slice, ...]:
         """The layer's box as slices of the virtual array."""
@@ -138,6 +215,14 @@ def view_layer(layer: Layer, sel: tuple[Item, ...]) -> Layer | None:
         if isinstance(m, int):
             src_map.append(m)
             continue
+        if isinstance(m, Blocked):
+            o = layer.origin[m.vdim]
+            if m.vdim in fixed:
+                src_map.append(m.source_index(m.start + (fixed[m.vdim] - o) * m.step))
+            else:
+                start = m.start + (first[m.vdim] - o) * m.step
+                src_map.append(replace(m, vdim=new_dim[m.vdim], start=start, step=m.step * sub[m.vdim]))
+            continue
         vdim, start, step = m
         o = layer.origin[vdim]
         if vdim in fixed:
@@ -153,12 +238,18 @@ def shift_layer(layer: Layer, offset: tuple[int, ...], insert_axis: int | None =
     if insert_axis is not None:
         origin.insert(insert_axis, 0)
         shape.insert(insert_axis, 1)
-        src_map = [
-            m if isinstance(m, int) else ((m[0] + 1 if m[0] >= insert_axis else m[0]), m[1], m[2])
-            for m in src_map
-        ]
+        src_map = [_renumber(m, insert_axis) for m in src_map]
     origin = [o + off for o, off in zip(origin, offset)]
     return Layer(layer.source, tuple(origin), tuple(shape), tuple(src_map))
+
+
+def _renumber(m: SourceDim, insert_axis: int) -> SourceDim:
+    """``m`` with its virtual dimension moved up by one if it is at or after ``insert_axis``."""
+    if isinstance(m, int):
+        return m
+    if isinstance(m, Blocked):
+        return replace(m, vdim=m.vdim + 1) if m.vdim >= insert_axis else m
+    return ((m[0] + 1 if m[0] >= insert_axis else m[0]), m[1], m[2])
 
 
 def check_axis(axis: int, ndim: int, what: str) -> int:

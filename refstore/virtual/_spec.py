@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from refstore.errors import ManifestError
-from refstore.virtual._index import Layer
+from refstore.virtual._index import Blocked, Layer, SourceDim
 from refstore.virtual._source import ZarrSource, json_fill
 
 FORMAT_VERSION = 1
@@ -60,7 +60,7 @@ def to_dict(v: Any, source_ref: SourceRef | None = None) -> dict[str, Any]:
                 "source": src,
                 "origin": list(layer.origin),
                 "shape": list(layer.shape),
-                "map": [m if isinstance(m, int) else list(m) for m in layer.src_map],
+                "map": [_map_to_json(m) for m in layer.src_map],
             }
         )
     return {
@@ -73,6 +73,42 @@ def to_dict(v: Any, source_ref: SourceRef | None = None) -> dict[str, Any]:
         "dimension_names": list(v.dimension_names) if v.dimension_names is not None else None,
         "layers": layers,
     }
+
+
+def _map_to_json(m: SourceDim) -> Any:
+    if isinstance(m, int):
+        return m
+    if isinstance(m, Blocked):
+        return {"dim": m.vdim, "start": m.start, "step": m.step, "block": m.block, "stride": m.stride,
+                "offsets": list(m.offsets)}
+    return list(m)
+
+
+def _map_from_json(m: Any, where: str) -> SourceDim:
+    """One ``map`` entry of a layer: an int, ``[vdim, start, step]`` or a blocked-map object."""
+    if isinstance(m, int) and not isinstance(m, bool):
+        return m
+    if isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m):
+        if m[2] < 1:
+            raise ManifestError(f"{where}: step must be >= 1, got {m!r}")
+        return (m[0], m[1], m[2])
+    if isinstance(m, dict):
+        unknown = set(m) - {"dim", "start", "step", "block", "stride", "offsets"}
+        if unknown:
+            raise ManifestError(f"{where}: unknown blocked-map field(s) {sorted(unknown)}")
+        try:
+            b = Blocked(int(m["dim"]), int(m.get("start", 0)), int(m.get("step", 1)), int(m["block"]),
+                        int(m["stride"]), tuple(int(o) for o in m["offsets"]))
+        except KeyError as e:
+            raise ManifestError(f"{where}: blocked map lacks field {e.args[0]!r}") from None
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: blocked-map fields must be integers, got {m!r}") from None
+        if b.block < 1 or b.step < 1 or b.start < 0 or not b.offsets:
+            raise ManifestError(f"{where}: blocked map needs block >= 1, step >= 1, start >= 0 and offsets, got {m!r}")
+        if any(o < 0 or o + b.block > b.stride for o in b.offsets):
+            raise ManifestError(f"{where}: every offset o must satisfy 0 <= o and o + block <= stride, got {m!r}")
+        return b
+    raise ManifestError(f"{where}: expected an int, [dim, start, step] or a blocked-map object, got {m!r}")
 
 
 def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSource:
@@ -148,10 +184,16 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
         for k, ld in enumerate(d["layers"]):
             sref = ld["source"]
             src: Any = from_dict(sref["virtual"], root, **options) if "virtual" in sref else open_source(sref, root, **options)
-            src_map = tuple(m if isinstance(m, int) else tuple(m) for m in ld["map"])
+            src_map = tuple(_map_from_json(m, f"virtual array definition: layer {k} map") for m in ld["map"])
             layer = Layer(src, tuple(ld["origin"]), tuple(ld["shape"]), src_map)
             if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
                 raise ManifestError(f"virtual array definition: layer {k} has origin/shape of the wrong length")
+            vdims = [m.vdim if isinstance(m, Blocked) else m[0] for m in src_map if not isinstance(m, int)]
+            if any(not 0 <= d < len(shape) for d in vdims) or vdims != sorted(set(vdims)):
+                raise ManifestError(
+                    f"virtual array definition: layer {k} map names virtual dimensions {vdims}; they must be "
+                    f"distinct, increasing and below {len(shape)}"
+                )
             for o, n, total in zip(layer.origin, layer.shape, shape):
                 if o < 0 or n < 0 or o + n > total:
                     raise ManifestError(f"virtual array definition: layer {k} lies outside the shape {shape}")

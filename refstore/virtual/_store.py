@@ -54,7 +54,7 @@ async def plan_chunk(v: VirtualArray, encoding: str, coords: tuple[int, ...]) ->
     if not all(o <= lo and hi <= o + n for (lo, hi), o, n in zip(box, layer.origin, layer.shape)):
         return "assemble", None, None
     mapped = layer.mapped()
-    if any(isinstance(m, int) for m in layer.src_map):
+    if layer.blocked or any(isinstance(m, int) for m in layer.src_map):
         return "assemble", None, None
     for d in range(v.ndim):
         if d not in mapped and v.chunks[d] != 1:

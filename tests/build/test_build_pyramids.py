@@ -69,15 +69,6 @@ def test_dzi_matches_source_and_vips_levels(tmp_path: Path, channel_first: bool)
 
 
 @vips
-def test_dzi_refuses_overlap(tmp_path: Path) -> None:
-    _source(tmp_path / "src.png")
-    subprocess.run(["vips", "dzsave", str(tmp_path / "src.png"), str(tmp_path / "dz"),
-                    "--tile-size", "64", "--overlap", "1", "--suffix", ".png"], check=True)
-    with pytest.raises(ValueError, match="Overlap=1"):
-        dzi(str(tmp_path / "dz.dzi"))
-
-
-@vips
 def test_dzi_over_http(tmp_path: Path, http_server_dir=None) -> None:
     import functools
     import http.server
