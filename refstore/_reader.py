@@ -9,6 +9,7 @@ from typing import Any
 
 from refstore.errors import KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
 from refstore.fetch import Fetcher, URLPolicy, split_url
+from refstore.fetch._fetcher import DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
 
 _FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
@@ -47,6 +48,7 @@ class Reader:
         max_gap: int = 64_000,
         max_block: int = 16_000_000,
         max_concurrency: int = 64,
+        read_ahead: int = DEFAULT_READ_AHEAD,
         retries: int = 3,
         cache_size: int = 128,
         url_policy: URLPolicy | None = None,
@@ -87,6 +89,7 @@ class Reader:
             max_gap=max_gap,
             max_block=max_block,
             max_concurrency=max_concurrency,
+            read_ahead=read_ahead,
             retries=retries,
             check_url=self.policy.check,
         )

@@ -13,6 +13,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._reader import Reader
+from refstore.fetch._fetcher import DEFAULT_READ_AHEAD
 from refstore.errors import KeyNotInManifest
 from refstore.manifest import Manifest, Reference
 
@@ -61,6 +62,10 @@ class ReferenceFileSystem(AsyncFileSystem):
         Parquet partitions kept in memory.
     max_concurrency, retries
         Reads in flight per event loop; retries of transient failures.
+    read_ahead
+        Largest read-ahead window (bytes) when a remote object is read in
+        order; 0 or a negative ``max_gap`` disables read-ahead. Blocks kept for it are bounded by four
+        windows per event loop.
     url_policy
         A :class:`refstore.URLPolicy`; by default a manifest read from a
         remote URL may not read local files.
@@ -93,6 +98,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         max_block: int = 256_000_000,
         cache_size: int = 128,
         max_concurrency: int = 64,
+        read_ahead: int = DEFAULT_READ_AHEAD,
         retries: int = 3,
         url_policy: Any = None,
         **kwargs: Any,
@@ -112,6 +118,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             max_gap=max_gap,
             max_block=max_block,
             max_concurrency=max_concurrency,
+            read_ahead=read_ahead,
             retries=retries,
             cache_size=cache_size,
             url_policy=url_policy,

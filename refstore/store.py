@@ -43,7 +43,8 @@ class ReferenceStore(Store):
         ``target``, ``target_protocol``, ``target_options``,
         ``remote_protocol``, ``remote_options``, ``fs``,
         ``template_overrides``, ``max_gap``, ``max_block``,
-        ``max_concurrency``, ``retries``, ``cache_size``, ``url_policy``.
+        ``max_concurrency``, ``read_ahead``, ``retries``, ``cache_size``,
+        ``url_policy``.
 
     Notes
     -----

@@ -16,7 +16,11 @@ from typing import Any
 
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
+from refstore.fetch._readahead import Block, ReadAhead
 from refstore.fetch._targets import FsspecTarget, HTTPTarget, LocalTarget, TransientError
+
+#: Default largest read-ahead window (bytes) for sequential reads of remote objects.
+DEFAULT_READ_AHEAD = 8 * 1024 * 1024
 
 Request = tuple[str, int, int | None]
 """``(url, start, end)``: end-exclusive; ``end=None`` reads to the end of the object."""
@@ -32,6 +36,7 @@ class _LoopState:
     semaphore: asyncio.Semaphore | None = None
     pending: list[tuple[Request, bool, asyncio.Future[bytes]]] = field(default_factory=list)
     scheduled: bool = False
+    readahead: ReadAhead | None = None
 
 
 class Fetcher:
@@ -47,6 +52,10 @@ class Fetcher:
         Range merging (see :func:`merge_ranges`).
     max_concurrency
         Reads in flight at once, per event loop.
+    read_ahead
+        Largest read-ahead window for sequential reads of remote objects, in
+        bytes; 0 (or a negative ``max_gap``) disables it (see
+        :mod:`refstore.fetch._readahead`).
     retries
         Attempts after the first for a transient failure, with exponential backoff.
     check_url
@@ -61,6 +70,7 @@ class Fetcher:
         max_gap: int = 64_000,
         max_block: int = 16_000_000,
         max_concurrency: int = 64,
+        read_ahead: int = DEFAULT_READ_AHEAD,
         retries: int = 3,
         backoff: float = 0.05,
         check_url: Any = None,
@@ -70,6 +80,7 @@ class Fetcher:
         self.max_gap = max_gap
         self.max_block = max_block
         self.max_concurrency = max_concurrency
+        self.read_ahead = read_ahead
         self.retries = retries
         self.backoff = backoff
         self.check_url = check_url or (lambda url: None)
@@ -92,7 +103,11 @@ class Fetcher:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
-            state = self._states[loop] = _LoopState(semaphore=asyncio.Semaphore(self.max_concurrency))
+            state = self._states[loop] = _LoopState(
+                semaphore=asyncio.Semaphore(self.max_concurrency),
+                # a negative max_gap turns off every kind of coalescing, read-ahead too
+                readahead=ReadAhead(self.read_ahead if self.max_gap >= 0 else 0, max_gap=self.max_gap),
+            )
         return state
 
     def _target(self, protocol: str) -> Any:
@@ -114,6 +129,8 @@ class Fetcher:
         """Close the sessions and files opened in the running loop."""
         state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
+            if state.readahead is not None:
+                await state.readahead.close()
             for target in state.targets.values():
                 await target.close()
 
@@ -170,23 +187,78 @@ class Fetcher:
     ) -> list[bytes | BaseException]:
         """Read many ranges at once; return bytes or the exception for each, in order.
 
-        Ranges of one URL are merged into spans; each span is one read.
+        Ranges of one URL are merged into spans; each span is one read. For
+        remote URLs, ranges inside a read-ahead block are answered from it.
         """
         flags = [exact] * len(requests) if isinstance(exact, bool) else list(exact)
         by_url: dict[str, list[int]] = {}
         for i, (url, _, _) in enumerate(requests):
             by_url.setdefault(url, []).append(i)
         results: list[bytes | BaseException] = [b""] * len(requests)
+        ra = self._state().readahead
         jobs = []
         for url, idx in by_url.items():
+            local = isinstance(self._target(split_url(url)[0]), LocalTarget)
+            if not local and ra is not None and ra.enabled:
+                misses = []
+                for i in idx:
+                    blocks = ra.find(url, requests[i][1], requests[i][2])
+                    if blocks is None:
+                        misses.append(i)
+                    else:
+                        jobs.append(self._from_blocks(url, blocks, i, requests, flags, results))
+                idx = misses
+                if not idx:
+                    continue
             spans = merge_ranges([requests[i][1:] for i in idx], self.max_gap, self.max_block)
-            protocol = split_url(url)[0]
+            block = None
+            if not local and ra is not None and ra.enabled and spans[-1].end is not None:
+                last = spans[-1]
+                ahead = ra.extend(url, spans[0].start, last.end)
+                if ahead > last.end:
+                    last.end = ahead
+                    block = ra.register(url, last.start, ahead)
             # local reads of one file share a worker thread; remote spans go out concurrently
-            groups = [spans] if isinstance(self._target(protocol), LocalTarget) else [[sp] for sp in spans]
+            groups = [spans] if local else [[sp] for sp in spans]
             for group in groups:
-                jobs.append(self._read_group(url, group, idx, requests, flags, results))
+                blk = block if group[-1] is spans[-1] else None
+                jobs.append(self._read_group(url, group, idx, requests, flags, results, blk))
         await asyncio.gather(*jobs)
         return results
+
+    async def _from_blocks(
+        self,
+        url: str,
+        blocks: list[Block],
+        i: int,
+        requests: Sequence[Request],
+        flags: Sequence[bool],
+        results: list[bytes | BaseException],
+    ) -> None:
+        """Answer request *i* from read-ahead *blocks*; read it directly if they fail or fall short."""
+        _, s, e = requests[i]
+        assert e is not None
+        pieces = []
+        pos = s
+        try:
+            for blk in blocks:
+                data = await asyncio.shield(blk.future)
+                piece = cut(data, blk.start, pos, e) if blk.start <= pos else b""
+                pieces.append(piece)
+                pos += len(piece)
+        except Exception:  # noqa: BLE001 - a block's read failed: read this range alone
+            pos = -1
+        if pos != e and not (pos >= 0 and len(blocks) == 1):
+            # a failed block, or blocks that ended early (end of object) and left a hole
+            await self._read_group(url, [Span(s, e, [0])], [i], requests, flags, results)
+            return
+        self._deliver(url, s, b"".join(pieces) if len(pieces) > 1 else pieces[0], i, requests, flags, results)
+        ra = self._state().readahead
+        assert ra is not None
+        ra.served(url, blocks[-1], e, self._read_span)
+
+    async def _read_span(self, url: str, start: int, end: int) -> bytes:
+        return (await self._read_retrying(url, [(start, end)]))[0]
 
     async def _read_group(
         self,
@@ -196,25 +268,45 @@ class Fetcher:
         requests: Sequence[Request],
         flags: Sequence[bool],
         results: list[bytes | BaseException],
+        block: Block | None = None,
     ) -> None:
+        """Read *spans* of *url* and hand each member request its bytes (or the failure).
+
+        *block*, if given, is the read-ahead block the last span fills.
+        """
+        ra = self._state().readahead
         try:
             datas = await self._read_retrying(url, [(sp.start, sp.end) for sp in spans])
         except Exception as exc:  # noqa: BLE001 - every member gets the failure
+            if block is not None and ra is not None:
+                ra.fill(url, block, exc)
             for sp in spans:
                 for m in sp.members:
                     results[idx[m]] = exc
             return
+        if block is not None and ra is not None:
+            ra.fill(url, block, datas[-1])
         for sp, data in zip(spans, datas):
             for m in sp.members:
-                i = idx[m]
-                _, s, e = requests[i]
-                piece = cut(data, sp.start, s, e)
-                if flags[i] and e is not None and len(piece) != e - s:
-                    results[i] = ShortRead(
-                        f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}"
-                    )
-                else:
-                    results[i] = piece
+                self._deliver(url, sp.start, data, idx[m], requests, flags, results)
+
+    @staticmethod
+    def _deliver(
+        url: str,
+        data_start: int,
+        data: bytes,
+        i: int,
+        requests: Sequence[Request],
+        flags: Sequence[bool],
+        results: list[bytes | BaseException],
+    ) -> None:
+        """Cut request *i* out of *data* (which begins at *data_start*); check its length if exact."""
+        _, s, e = requests[i]
+        piece = cut(data, data_start, s, e)
+        if flags[i] and e is not None and len(piece) != e - s:
+            results[i] = ShortRead(f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}")
+        else:
+            results[i] = piece
 
     async def _read_retrying(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         protocol, rest = split_url(url)
