@@ -7,6 +7,7 @@ references that fit no grid. This module knows nothing of fetching.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -198,7 +199,10 @@ class Manifest:
             found = self._locate(key)
             if found is None:
                 return None
-            ref = found[0].lookup(found[1])
+            table, flat = found
+            if table.lazy:  # a parquet partition table builds the entry itself (see ._lazy)
+                return table.entry(flat, self._urls)
+            ref = table.lookup(flat)
             if ref is None:
                 return None
         uid, offset, length = ref
@@ -235,6 +239,14 @@ class Manifest:
     def nbytes(self) -> int:
         """Approximate memory held by the reference columns (not counting metadata)."""
         return sum(t.nbytes() for t in self._tables.values())
+
+    def load(self) -> Manifest:
+        """Return a manifest holding every entry in memory.
+
+        This one is in memory already and is returned as is; a lazily opened
+        parquet manifest returns an in-memory copy, reading every partition.
+        """
+        return self
 
     # -- edits --------------------------------------------------------------------------
 
@@ -324,8 +336,8 @@ class Manifest:
             if key.startswith(base):
                 place(key[len(base) :])
         for table in list(self._tables.values()):
-            if table.count == 0:
-                continue
+            if not table.lazy and table.count == 0:
+                continue  # (a lazy table is not counted here: that would read every partition)
             head = table.layout.head
             if head.startswith(base):
                 # the whole table lies below path
@@ -342,23 +354,27 @@ class Manifest:
     def _table_children(table: ChunkTable, inner: str, files: set[str], dirs: set[str]) -> None:
         """Children of ``head + inner`` inside a table's chunk keys (``inner`` ends with ``/`` or is empty)."""
         layout = table.layout
-        present = table.present()
         if layout.slashes == 0:
             if inner == "":
-                files.update(layout.suffix(int(f)) for f in present)
+                for block in table.present_blocks():
+                    files.update(layout.suffix(int(f)) for f in block)
             return
         parts = inner.rstrip("/").split("/") if inner else []
         depth = len(parts)
         if depth > layout.slashes:
             return
-        idx = np.unravel_index(present, layout.grid)
-        mask = np.ones(len(present), dtype=bool)
-        for d, part in enumerate(parts):
-            if not part.isdigit():
+        # the keys below a prefix of leading indices are one contiguous range in C order
+        lead = []
+        for part, n in zip(parts, layout.grid):
+            if not part.isdigit() or (part[0] == "0" and len(part) > 1) or int(part) >= n:
                 return
-            mask &= idx[d] == int(part)
-        names = {str(int(v)) for v in np.unique(idx[depth][mask])}
-        (files if depth == layout.slashes else dirs).update(names)
+            lead.append(int(part))
+        span = math.prod(layout.grid[depth:])
+        lo = int(np.ravel_multi_index(lead, layout.grid[:depth])) * span if depth else 0
+        names: set[int] = set()
+        for block in table.present_blocks(lo, lo + span):
+            names.update(np.unique(np.unravel_index(block, layout.grid)[depth]).tolist())
+        (files if depth == layout.slashes else dirs).update(map(str, names))
 
     def __repr__(self) -> str:
         src = f" from {self.source!r}" if self.source else ""

@@ -7,101 +7,376 @@ with columns ``path``, ``offset``, ``size`` and ``raw``. Row ``r`` of file
 ``k * N + r``. A null ``path`` and ``raw`` means "no chunk"; ``offset == size
 == 0`` with a path means the whole object. Both zarr v2 keys (``0.1``) and v3
 keys (``c/0/1``) are supported, since the grid comes from the metadata.
+
+This module turns one partition file into compact columns (:class:`Partition`)
+and writes manifests in the layout; :mod:`._lazy` decides when partitions are
+read.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
-from typing import TYPE_CHECKING, Any
+import posixpath
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._table import ABSENT, WHOLE, ChunkTable
+from refstore.manifest._model import Reference
+from refstore.manifest._table import ABSENT, WHOLE, KeyLayout
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
     from refstore.manifest._model import Manifest
 
+COLUMNS = ("path", "offset", "size", "raw")
+"""The columns of a partition file, in kerchunk's order."""
+
 
 def _pyarrow() -> Any:
     try:
         import pyarrow
+        import pyarrow.compute  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("parquet manifests need pyarrow: pip install 'refstore[parquet]'") from None
     return pyarrow
 
 
+def partition_path(root: str, prefix: str, record: int) -> str:
+    """The file holding partition *record* of the array at *prefix*."""
+    return f"{root}/{prefix}/refs.{record}.parq" if prefix else f"{root}/refs.{record}.parq"
+
+
+def parse_zmetadata(data: bytes, fn: str) -> tuple[dict[str, Any], int]:
+    """Return ``(documents, record_size)`` from the bytes of a ``.zmetadata`` file.
+
+    Raises
+    ------
+    ManifestError
+        Naming *fn* and the field, if the JSON, ``metadata`` or ``record_size`` is malformed.
+    """
+    try:
+        meta = ujson.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"parquet manifest {fn!r} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ManifestError(f"parquet manifest {fn!r}: expected a JSON object, got {type(meta).__name__}")
+    documents = meta.get("metadata")
+    record_size = meta.get("record_size")
+    if not isinstance(documents, dict):
+        raise ManifestError(f"parquet manifest {fn!r}: field 'metadata' must be an object of documents")
+    if not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1:
+        raise ManifestError(f"parquet manifest {fn!r}: field 'record_size' must be an integer >= 1, got {record_size!r}")
+    return documents, record_size
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """*values* in the smallest signed integer type that holds them (memory of cached partitions)."""
+    if values.size == 0:
+        return values.astype(np.int8)
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return values.astype(dtype)
+    return values.astype(np.int64, copy=False)
+
+
+class Partition:
+    """The references of one partition file, as compact columns.
+
+    Attributes
+    ----------
+    urls
+        The distinct URLs of the partition (its own table, so a partition's
+        memory does not outlive it).
+    url_id
+        Per row, an index into :attr:`urls`, or ``-1`` where the row has no
+        reference (a missing chunk, or inline data in :attr:`raw`). The
+        integer type is the narrowest that fits.
+    offset, length
+        Per row; ``length`` is ``WHOLE`` for a whole-object reference.
+    raw
+        Row -> inline bytes, for the rows with inline data.
+    """
+
+    __slots__ = ("urls", "url_id", "offset", "length", "raw", "nbytes")
+
+    def __init__(
+        self,
+        urls: list[str],
+        url_id: np.ndarray,
+        offset: np.ndarray,
+        length: np.ndarray,
+        raw: dict[int, bytes],
+    ) -> None:
+        self.urls = urls
+        self.url_id = url_id
+        self.offset = offset
+        self.length = length
+        self.raw = raw
+        self.nbytes = (
+            url_id.nbytes + offset.nbytes + length.nbytes
+            + sum(map(len, raw.values())) + sum(len(u) + 49 for u in urls)
+        )
+
+    def __len__(self) -> int:
+        return len(self.url_id)
+
+    def entry(self, row: int) -> bytes | Reference | None:
+        """The entry of *row*: inline bytes, a :class:`Reference`, or None for no chunk."""
+        if row >= len(self.url_id):
+            return None
+        uid = int(self.url_id[row])
+        if uid < 0:
+            return self.raw.get(row) if self.raw else None
+        length = int(self.length[row])
+        return Reference(self.urls[uid], int(self.offset[row]), None if length == WHOLE else length)
+
+    def has(self, row: int) -> bool:
+        """True if *row* holds a reference or inline data."""
+        return row < len(self.url_id) and (int(self.url_id[row]) >= 0 or row in self.raw)
+
+    def present_rows(self) -> np.ndarray:
+        """The rows holding a reference or inline data, ascending."""
+        rows = np.flatnonzero(self.url_id >= 0)
+        if self.raw:
+            rows = np.union1d(rows, np.fromiter(self.raw, dtype=np.int64, count=len(self.raw)))
+        return rows
+
+
+def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, record_size: int) -> Partition:
+    """Read the bytes of partition file *fn* (number *record* of the array *layout*).
+
+    Only the four columns of the layout are decoded; ``path`` is read as a
+    dictionary, so each row costs an index rather than a string. Rows past the
+    end of the chunk grid (the padding of the last file) are dropped.
+
+    Raises
+    ------
+    ManifestError
+        Naming *fn* (and the key, for a bad row), if the file is not parquet,
+        has more rows than ``record_size``, lacks a needed column, has a
+        column of the wrong type, or holds a negative offset or size.
+    """
+    pa = _pyarrow()
+    pc = pa.compute
+    try:
+        pf = pa.parquet.ParquetFile(pa.BufferReader(data), read_dictionary=["path"])
+        names = pf.schema_arrow.names
+        table = pf.read(columns=[c for c in COLUMNS if c in names])
+    except Exception as exc:  # pyarrow raises several unrelated types
+        raise ManifestError(f"parquet manifest: cannot read partition {fn!r} ({exc})") from None
+    n = table.num_rows
+    if n > record_size:
+        raise ManifestError(f"parquet manifest: partition {fn!r} has {n} rows, more than record_size {record_size}")
+    n = max(0, min(n, layout.size - record * record_size))
+    table = table.slice(0, n)
+    base = record * record_size
+    if "path" not in names and "raw" not in names:
+        raise ManifestError(f"parquet manifest: partition {fn!r} has neither a 'path' nor a 'raw' column")
+
+    urls: list[str] = []
+    ids = np.full(n, ABSENT, dtype=np.int64)
+    if "path" in names and n:
+        col = table.column("path")
+        if pa.types.is_dictionary(col.type):
+            if col.num_chunks > 1:
+                col = table.unify_dictionaries().column("path")
+            arr = col.combine_chunks()
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            arr = pc.dictionary_encode(col.combine_chunks())
+        elif pa.types.is_null(col.type):
+            arr = None
+        else:
+            raise ManifestError(f"parquet manifest: partition {fn!r}: column 'path' must hold text, got {col.type}")
+        if arr is not None:
+            values = arr.dictionary.to_pylist()
+            if not all(isinstance(v, str) or v is None for v in values):
+                raise ManifestError(
+                    f"parquet manifest: partition {fn!r}: column 'path' must hold text, got {arr.dictionary.type}"
+                )
+            ids = pc.fill_null(arr.indices, ABSENT).to_numpy(zero_copy_only=False).astype(np.int64)
+            for j, value in enumerate(values):
+                if value is None:  # a null inside the dictionary
+                    ids[ids == j] = ABSENT
+            urls = [v if v is not None else "" for v in values]
+    present = ids >= 0
+    columns: dict[str, np.ndarray] = {}
+    for name in ("offset", "size"):
+        if name not in names:
+            if present.any():
+                raise ManifestError(f"parquet manifest: partition {fn!r} has paths but no {name!r} column")
+            columns[name] = np.zeros(n, dtype=np.int64)
+            continue
+        col = table.column(name)
+        if not (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+            raise ManifestError(f"parquet manifest: partition {fn!r}: column {name!r} must hold integers, got {col.type}")
+        if pa.types.is_null(col.type) or not n:
+            columns[name] = np.zeros(n, dtype=np.int64)
+        else:
+            columns[name] = pc.fill_null(col, 0).to_numpy().astype(np.int64, copy=False)
+    offset, size = columns["offset"], columns["size"]
+
+    raw: dict[int, bytes] = {}
+    if "raw" in names and n:
+        col = table.column("raw")
+        kind = col.type
+        if not (pa.types.is_null(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise ManifestError(f"parquet manifest: partition {fn!r}: column 'raw' must hold bytes, got {kind}")
+        if not pa.types.is_null(kind) and col.null_count < n:
+            rows = np.flatnonzero(col.is_valid().to_numpy(zero_copy_only=False))
+            values = col.take(pa.array(rows)).to_pylist()
+            raw = {int(r): v.encode() if isinstance(v, str) else v for r, v in zip(rows, values)}
+            ids[rows] = ABSENT  # inline data wins over a path, as in fsspec
+            present[rows] = False
+
+    bad = np.flatnonzero(present & ((offset < 0) | (size < 0)))
+    if bad.size:
+        row = int(bad[0])
+        raise ManifestError(
+            f"key {layout.head + layout.suffix(base + row)!r}: negative offset or size "
+            f"({int(offset[row])}, {int(size[row])}) in partition {fn!r}, row {row}"
+        )
+    whole = present & (offset == 0) & (size == 0)
+    length = np.where(whole, WHOLE, np.where(present, size, 0))
+    offset = np.where(present, offset, 0)
+    if len(urls) < 127:
+        url_id = ids.astype(np.int8)
+    else:
+        url_id = _narrow(ids)
+    return Partition(urls, url_id, _narrow(offset), _narrow(length), raw)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
 def read_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int = 128) -> Manifest:
-    """Read a parquet reference directory into a :class:`Manifest`.
+    """Open a parquet reference directory lazily: only ``root/.zmetadata`` is read now.
+
+    See :func:`refstore.manifest._lazy.open_parquet`.
 
     Raises
     ------
     FileNotFoundError
         If ``root/.zmetadata`` is missing.
     ManifestError
-        If ``.zmetadata`` or a partition is malformed.
+        If ``.zmetadata`` is malformed or names an invalid key.
     """
-    from refstore.manifest._model import Manifest
+    from refstore.manifest._lazy import open_parquet
 
+    return open_parquet(fs, root, cache_size=cache_size)
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class Block(NamedTuple):
+    """The references of rows ``[lo, hi)`` of one array, ready to encode.
+
+    ``ids`` index ``urls`` (``-1``: no reference); ``length`` is ``WHOLE`` for
+    a whole object; ``raw`` maps a row (relative to ``lo``) to inline bytes.
+    """
+
+    urls: list[str | None]
+    ids: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    raw: dict[int, bytes]
+
+
+def _block(manifest: Manifest, table: Any, lo: int, hi: int) -> Block:
+    if table.lazy:
+        return table.block(lo, hi, manifest._urls)
+    return Block(
+        manifest._urls,
+        table.url_id[lo:hi].astype(np.int64),
+        table.offset[lo:hi].copy(),
+        table.length[lo:hi].copy(),
+        {},
+    )
+
+
+def _encode(block: Block, layout: KeyLayout, lo: int) -> Any:
+    """The pyarrow table of one partition file."""
     pa = _pyarrow()
-    try:
-        meta = ujson.loads(fs.cat_file(f"{root}/.zmetadata"))
-        record_size = int(meta["record_size"])
-        documents = meta["metadata"]
-    except FileNotFoundError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"parquet manifest {root!r}: malformed .zmetadata ({exc})") from None
+    ids, n = block.ids, len(block.ids)
+    present = ids >= 0
+    used, inverse = np.unique(ids[present], return_inverse=True)
+    dictionary = [block.urls[int(u)] for u in used]
+    if None in dictionary:
+        row = int(np.flatnonzero(present & (ids == int(used[dictionary.index(None)])))[0])
+        raise ManifestError(
+            f"key {layout.head + layout.suffix(lo + row)!r}: a reference without a URL (the default "
+            "target) cannot be stored in the parquet layout, where a null path means no chunk; "
+            "save as JSON instead"
+        )
+    index = np.zeros(n, dtype=np.int32)
+    index[present] = inverse
+    path = pa.DictionaryArray.from_arrays(pa.array(index, mask=~present), pa.array(dictionary, type=pa.string()))
+    whole = present & (block.length == WHOLE)
+    offset = np.where(present & ~whole, block.offset, 0)
+    size = np.where(present & ~whole, block.length, 0)
+    if block.raw:
+        values: list[bytes | None] = [None] * n
+        for row, data in block.raw.items():
+            values[row] = data
+        raw = pa.array(values, type=pa.binary())
+    else:
+        raw = pa.nulls(n, type=pa.binary())
+    return pa.table({
+        "path": path,
+        "offset": pa.array(offset, type=pa.int64()),
+        "size": pa.array(size, type=pa.int64()),
+        "raw": raw,
+    })
 
-    manifest = Manifest()
-    for key, doc in documents.items():
-        manifest.set(key, doc.encode() if isinstance(doc, str) else ujson.dumps(doc).encode())
-        layout = manifest._layout_for(key, manifest._inline[key])
-        if layout is not None:
-            manifest._add_table(layout)  # every array of a parquet manifest has its table
-    for prefix, table in list(manifest._tables.items()):
-        for record in range(math.ceil(table.layout.size / record_size)):
-            fn = f"{root}/{prefix}/refs.{record}.parq" if prefix else f"{root}/refs.{record}.parq"
-            try:
-                data = fs.cat_file(fn)
-            except FileNotFoundError:
-                continue  # a partition that was never written holds no chunks
-            try:
-                columns = pa.parquet.read_table(io.BytesIO(data)).to_pydict()
-            except Exception as exc:  # pyarrow raises several unrelated types
-                raise ManifestError(f"parquet manifest: cannot read {fn!r} ({exc})") from None
-            base = record * record_size
-            paths = columns.get("path") or [None] * len(columns.get("raw", []))
-            offsets = columns.get("offset") or [0] * len(paths)
-            sizes = columns.get("size") or [0] * len(paths)
-            raws = columns.get("raw") or [None] * len(paths)
-            for row, (url, off, size, raw) in enumerate(zip(paths, offsets, sizes, raws)):
-                flat = base + row
-                if flat >= table.layout.size:
-                    break
-                if raw is not None:
-                    manifest._inline[table.layout.head + table.layout.suffix(flat)] = bytes(raw)
-                elif url is not None:
-                    length = WHOLE if (off == 0 and size == 0) else int(size)
-                    table.assign(flat, manifest.url_id(url), int(off), length)
-    return manifest
+
+def _same_place(fs_a: Any, root_a: str, fs_b: Any, root_b: str) -> bool:
+    if type(fs_a) is not type(fs_b):
+        return False
+    a, b = root_a.rstrip("/"), root_b.rstrip("/")
+    if getattr(fs_a, "protocol", None) in ("file", ("file", "local"), ("file",)):
+        import os
+
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    return posixpath.normpath(a) == posixpath.normpath(b)
 
 
 def write_parquet(manifest: Manifest, fs: AbstractFileSystem, root: str, *, record_size: int) -> None:
     """Write *manifest* as a parquet reference directory at *root*.
 
+    A lazily opened parquet manifest is streamed: one source partition is in
+    memory at a time (besides its cache). Files ``refs.<k>.parq`` left in an
+    array's folder by an earlier write, that this write does not produce, are
+    removed so that they cannot be read as chunks.
+
     Raises
     ------
     ManifestError
-        If the manifest holds entries the layout cannot express: references
-        or non-JSON inline data outside any array's chunk grid.
+        If the manifest holds entries the layout cannot express (references
+        or non-JSON inline data outside any array's chunk grid, references
+        without a URL), or if *root* is the directory a lazy manifest is
+        reading from.
+    ValueError
+        If *record_size* is not a positive integer.
     """
     pa = _pyarrow()
+    if not isinstance(record_size, int) or record_size < 1:
+        raise ValueError(f"record_size must be an integer >= 1, got {record_size!r}")
+    source = getattr(manifest, "_parquet", None)
+    if source is not None and _same_place(fs, root, source.fs, source.root):
+        raise ManifestError(
+            f"parquet manifest {root!r}: cannot overwrite the directory this manifest is lazily "
+            "reading from; save to another path (or save manifest.load())"
+        )
     documents: dict[str, Any] = {}
     chunk_inline: dict[str, dict[int, bytes]] = {}
     for key, data in manifest._inline.items():
@@ -123,33 +398,30 @@ def write_parquet(manifest: Manifest, fs: AbstractFileSystem, root: str, *, reco
             "regular-grid metadata; save as JSON instead"
         )
     fs.makedirs(root, exist_ok=True)
-    urls = manifest._urls
-    for prefix, table in manifest._tables.items():
-        inline = chunk_inline.get(prefix, {})
+    for prefix, table in list(manifest._tables.items()):
+        layout = table.layout
+        inline: Mapping[int, bytes] = chunk_inline.get(prefix, {})
+        inline_flats = sorted(inline)
         folder = f"{root}/{prefix}" if prefix else root
         fs.makedirs(folder, exist_ok=True)
-        for record in range(math.ceil(table.layout.size / record_size)):
-            lo, hi = record * record_size, min((record + 1) * record_size, table.layout.size)
-            uid = table.url_id[lo:hi]
-            if (uid == ABSENT).all() and not any(lo <= f < hi for f in inline):
+        try:
+            stale = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.glob(f"{folder}/refs.*.parq")}
+        except FileNotFoundError:
+            stale = set()
+        for record in range(math.ceil(layout.size / record_size)):
+            lo, hi = record * record_size, min((record + 1) * record_size, layout.size)
+            block = _block(manifest, table, lo, hi)
+            for flat in inline_flats[bisect.bisect_left(inline_flats, lo) : bisect.bisect_left(inline_flats, hi)]:
+                block.raw[flat - lo] = inline[flat]
+                block.ids[flat - lo] = ABSENT
+            if not block.raw and not (block.ids >= 0).any():
                 continue
-            present = uid != ABSENT
-            path = [urls[u] if ok else None for u, ok in zip(uid.tolist(), present.tolist())]
-            length = table.length[lo:hi]
-            whole = length == WHOLE
-            offset = np.where(present & ~whole, table.offset[lo:hi], 0)
-            size = np.where(present & ~whole, length, 0)
-            raw: list[bytes | None] = [inline.get(f) for f in range(lo, hi)]
-            if any(r is not None for r in raw):
-                path = [None if r is not None else p for p, r in zip(path, raw)]
-            arrays = {
-                "path": pa.array(path, type=pa.string()).dictionary_encode(),
-                "offset": pa.array(offset, type=pa.int64()),
-                "size": pa.array(size, type=pa.int64()),
-                "raw": pa.array(raw, type=pa.binary()),
-            }
             buf = io.BytesIO()
-            pa.parquet.write_table(pa.table(arrays), buf, compression="zstd", write_statistics=False)
-            fs.pipe_file(f"{folder}/refs.{record}.parq", buf.getvalue())
+            pa.parquet.write_table(_encode(block, layout, lo), buf, compression="zstd", write_statistics=False)
+            name = f"refs.{record}.parq"
+            fs.pipe_file(f"{folder}/{name}", buf.getvalue())
+            stale.discard(name)
+        for name in sorted(stale):
+            fs.rm_file(f"{folder}/{name}")
     meta = {"metadata": documents, "record_size": record_size}
     fs.pipe_file(f"{root}/.zmetadata", ujson.dumps(meta, escape_forward_slashes=False).encode())

@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -151,6 +151,9 @@ class ChunkTable:
 
     __slots__ = ("layout", "url_id", "offset", "length", "count")
 
+    lazy: ClassVar[bool] = False
+    """False: the columns are in memory (a lazy parquet table, :mod:`._lazy`, says True)."""
+
     def __init__(self, layout: KeyLayout) -> None:
         self.layout = layout
         n = layout.size
@@ -183,6 +186,16 @@ class ChunkTable:
     def present(self) -> np.ndarray:
         """Ravelled indices of the chunks that have a reference, ascending."""
         return np.flatnonzero(self.url_id != ABSENT)
+
+    def present_blocks(self, lo: int = 0, hi: int | None = None) -> Iterator[np.ndarray]:
+        """Ravelled indices in ``[lo, hi)`` that have a reference, ascending, as arrays.
+
+        One array here; a lazy table yields one per partition, so a caller
+        that consumes block by block holds one block at a time.
+        """
+        hi = self.layout.size if hi is None else min(hi, self.layout.size)
+        if lo < hi:
+            yield np.flatnonzero(self.url_id[lo:hi] != ABSENT) + lo
 
     def iter_keys(self) -> Iterator[str]:
         head = self.layout.head

@@ -97,5 +97,5 @@ def test_large_parquet_columns(tmp_path):
     m = Manifest.from_dict(refs)
     m.save(str(tmp_path / "big.parq"))
     back = Manifest.open(str(tmp_path / "big.parq"))
-    assert np.array_equal(back._tables["v"].offset, np.arange(n))
+    assert np.array_equal(back.load()._tables["v"].offset, np.arange(n))
     assert back["v/49999"] == Reference(f"gs://b/f{49999 % 7}", 49999, 1)

@@ -1,0 +1,585 @@
+"""Lazily opened parquet manifests: partitions read on demand into a bounded LRU.
+
+Opening reads ``.zmetadata`` only. A chunk key is parsed to its C-order index
+over the array's chunk grid, which names partition ``index // record_size``
+and row ``index % record_size``; that partition's columns are read (pyarrow,
+the four layout columns only) into compact numpy columns and kept in an LRU
+of ``cache_size`` partitions shared by the manifest's arrays. Edits stay in
+memory, over the partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import ujson
+
+from refstore.errors import ManifestError
+from refstore.manifest._model import Manifest, Reference, _check_key
+from refstore.manifest._parquet import (
+    Block,
+    Partition,
+    decode_partition,
+    parse_zmetadata,
+    partition_path,
+)
+from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+_NOT_CACHED = object()
+_UNSET = object()
+_SAMPLE_TABLES = 4
+"""Arrays whose first partition may be read to sample URLs (see :meth:`LazyParquetManifest._urls`)."""
+
+
+# -- reading files from any thread -----------------------------------------------------------
+
+_LOOP: tuple[int, asyncio.AbstractEventLoop] | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _manifest_loop() -> asyncio.AbstractEventLoop:
+    """An event loop in a daemon thread of its own, for reading manifest files (one per process)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[0] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="refstore-manifest-io", daemon=True).start()
+            _LOOP = (os.getpid(), loop)
+        return _LOOP[1]
+
+
+def _blocking_twin(fs: AbstractFileSystem) -> AbstractFileSystem:
+    """A copy of an async filesystem whose blocking calls run on the manifest loop.
+
+    Partitions are read from inside ``Manifest.get``, which the faces call
+    from their event loop, often fsspec's own IO loop. A blocking call into an
+    async filesystem bound to that same loop would raise (or deadlock); the
+    twin runs its coroutines on :func:`_manifest_loop` instead. Filesystems
+    that are not async are returned as they are.
+    """
+    from fsspec.asyn import AsyncFileSystem
+
+    if not isinstance(fs, AsyncFileSystem) or not getattr(fs, "async_impl", False):
+        return fs
+    options = {**fs.storage_options, "asynchronous": False, "loop": _manifest_loop(), "skip_instance_cache": True}
+    try:
+        return type(fs)(*fs.storage_args, **options)
+    except TypeError:  # pragma: no cover - a filesystem that does not take `loop`
+        return fs
+
+
+class ParquetSource:
+    """Where a lazy manifest's files are, and the LRU of its loaded partitions.
+
+    Parameters
+    ----------
+    fs, root
+        The filesystem and the directory holding ``.zmetadata``.
+    record_size
+        Rows per partition file.
+    cache_size
+        Partitions kept in memory (0 keeps none); the cache is shared by all
+        arrays of the manifest. Memory is bounded by ``cache_size`` times the
+        size of one partition's columns (under 21 bytes per row).
+
+    Notes
+    -----
+    Pickles as its location and options, without the cache.
+    """
+
+    def __init__(self, fs: AbstractFileSystem, root: str, record_size: int, cache_size: int) -> None:
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+        self.fs = fs
+        self.root = root
+        self.record_size = record_size
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[str, int], Partition | None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._reader: tuple[int, AbstractFileSystem] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fs": self.fs, "root": self.root, "record_size": self.record_size, "cache_size": self.cache_size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["fs"], state["root"], state["record_size"], state["cache_size"])  # type: ignore[misc]
+
+    def read(self, fn: str) -> bytes:
+        """The bytes of file *fn*, safe to call from any thread, in or out of an event loop.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        """
+        reader = self._reader
+        if reader is None or reader[0] != os.getpid():
+            reader = self._reader = (os.getpid(), _blocking_twin(self.fs))
+        return reader[1].cat_file(fn)
+
+    def partition(self, layout: KeyLayout, record: int, flat: int, *, keep: bool = True) -> Partition | None:
+        """Partition *record* of the array *layout*, from the cache or its file.
+
+        Parameters
+        ----------
+        layout
+            The array.
+        record
+            The partition number.
+        flat
+            The chunk being looked up (named in errors).
+        keep
+            Put a partition that was read into the cache (scans pass False so
+            that they do not evict what lookups use).
+
+        Returns
+        -------
+        Partition or None
+            None if the file does not exist: the partition holds no chunks.
+
+        Raises
+        ------
+        ManifestError
+            Naming the key and the file, if the file is corrupt.
+        """
+        key = (layout.prefix, record)
+        with self._lock:
+            part = self._cache.get(key, _NOT_CACHED)
+            if part is not _NOT_CACHED:
+                self._cache.move_to_end(key)
+                return part  # type: ignore[return-value]
+        fn = partition_path(self.root, layout.prefix, record)
+        try:
+            data = self.read(fn)
+        except FileNotFoundError:
+            part = None
+        else:
+            try:
+                part = decode_partition(data, fn, layout, record, self.record_size)
+            except ManifestError as exc:
+                raise ManifestError(f"key {layout.head + layout.suffix(flat)!r}: {exc}") from None
+            del data
+        if keep and self.cache_size:
+            with self._lock:
+                self._cache[key] = part
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return part
+
+    def cached(self) -> int:
+        """Number of partitions in the cache."""
+        return len(self._cache)
+
+    def nbytes(self, prefix: str | None = None) -> int:
+        """Memory of the cached partitions (of one array, if *prefix* is given)."""
+        with self._lock:
+            parts = [p for (pre, _), p in self._cache.items() if p is not None and prefix in (None, pre)]
+        return sum(p.nbytes for p in parts)
+
+    def clear(self) -> None:
+        """Drop every cached partition."""
+        with self._lock:
+            self._cache.clear()
+
+
+def _keys(layout: KeyLayout, flats: np.ndarray) -> Iterator[str]:
+    """The keys of ravelled chunk indices, built at C speed."""
+    if not layout.grid:
+        return iter([layout.head + layout.suffix(0)] * len(flats))
+    lead = layout.head + ("c." if (layout.v3 and layout.sep == ".") else "")
+    columns = [map(str, axis.tolist()) for axis in np.unravel_index(flats, layout.grid)]
+    return map(lead.__add__, map(layout.sep.join, zip(*columns)))
+
+
+class LazyChunkTable:
+    """The chunk references of one array of a parquet manifest, read partition by partition.
+
+    It answers what :class:`~refstore.manifest._table.ChunkTable` answers
+    (:meth:`assign`, :meth:`remove`, :attr:`count`, :meth:`present_blocks`,
+    :meth:`iter_keys`, :meth:`nbytes`), but :meth:`entry` replaces
+    ``lookup``: it returns the entry itself, since a partition has its own URL
+    table and may hold inline data.
+
+    Edits (:meth:`assign`, :meth:`remove`) are kept in memory over the
+    partitions, by chunk index.
+    """
+
+    __slots__ = ("layout", "source", "edits", "_count")
+
+    lazy: ClassVar[bool] = True
+
+    def __init__(self, layout: KeyLayout, source: ParquetSource) -> None:
+        self.layout = layout
+        self.source = source
+        self.edits: dict[int, tuple[int, int, int] | None] = {}
+        """Chunk index -> ``(url_id, offset, length)`` into the manifest's URL table, or None if deleted."""
+        self._count: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"layout": self.layout, "source": self.source, "edits": self.edits}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.layout = state["layout"]
+        self.source = state["source"]
+        self.edits = state["edits"]
+        self._count = None
+
+    def _partition(self, flat: int) -> tuple[Partition | None, int]:
+        rs = self.source.record_size
+        return self.source.partition(self.layout, flat // rs, flat), flat % rs
+
+    def entry(self, flat: int, urls: list[str | None]) -> bytes | Reference | None:
+        """The entry of chunk *flat*: inline bytes, a :class:`Reference`, or None if there is none.
+
+        Parameters
+        ----------
+        flat
+            The ravelled chunk index.
+        urls
+            The manifest's URL table (edits refer to it).
+
+        Raises
+        ------
+        ManifestError
+            Naming the key and the file, if the chunk's partition is corrupt.
+        """
+        if self.edits:
+            edit = self.edits.get(flat, _UNSET)
+            if edit is not _UNSET:
+                if edit is None:
+                    return None
+                uid, offset, length = edit  # type: ignore[misc]
+                return Reference(urls[uid], offset, None if length == WHOLE else length)
+        part, row = self._partition(flat)
+        return None if part is None else part.entry(row)
+
+    def has(self, flat: int) -> bool:
+        """True if chunk *flat* has an entry."""
+        edit = self.edits.get(flat, _UNSET)
+        if edit is not _UNSET:
+            return edit is not None
+        part, row = self._partition(flat)
+        return part is not None and part.has(row)
+
+    def assign(self, flat: int, uid: int, offset: int, length: int) -> None:
+        """Set chunk *flat* to a reference into the manifest's URL table."""
+        self.edits[flat] = (uid, offset, length)
+        self._count = None
+
+    def remove(self, flat: int) -> bool:
+        """Remove chunk *flat*; return whether it had an entry."""
+        existed = self.has(flat)
+        self.edits[flat] = None
+        self._count = None
+        return existed
+
+    @property
+    def count(self) -> int:
+        """Number of chunks with an entry. The first call reads every partition (not cached)."""
+        if self._count is None:
+            self._count = sum(len(b) for b in self.present_blocks(keep=False))
+        return self._count
+
+    def present_blocks(self, lo: int = 0, hi: int | None = None, *, keep: bool = True) -> Iterator[np.ndarray]:
+        """Chunk indices in ``[lo, hi)`` with an entry, ascending, one array per partition.
+
+        Only the partitions covering the range are read, one at a time.
+        """
+        size = self.layout.size
+        hi = size if hi is None else min(hi, size)
+        if lo >= hi:
+            return
+        rs = self.source.record_size
+        if self.edits:
+            keys = np.fromiter(self.edits, dtype=np.int64, count=len(self.edits))
+            order = np.argsort(keys)
+            edit_flats = keys[order]
+            edit_set = np.array([self.edits[int(k)] is not None for k in edit_flats], dtype=bool)
+        else:
+            edit_flats = np.zeros(0, dtype=np.int64)
+            edit_set = np.zeros(0, dtype=bool)
+        for record in range(lo // rs, -(-hi // rs)):
+            base = record * rs
+            a, b = max(lo, base), min(hi, base + rs)
+            part = self.source.partition(self.layout, record, a, keep=keep)
+            flats = np.zeros(0, dtype=np.int64) if part is None else part.present_rows() + base
+            if len(flats) and (flats[0] < a or flats[-1] >= b):
+                flats = flats[(flats >= a) & (flats < b)]
+            i, j = np.searchsorted(edit_flats, [a, b])
+            if i < j:
+                flats = np.setdiff1d(flats, edit_flats[i:j][~edit_set[i:j]], assume_unique=True)
+                flats = np.union1d(flats, edit_flats[i:j][edit_set[i:j]])
+            if len(flats):
+                yield flats
+
+    def iter_keys(self) -> Iterator[str]:
+        """Keys of the chunks with an entry, reading one partition at a time (through the cache)."""
+        for flats in self.present_blocks():
+            yield from _keys(self.layout, flats)
+
+    def nbytes(self) -> int:
+        """Memory of this array's cached partitions."""
+        return self.source.nbytes(self.layout.prefix)
+
+    def block(self, lo: int, hi: int, urls: list[str | None]) -> Block:
+        """Rows ``[lo, hi)`` with edits applied, for writing (partitions are not cached).
+
+        ``urls`` is the manifest's URL table; the block's table starts with it
+        and continues with the URLs of the partitions read.
+        """
+        n = hi - lo
+        ids = np.full(n, ABSENT, dtype=np.int64)
+        offset = np.zeros(n, dtype=np.int64)
+        length = np.zeros(n, dtype=np.int64)
+        raw: dict[int, bytes] = {}
+        table: list[str | None] = list(urls)
+        rs = self.source.record_size
+        for record in range(lo // rs, -(-hi // rs)):
+            base = record * rs
+            part = self.source.partition(self.layout, record, max(lo, base), keep=False)
+            if part is None:
+                continue
+            a, b = max(lo, base), min(hi, base + len(part))
+            if a >= b:
+                continue
+            src, dst = slice(a - base, b - base), slice(a - lo, b - lo)
+            pid = part.url_id[src].astype(np.int64)
+            ids[dst] = np.where(pid >= 0, pid + len(table), ABSENT)
+            table.extend(part.urls)
+            offset[dst] = part.offset[src]
+            length[dst] = part.length[src]
+            for row, data in part.raw.items():
+                if a <= base + row < b:
+                    raw[base + row - lo] = data
+        for flat, edit in self.edits.items():
+            if lo <= flat < hi:
+                raw.pop(flat - lo, None)
+                if edit is None:
+                    ids[flat - lo] = ABSENT
+                else:
+                    ids[flat - lo], offset[flat - lo], length[flat - lo] = edit
+        return Block(table, ids, offset, length, raw)
+
+
+class LazyParquetManifest(Manifest):
+    """A :class:`Manifest` over a parquet reference directory, read on demand.
+
+    Metadata documents (from ``.zmetadata``) are in memory; chunk references
+    are read a partition at a time when a key is looked up, and at most
+    ``cache_size`` partitions are kept (:class:`ParquetSource`). Missing
+    partition files and null rows are missing chunks.
+
+    Costs worth knowing: ``len()`` and listing an array's chunk keys read
+    every partition of it (one at a time); :meth:`load` and :meth:`to_dict`
+    read everything into memory. Pickling carries the location and options
+    (and any in-memory edits), never partitions.
+
+    ``urls`` (and the protocols the readers infer from it) holds the URLs of
+    edits plus a sample read on first use: one URL per protocol from the
+    first partition of the first few arrays, as fsspec infers the remote
+    protocol from the first reference.
+    """
+
+    def __init__(self) -> None:
+        self._sampled = True
+        self._parquet: ParquetSource | None = None
+        self._edited = False
+        super().__init__()
+
+    # -- the URL table, sampled on first use --------------------------------------------
+
+    @property  # type: ignore[override]
+    def _urls(self) -> list[str | None]:
+        if not self._sampled:
+            self._sample_urls()
+        return self._url_table
+
+    @_urls.setter
+    def _urls(self, value: list[str | None]) -> None:
+        self._url_table = value
+
+    def _sample_urls(self) -> None:
+        self._sampled = True
+        source = self._parquet
+        if source is None:
+            return
+        for table in [t for t in self._tables.values() if t.lazy][:_SAMPLE_TABLES]:
+            try:
+                part = source.partition(table.layout, 0, 0)
+            except ManifestError:
+                continue  # reading the key raises it again, naming the key
+            if part is not None and part.urls:
+                protocols: dict[str, str] = {}
+                for url in part.urls[:4096]:
+                    protocols.setdefault(url.split("://", 1)[0] if "://" in url else "", url)
+                for url in protocols.values():
+                    self.url_id(url)
+                return
+
+    # -- edits mark the manifest (pickles then carry the in-memory state) ----------------
+
+    def set(self, key: str, value: bytes | Reference) -> None:
+        super().set(key, value)
+        self._edited = True
+
+    def delete(self, key: str) -> None:
+        super().delete(key)
+        self._edited = True
+
+    # -- conversion -----------------------------------------------------------------------
+
+    def load(self) -> Manifest:
+        """Read every partition and return an in-memory :class:`Manifest` with the same entries."""
+        out = Manifest()
+        out._urls = list(self._urls)
+        out._url_ids = {u: i for i, u in enumerate(out._urls)}
+        out._inline = dict(self._inline)
+        out._loose = dict(self._loose)
+        out.source, out.source_is_remote = self.source, self.source_is_remote
+        for prefix, table in list(self._tables.items()):
+            if not table.lazy:
+                copy = ChunkTable(table.layout)
+                copy.url_id[:], copy.offset[:], copy.length[:] = table.url_id, table.offset, table.length
+                copy.count = table.count
+                out._tables[prefix] = copy
+                continue
+            dense = out._tables[prefix] = ChunkTable(table.layout)
+            rs = table.source.record_size
+            for lo in range(0, table.layout.size, rs):
+                hi = min(lo + rs, table.layout.size)
+                block = table.block(lo, hi, out._urls)
+                present = block.ids >= 0
+                if present.any():
+                    used = np.unique(block.ids[present])
+                    lut = np.full(int(used[-1]) + 1, ABSENT, dtype=np.int32)
+                    lut[used] = [out.url_id(block.urls[int(u)]) for u in used]
+                    dense.url_id[lo:hi][present] = lut[block.ids[present]]
+                    dense.offset[lo:hi][present] = block.offset[present]
+                    dense.length[lo:hi][present] = block.length[present]
+                    dense.count += int(present.sum())
+                for row, data in block.raw.items():
+                    key = table.layout.head + table.layout.suffix(lo + row)
+                    out._inline.setdefault(key, data)
+        out._reindex()
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as a kerchunk version 1 reference dict (reads every partition)."""
+        return self.load().to_dict()
+
+    def __repr__(self) -> str:
+        source = self._parquet
+        cached = f"{source.cached()}/{source.cache_size} partitions cached" if source else ""
+        return (
+            f"<Manifest from {self.source!r}: lazy parquet, {len(self._tables)} arrays, "
+            f"record_size {source.record_size if source else '?'}, {cached}>"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._edited:
+            state = {
+                "_urls": self._url_table, "_inline": self._inline, "_loose": self._loose, "_tables": self._tables,
+                "source": self.source, "source_is_remote": self.source_is_remote, "sampled": self._sampled,
+            }
+            return (_restore_edited, (self._parquet, state))
+        sample = self._url_table if self._sampled else None
+        return (_reopen, (self._parquet, sample, self.source, self.source_is_remote))
+
+
+def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyParquetManifest:
+    manifest = LazyParquetManifest()
+    manifest._parquet = source
+    for key, doc in documents.items():
+        try:
+            _check_key(key)
+        except ManifestError as exc:
+            raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
+        data = doc.encode() if isinstance(doc, str) else ujson.dumps(doc, escape_forward_slashes=False).encode()
+        manifest._inline[key] = data
+        layout = manifest._layout_for(key, data)
+        if layout is not None:
+            manifest._tables[layout.prefix] = LazyChunkTable(layout, source)  # type: ignore[assignment]
+    manifest._reindex()
+    return manifest
+
+
+def _read_documents(source: ParquetSource) -> tuple[dict[str, Any], int, str]:
+    fn = f"{source.root}/.zmetadata"
+    documents, record_size = parse_zmetadata(source.read(fn), fn)
+    return documents, record_size, fn
+
+
+def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int = 128) -> LazyParquetManifest:
+    """Open a parquet reference directory, reading ``root/.zmetadata`` only.
+
+    Parameters
+    ----------
+    fs, root
+        The filesystem and the directory.
+    cache_size
+        Partitions kept in memory (shared by all arrays).
+
+    Returns
+    -------
+    LazyParquetManifest
+        Every array with regular-grid metadata gets a lazy table; partitions
+        are read when their keys are.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root/.zmetadata`` is missing.
+    ManifestError
+        If ``.zmetadata`` is malformed or names an invalid key.
+    ValueError
+        If *cache_size* is negative.
+    """
+    source = ParquetSource(fs, root, 1, cache_size)
+    documents, record_size, fn = _read_documents(source)
+    source.record_size = record_size
+    manifest = _build(source, documents, fn)
+    manifest._sampled = False
+    return manifest
+
+
+def _reopen(
+    source: ParquetSource, sample: list[str | None] | None, origin: str | None, remote: bool
+) -> LazyParquetManifest:
+    """Unpickle an unedited lazy manifest: read ``.zmetadata`` again, no partitions."""
+    documents, record_size, fn = _read_documents(source)
+    source.record_size = record_size
+    manifest = _build(source, documents, fn)
+    if sample is None:
+        manifest._sampled = False
+    else:
+        manifest._urls = list(sample)
+        manifest._url_ids = {u: i for i, u in enumerate(sample)}
+    manifest.source, manifest.source_is_remote = origin, remote
+    return manifest
+
+
+def _restore_edited(source: ParquetSource, state: dict[str, Any]) -> LazyParquetManifest:
+    """Unpickle an edited lazy manifest from its in-memory state (no file is read)."""
+    manifest = LazyParquetManifest.__new__(LazyParquetManifest)
+    manifest.__setstate__(state)
+    manifest._parquet = source
+    manifest._edited = True
+    manifest._sampled = state["sampled"]
+    return manifest
+
+
+def is_lazy(manifest: Manifest) -> bool:
+    """True if *manifest* reads parquet partitions on demand."""
+    return isinstance(manifest, LazyParquetManifest) and manifest._parquet is not None
+
+
+__all__ = ["LazyChunkTable", "LazyParquetManifest", "ParquetSource", "is_lazy", "open_parquet"]
