@@ -44,7 +44,9 @@ class ReferenceStore(Store):
         ``remote_protocol``, ``remote_options``, ``fs``,
         ``template_overrides``, ``max_gap``, ``max_block``,
         ``max_concurrency``, ``read_ahead``, ``retries``, ``cache_size``,
-        ``url_policy``.
+        ``url_policy``; and ``decoded_cache_bytes``, the budget of decoded
+        source chunks shared by assembled virtual-array chunks
+        (:class:`refstore.virtual.VirtualResolver`).
 
     Notes
     -----
@@ -60,6 +62,7 @@ class ReferenceStore(Store):
 
     def __init__(self, fo: Any, *, read_only: bool = True, **kwargs: Any) -> None:
         super().__init__(read_only=read_only)
+        self._virtual_options = {k: kwargs.pop(k) for k in ("decoded_cache_bytes",) if k in kwargs}
         self._reader = kwargs.pop("_reader", None) or Reader(fo, **kwargs)
         self._kwargs = kwargs
         self._virtual: Any = None
@@ -72,7 +75,7 @@ class ReferenceStore(Store):
         if self._virtual is None and any(
             k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest._inline
         ):
-            self._virtual = VirtualResolver(self, **self._kwargs)
+            self._virtual = VirtualResolver(self, **self._virtual_options, **self._kwargs)
 
     @property
     def manifest(self) -> Any:
@@ -137,6 +140,8 @@ class ReferenceStore(Store):
 
     async def exists(self, key: str) -> bool:
         # docstring inherited
+        if self._virtual is not None and await self._virtual.is_virtual(key):
+            return await self._virtual.has_chunk(key)
         return key in self.manifest
 
     async def getsize(self, key: str) -> int:
@@ -167,20 +172,29 @@ class ReferenceStore(Store):
     # -- listing ------------------------------------------------------------------------------
 
     async def list(self) -> AsyncIterator[str]:
-        # docstring inherited
+        # docstring inherited; with virtual arrays, also their chunk keys (spec/virtual.md)
         for key in self.manifest.keys():
             yield key
+        if self._virtual is not None:
+            async for key in self._virtual.list_keys():
+                yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
         for key in self.manifest.keys():
             if key.startswith(prefix):
                 yield key
+        if self._virtual is not None:
+            async for key in self._virtual.list_keys(prefix):
+                yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
         files, dirs = self.manifest.list_dir(prefix)
-        for name in sorted(set(files) | set(dirs)):
+        names = set(files) | set(dirs)
+        if self._virtual is not None:
+            names |= await self._virtual.list_dir(prefix)
+        for name in sorted(names):
             yield name
 
     def close(self) -> None:

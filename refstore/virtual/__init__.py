@@ -1,7 +1,8 @@
 """Virtual arrays: concatenate, stack, pad and crop zarr arrays without copying their chunks."""
 
 from refstore.virtual._array import IncompatibleSources, VirtualArray, concat, pad, stack
-from refstore.virtual._store import VirtualResolver, VirtualStore, flatten, open_virtual, save_virtual
+from refstore.virtual._save import flatten, save_virtual
+from refstore.virtual._store import VirtualResolver, VirtualStore, open_virtual
 
 __all__ = [
     "IncompatibleSources",

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from refstore.errors import ManifestError
-from refstore.virtual._index import Item, Layer, check_axis, normalize_index, shift_layer, view_layer
+from refstore.virtual._cache import DecodedChunkCache, read_cached
+from refstore.virtual._index import Item, Layer, Piece, check_axis, normalize_index, shift_layer, view_layer
 from refstore.virtual._source import CF_ATTRS, ZarrSource, dimension_names_of, fill_of, same_value
 
 
@@ -123,22 +124,28 @@ class VirtualArray:
 
         return sync(self.read_async(index))
 
-    async def read_async(self, index: Any = Ellipsis) -> np.ndarray:
-        """Async :meth:`read`; run it on zarr's event loop (where the sources' stores live)."""
+    async def read_async(self, index: Any = Ellipsis, *, cache: DecodedChunkCache | None = None) -> np.ndarray:
+        """Async :meth:`read`; run it on zarr's event loop (where the sources' stores live).
+
+        With ``cache``, source chunks the read takes only in part are decoded through it,
+        so the reads of neighbouring windows share them (see :func:`read_cached`).
+        """
         sel = normalize_index(index, self.shape)
-        return await self._view(sel)._read_all()
+        return await self._view(sel)._read_all(cache)
 
-    async def read_source(self, selection: tuple[int | slice, ...]) -> np.ndarray:
+    async def read_source(
+        self, selection: tuple[int | slice, ...], cache: DecodedChunkCache | None = None
+    ) -> np.ndarray:
         """Read as a layer source does (same contract as :meth:`ZarrSource.read`)."""
-        return await self.read_async(selection)
+        return await self.read_async(selection, cache=cache)
 
-    async def _read_all(self) -> np.ndarray:
+    async def _read_all(self, cache: DecodedChunkCache | None = None) -> np.ndarray:
         import asyncio
 
         out = np.full(self.shape, self.fill_value, dtype=self.dtype)
         if not self.layers or out.size == 0:
             return out
-        datas = await asyncio.gather(*(_read_layer(layer, self.dtype) for layer in self.layers))
+        datas = await asyncio.gather(*(_read_layer(layer, self.dtype, cache) for layer in self.layers))
         for layer, data in zip(self.layers, datas):
             out[layer.box()] = data
         return out
@@ -191,29 +198,32 @@ class VirtualArray:
         Raises :class:`refstore.ManifestError` naming the first chunk that would need
         assembling (misaligned, cropped, strided or differently encoded sources).
         """
-        from refstore.virtual._store import flatten
+        from refstore.virtual._save import flatten
 
         return flatten({name: self})
 
 
-async def _read_layer(layer: Layer, dtype: np.dtype[Any]) -> np.ndarray:
+async def _read_layer(layer: Layer, dtype: np.dtype[Any], cache: DecodedChunkCache | None) -> np.ndarray:
     """The data of ``layer``'s whole box: one source read per piece (one per block if blocked)."""
     import asyncio
 
     src = layer.source
 
-    async def read_piece(box: tuple[slice, ...], sel: tuple[int | slice, ...]) -> np.ndarray:
+    async def read_piece(piece: Piece) -> np.ndarray:
+        box, sel, reach = piece
         if isinstance(src, VirtualArray):
-            data = await src.read_source(sel)
+            data = await src.read_source(sel, cache)
+        elif cache is not None:
+            data = await read_cached(src, sel, reach, cache)
         else:
             data = await src.read(sel)
         return np.asarray(data).reshape(tuple(b.stop - b.start for b in box))
 
     pieces = layer.pieces()
     if len(pieces) == 1:
-        return await read_piece(*pieces[0][:2])
+        return await read_piece(pieces[0])
     out = np.empty(layer.shape, dtype)
-    datas = await asyncio.gather(*(read_piece(box, sel) for box, sel, _ in pieces))
+    datas = await asyncio.gather(*(read_piece(piece) for piece in pieces))
     for (box, _, _), data in zip(pieces, datas):
         out[box] = data
     return out

@@ -58,7 +58,7 @@ def combine(
     """
     from refstore.virtual._array import concat, stack
     from refstore.virtual._source import dimension_names_of
-    from refstore.virtual._store import save_virtual
+    from refstore.virtual._save import save_virtual
 
     if not inputs:
         raise ManifestError("combine: no inputs")

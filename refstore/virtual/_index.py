@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -250,6 +251,23 @@ def _renumber(m: SourceDim, insert_axis: int) -> SourceDim:
     if isinstance(m, Blocked):
         return replace(m, vdim=m.vdim + 1) if m.vdim >= insert_axis else m
     return ((m[0] + 1 if m[0] >= insert_axis else m[0]), m[1], m[2])
+
+
+def touched_chunks(v: Any) -> Iterator[tuple[int, ...]]:
+    """The coordinates of the chunks of virtual array ``v`` that some layer's box touches, each once."""
+    boxes = []
+    for layer in v.layers:
+        if 0 in layer.shape:
+            continue
+        boxes.append(tuple(
+            range(o // c, -(-(o + n) // c)) for o, n, c in zip(layer.origin, layer.shape, v.chunks)
+        ))
+    for i, box in enumerate(boxes):
+        # earlier boxes this one shares chunks with (few: only neighbours, for concatenations)
+        earlier = [b for b in boxes[:i] if all(r.start < q.stop and q.start < r.stop for r, q in zip(box, b))]
+        for coords in itertools.product(*box):
+            if not any(all(c in r for c, r in zip(coords, b)) for b in earlier):
+                yield coords
 
 
 def check_axis(axis: int, ndim: int, what: str) -> int:

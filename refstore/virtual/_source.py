@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -100,6 +100,11 @@ class ZarrSource:
         key = arr.metadata.encode_chunk_key(coords)
         buf = await (arr.store_path / key).get(default_buffer_prototype())
         return None if buf is None else buf.to_bytes()
+
+    async def chunk_exists(self, coords: tuple[int, ...]) -> bool:
+        """True if the source stores chunk ``coords``."""
+        arr = await self.open_async()
+        return await arr.store_path.store.exists((arr.store_path / arr.metadata.encode_chunk_key(coords)).path)
 
     def __repr__(self) -> str:
         where = self.ref or self._array
@@ -243,6 +248,66 @@ async def encode_chunk(
     await arr.setitem(sel, data)
     buf = store._store_dict.get(arr.metadata.encode_chunk_key(coords))
     return None if buf is None else buf.to_bytes()
+
+
+class ChunkEncoder:
+    """Encodes the chunks of one virtual array with the codecs its metadata names.
+
+    Uncompressed arrays (zarr 3 with only the ``bytes`` codec, zarr 2 with no compressor
+    and no filters) are encoded with numpy directly; others go through zarr's codecs
+    (:func:`encode_chunk`). Either way a chunk that is entirely fill encodes as None.
+
+    Parameters
+    ----------
+    docs
+        The array's metadata documents (``zarr.json``, or ``.zarray`` and ``.zattrs``).
+    array
+        The same array opened (a ``zarr.AsyncArray`` over ``docs``).
+    """
+
+    def __init__(self, docs: dict[str, bytes], array: Any) -> None:
+        self.docs = docs
+        self.chunks = tuple(array.chunks)
+        self.fill = fill_of(zarr.Array(array) if isinstance(array, zarr.AsyncArray) else array)
+        self._raw_dtype, self._order = _raw_layout(array)
+
+    async def encode(self, coords: tuple[int, ...], data: np.ndarray) -> bytes | None:
+        """The stored bytes of chunk ``coords`` holding ``data`` (clipped to the array's shape)."""
+        if self._raw_dtype is None:
+            return await encode_chunk(self.docs, coords, self.chunks, data)
+        if _all_equal(data, self.fill):
+            return None
+        if data.shape != self.chunks:
+            full = np.full(self.chunks, self.fill, self._raw_dtype)
+            full[tuple(slice(0, n) for n in data.shape)] = data
+            data = full
+        return np.asarray(data, dtype=self._raw_dtype).tobytes(order=self._order)
+
+
+def _raw_layout(array: Any) -> tuple[np.dtype[Any] | None, Literal["C", "F"]]:
+    """``(stored dtype, order)`` when ``array``'s chunks are its values' plain bytes, else ``(None, "C")``."""
+    meta = array.metadata
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in "biufc":
+        return None, "C"
+    if meta.zarr_format == 2:
+        if meta.compressor is not None or meta.filters:
+            return None, "C"
+        native = getattr(meta.dtype, "to_native_dtype", None)
+        stored = np.dtype(native()) if callable(native) else np.dtype(meta.dtype)
+        return stored, "F" if meta.order == "F" else "C"
+    codecs = tuple(meta.codecs)
+    if len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+        return None, "C"
+    endian = getattr(codecs[0].endian, "value", None)
+    return dtype.newbyteorder(">" if endian == "big" else "<"), "C"
+
+
+def _all_equal(data: np.ndarray, value: Any) -> bool:
+    """True if every element of ``data`` equals ``value`` (NaN equal to NaN)."""
+    if data.dtype.kind in "fc" and np.isnan(value):
+        return bool(np.isnan(data).all())
+    return bool((data == value).all())
 
 
 def json_fill(value: Any) -> Any:

@@ -1,0 +1,212 @@
+"""Saving virtual arrays into reference manifests (definition + embedded sources), and flattening."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from zarr.core.buffer import default_buffer_prototype
+
+from refstore.errors import ManifestError
+from refstore.virtual._array import VirtualArray, leaf_sources
+from refstore.virtual._source import ZarrSource, encoding_of
+from refstore.virtual._store import DEFINITION_NAME, SOURCES_DIR, _METADATA, _open_meta, plan_chunk
+
+
+async def _entries(array: Any) -> list[tuple[str, Any]]:
+    """``(relative key, bytes | Reference)`` for every stored key of a zarr array."""
+    from refstore.manifest import Reference
+    from refstore.store import ReferenceStore
+
+    store, path = array.store_path.store, array.store_path.path
+    prefix = f"{path}/" if path else ""
+    keys = [k async for k in store.list_prefix(prefix)]
+    out: list[tuple[str, Any]] = []
+    proto = default_buffer_prototype()
+    for key in keys:
+        rel = key[len(prefix) :]
+        if isinstance(store, ReferenceStore):
+            out.append((rel, store.manifest.get(key)))
+        elif type(store).__name__ == "LocalStore" and rel.rsplit("/", 1)[-1] not in _METADATA:
+            full = os.path.join(str(store.root), key)
+            out.append((rel, Reference("file://" + os.path.abspath(full), 0, os.path.getsize(full))))
+        else:
+            buf = await store.get(key, proto)
+            if buf is not None:
+                out.append((rel, buf.to_bytes()))
+    return out
+
+
+def _source_entry(src: ZarrSource, coords: tuple[int, ...]) -> Any:
+    """The manifest entry (bytes or Reference) of one stored source chunk, or None."""
+    from zarr.core.sync import sync
+
+    from refstore.manifest import Reference
+    from refstore.store import ReferenceStore
+
+    arr = src.array
+    store, path = arr.store_path.store, arr.store_path.path
+    key = (f"{path}/" if path else "") + arr.metadata.encode_chunk_key(coords)
+    if isinstance(store, ReferenceStore):
+        return store.manifest.get(key)
+    if type(store).__name__ == "LocalStore":
+        full = os.path.join(str(store.root), key)
+        return Reference("file://" + os.path.abspath(full), 0, os.path.getsize(full)) if os.path.exists(full) else None
+    return sync(src.get_chunk_bytes(coords))
+
+
+def _put_docs(manifest: Any, name: str, docs: Mapping[str, bytes]) -> None:
+    for k, b in docs.items():
+        manifest.set(f"{name}/{k}", b)
+
+
+def _root_docs(zarr_format: int) -> dict[str, bytes]:
+    if zarr_format == 2:
+        return {".zgroup": b'{"zarr_format": 2}'}
+    return {"zarr.json": json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()}
+
+
+def save_virtual(
+    arrays: Mapping[str, VirtualArray],
+    out: str | None = None,
+    *,
+    flatten: bool = False,
+    zarr_format: int | None = None,
+) -> Any:
+    """Write virtual arrays into one reference manifest: a zarr group with one array per name.
+
+    Parameters
+    ----------
+    arrays
+        ``{name: VirtualArray}``.
+    out
+        Where to save the manifest (``.json`` or parquet, see :meth:`refstore.Manifest.save`);
+        None only returns it.
+    flatten
+        Write plain kerchunk references (no definition), readable by any kerchunk reader;
+        raises :class:`refstore.ManifestError` if some chunk would need assembling.
+    zarr_format
+        Metadata format of the virtual arrays; None keeps the sources' when they share one
+        encoding, else 3.
+
+    Returns
+    -------
+    refstore.Manifest
+        The manifest written. Open it with :func:`open_virtual` (or, once the store hook is
+        installed, ``refstore.ReferenceStore``).
+
+    Notes
+    -----
+    Sources are saved as references, not copied: a source read through a
+    ``ReferenceStore`` contributes its references; a ``LocalStore`` source, ``file://``
+    references to its chunk files; other stores (e.g. ``MemoryStore``) are inlined.
+    They are embedded under ``<name>/.sources/<i>/`` and named ``{"path": ...}`` by the
+    definition, unless the source has its own ``ref`` (e.g. loaded from a definition).
+    """
+    from zarr.core.sync import sync
+
+    from refstore.manifest import Manifest
+
+    if flatten:
+        return _finish(globals()["flatten"](arrays, zarr_format=zarr_format), out)
+    all_docs = _all_docs(arrays, zarr_format)
+    fmt = _format_of(next(iter(all_docs.values()))) if all_docs else (zarr_format or 3)
+    manifest = Manifest()
+    _put_groups(manifest, arrays, fmt)
+    for name, v in arrays.items():
+        embedded: dict[int, str] = {}
+
+        def ref(src: ZarrSource, name: str = name, embedded: dict[int, str] = embedded) -> dict[str, Any]:
+            if src.ref is not None and "path" not in src.ref:
+                return dict(src.ref)
+            if id(src.array) not in embedded:
+                path = f"{name}/{SOURCES_DIR}/{len(embedded)}"
+                for rel, entry in sync(_entries(src.array)):
+                    manifest.set(f"{path}/{rel}", entry)
+                embedded[id(src.array)] = path
+            return {"path": embedded[id(src.array)]}
+
+        definition = v.to_dict(source_ref=ref)
+        _put_docs(manifest, name, all_docs[name])
+        manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
+    return _finish(manifest, out)
+
+
+def _finish(manifest: Any, out: str | None) -> Any:
+    if out is not None:
+        manifest.save(out)
+    return manifest
+
+
+def _format_of(docs: Mapping[str, bytes]) -> int:
+    return 3 if "zarr.json" in docs else 2
+
+
+def _all_docs(arrays: Mapping[str, VirtualArray], zarr_format: int | None) -> dict[str, dict[str, bytes]]:
+    """Metadata documents per array, all in one zarr format (3 when the sources' formats differ)."""
+    for name in arrays:
+        _check_name(name)
+    docs = {name: v.encoding_docs(zarr_format) for name, v in arrays.items()}
+    if len({_format_of(d) for d in docs.values()}) > 1:
+        docs = {name: v.encoding_docs(3) for name, v in arrays.items()}
+    return docs
+
+
+def _put_groups(manifest: Any, arrays: Mapping[str, Any], zarr_format: int) -> None:
+    """Group metadata for the root and every parent of the array names."""
+    groups = {""}
+    for name in arrays:
+        parts = name.split("/")
+        groups.update("/".join(parts[:k]) for k in range(1, len(parts)))
+    for g in sorted(groups):
+        for k, b in _root_docs(zarr_format).items():
+            manifest.set(f"{g}/{k}" if g else k, b)
+
+
+def _check_name(name: str) -> None:
+    if not name or name.startswith("/") or name.endswith("/") or SOURCES_DIR in name.split("/"):
+        raise ManifestError(f"save_virtual: invalid array name {name!r}")
+
+
+def flatten(arrays: Mapping[str, VirtualArray], zarr_format: int | None = None) -> Any:
+    """A plain kerchunk :class:`refstore.Manifest` for virtual arrays whose chunks all pass through.
+
+    Raises
+    ------
+    refstore.ManifestError
+        Naming the array and chunk that would need assembling.
+    """
+    from zarr.core.sync import sync
+
+    from refstore.manifest import Manifest
+
+    all_docs = _all_docs(arrays, zarr_format)
+    manifest = Manifest()
+    _put_groups(manifest, arrays, _format_of(next(iter(all_docs.values()))) if all_docs else 3)
+    for name, v in arrays.items():
+        docs = all_docs[name]
+        arr = sync(_open_meta(docs))
+        encoding = encoding_of(arr)
+        if any(encoding_of(s.array) != encoding for s in leaf_sources(v)):
+            raise ManifestError(
+                f"cannot flatten {name!r}: its sources are encoded differently; save it "
+                "without flatten=True (chunks are then assembled)"
+            )
+        _put_docs(manifest, name, docs)
+        grid = [range(-(-s // c)) for s, c in zip(v.shape, v.chunks)]
+        for coords in itertools.product(*grid):
+            how, src, src_coords = sync(plan_chunk(v, encoding, tuple(coords)))
+            if how == "fill":
+                continue
+            if how != "pass":
+                raise ManifestError(
+                    f"cannot flatten {name!r}: chunk {tuple(coords)} is not one aligned source chunk "
+                    "(misaligned, cropped, strided, padded or nested source); save it without flatten=True"
+                )
+            entry = _source_entry(src, src_coords)
+            if entry is not None:
+                manifest.set(f"{name}/{arr.metadata.encode_chunk_key(tuple(coords))}", entry)
+    return manifest
