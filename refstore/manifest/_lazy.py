@@ -237,15 +237,16 @@ class LazyChunkTable:
         rs = self.source.record_size
         return self.source.partition(self.layout, flat // rs, flat), flat % rs
 
-    def entry(self, flat: int, urls: list[str | None]) -> bytes | Reference | None:
+    def entry(self, flat: int, manifest: Manifest) -> bytes | Reference | None:
         """The entry of chunk *flat*: inline bytes, a :class:`Reference`, or None if there is none.
 
         Parameters
         ----------
         flat
             The ravelled chunk index.
-        urls
-            The manifest's URL table (edits refer to it).
+        manifest
+            The manifest holding this table (edits refer to its URL table,
+            which is only touched when an edit is hit).
 
         Raises
         ------
@@ -258,7 +259,7 @@ class LazyChunkTable:
                 if edit is None:
                     return None
                 uid, offset, length = edit  # type: ignore[misc]
-                return Reference(urls[uid], offset, None if length == WHOLE else length)
+                return Reference(manifest._urls[uid], offset, None if length == WHOLE else length)
         part, row = self._partition(flat)
         return None if part is None else part.entry(row)
 
@@ -330,12 +331,13 @@ class LazyChunkTable:
         """Memory of this array's cached partitions."""
         return self.source.nbytes(self.layout.prefix)
 
-    def block(self, lo: int, hi: int, urls: list[str | None]) -> Block:
+    def block(self, lo: int, hi: int, manifest: Manifest) -> Block:
         """Rows ``[lo, hi)`` with edits applied, for writing (partitions are not cached).
 
-        ``urls`` is the manifest's URL table; the block's table starts with it
-        and continues with the URLs of the partitions read.
+        The block's URL table starts with the manifest's (which edits refer
+        to) and continues with the URLs of the partitions read.
         """
+        urls = manifest._urls if self.edits else []
         n = hi - lo
         ids = np.full(n, ABSENT, dtype=np.int64)
         offset = np.zeros(n, dtype=np.int64)
@@ -440,7 +442,7 @@ class LazyParquetManifest(Manifest):
     def load(self) -> Manifest:
         """Read every partition and return an in-memory :class:`Manifest` with the same entries."""
         out = Manifest()
-        out._urls = list(self._urls)
+        out._urls = list(self._url_table)  # (no sampling: every URL comes with its partition)
         out._url_ids = {u: i for i, u in enumerate(out._urls)}
         out._inline = dict(self._inline)
         out._loose = dict(self._loose)
@@ -456,7 +458,7 @@ class LazyParquetManifest(Manifest):
             rs = table.source.record_size
             for lo in range(0, table.layout.size, rs):
                 hi = min(lo + rs, table.layout.size)
-                block = table.block(lo, hi, out._urls)
+                block = table.block(lo, hi, self)
                 present = block.ids >= 0
                 if present.any():
                     used = np.unique(block.ids[present])

@@ -201,7 +201,7 @@ class Manifest:
                 return None
             table, flat = found
             if table.lazy:  # a parquet partition table builds the entry itself (see ._lazy)
-                return table.entry(flat, self._urls)
+                return table.entry(flat, self)
             ref = table.lookup(flat)
             if ref is None:
                 return None

@@ -294,7 +294,7 @@ class Block(NamedTuple):
 
 def _block(manifest: Manifest, table: Any, lo: int, hi: int) -> Block:
     if table.lazy:
-        return table.block(lo, hi, manifest._urls)
+        return table.block(lo, hi, manifest)
     return Block(
         manifest._urls,
         table.url_id[lo:hi].astype(np.int64),
