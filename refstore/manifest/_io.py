@@ -30,6 +30,37 @@ def _decompress(data: bytes, url: str, compression: str | None) -> bytes:
     return data
 
 
+def _read_json(
+    fs: Any, path: str, url: str, compression: str | None, template_overrides: Mapping[str, str] | None
+) -> Manifest:
+    """Read a kerchunk JSON manifest, streaming it block by block where its shape allows."""
+    from refstore.manifest._model import Manifest
+    from refstore.manifest._stream import load_json_stream
+
+    if compression not in (None, "infer", "gzip", "zstd"):
+        raise ManifestError(f"manifest {url!r}: unsupported compression {compression!r}")
+    with fs.open(path, "rb") as raw:
+        head = raw.read(4)
+        raw.seek(0)
+        stream: Any = raw
+        size_hint = getattr(raw, "size", None)
+        if compression == "gzip" or (compression in (None, "infer") and head[:2] == b"\x1f\x8b"):
+            stream, size_hint = gzip.GzipFile(fileobj=raw), None
+        elif compression == "zstd" or (compression in (None, "infer") and head == b"\x28\xb5\x2f\xfd"):
+            stream = None  # numcodecs decodes zstd frames whole
+        if stream is not None:
+            manifest = Manifest()
+            if load_json_stream(manifest, stream, size_hint=size_hint, template_overrides=template_overrides):
+                return manifest
+    data = _decompress(fs.cat_file(path), url, compression)
+    try:
+        refs = ujson.loads(data)
+    except ValueError as exc:
+        raise ManifestError(f"manifest {url!r} is not valid JSON: {exc}") from None
+    del data
+    return Manifest.from_dict(refs, template_overrides=template_overrides)
+
+
 def _fs_for(url: str, target_protocol: str | None, target_options: Mapping[str, Any] | None):
     options = dict(target_options or {})
     compression = options.pop("compression", None)
@@ -99,13 +130,7 @@ def open_manifest(
 
         manifest = read_parquet(fs, path.rstrip("/"), cache_size=cache_size)
     else:
-        data = _decompress(fs.cat_file(path), fo, compression)
-        try:
-            refs = ujson.loads(data)
-        except ValueError as exc:
-            raise ManifestError(f"manifest {fo!r} is not valid JSON: {exc}") from None
-        del data
-        manifest = Manifest.from_dict(refs, template_overrides=template_overrides)
+        manifest = _read_json(fs, path, fo, compression, template_overrides)
     manifest.source = fo
     manifest.source_is_remote = is_remote(fo, target_protocol)
     return manifest

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 _BLOCK = 1 << 16
 _FIRST, _SECOND, _THIRD = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
-_META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
-_is_meta = operator.methodcaller("endswith", _META_SUFFIXES)  # filter() with it runs in C
+#: Key endings of metadata documents, which are always inline JSON.
+META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+_is_meta = operator.methodcaller("endswith", META_SUFFIXES)  # filter() with it runs in C
 
 
 def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None, int, int]:
@@ -174,20 +175,36 @@ def _fill_table(manifest: Manifest, table: ChunkTable, body: Mapping[str, Any], 
     get = body.get
     for start in range(0, layout.size, _BLOCK):
         keys = list(layout.iter_keys(start, start + _BLOCK))
-        vals = list(map(get, keys))
-        if set(map(type, vals)) == {list} and set(map(len, vals)) == {3}:
-            if _fill_fast(manifest, table, start, keys, vals, expand):
-                placed += len(vals)
-                continue
-        for j, value in enumerate(vals):
-            if value is None:
-                continue
-            entry = decode_value(keys[j], value, expand)
-            if isinstance(entry, bytes):
-                manifest._inline[keys[j]] = entry
-            else:
-                table.assign(start + j, manifest.url_id(entry[0]), entry[1], entry[2])
-            placed += 1
+        placed += fill_block(manifest, table, start, keys, list(map(get, keys)), expand)
+    return placed
+
+
+def fill_block(
+    manifest: Manifest, table: ChunkTable, start: int, keys: list[str], vals: list[Any], expand: Any
+) -> int:
+    """Put the values of consecutive grid cells ``start, start + 1, ...`` into *table*.
+
+    ``vals[j]`` is the kerchunk value of ``keys[j]`` (None: absent). Inline
+    values go to the manifest's inline entries. Returns how many were placed.
+
+    Raises
+    ------
+    ManifestError
+        Naming the key, for a malformed value.
+    """
+    if set(map(type, vals)) == {list} and set(map(len, vals)) == {3}:
+        if _fill_fast(manifest, table, start, keys, vals, expand):
+            return len(vals)
+    placed = 0
+    for j, value in enumerate(vals):
+        if value is None:
+            continue
+        entry = decode_value(keys[j], value, expand)
+        if isinstance(entry, bytes):
+            manifest._inline[keys[j]] = entry
+        else:
+            table.assign(start + j, manifest.url_id(entry[0]), entry[1], entry[2])
+        placed += 1
     return placed
 
 

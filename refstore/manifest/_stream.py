@@ -1,0 +1,342 @@
+"""Streaming kerchunk JSON reader: parses ``refs`` block by block straight into chunk tables.
+
+A kerchunk JSON of a million references parsed whole becomes a million Python
+lists before a single column is filled; that costs hundreds of bytes per
+reference. Here the file is read in blocks of about :data:`BLOCK` bytes. Each
+block is cut at a separator between two ``refs`` entries, parsed with orjson as
+a small object, and its entries are moved into the manifest's integer columns
+(runs of keys in chunk order go in whole, at C speed) before the next block is
+read. Peak memory is the columns plus one block's objects.
+
+A cut is only ever accepted if orjson parses the text before it as a complete
+object, so a separator-like byte sequence inside a string can never split an
+entry: the parse fails and an earlier separator is tried. Anything this reader
+does not expect (a ``refs`` that is not an object, no ``version``, malformed
+JSON) falls back to parsing the whole document, which reports errors by key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from refstore.errors import ManifestError
+from refstore.manifest._kerchunk import (
+    _is_meta,
+    _make_expander,
+    _place,
+    decode_value,
+    fill_block,
+)
+from refstore.manifest._templates import expand_gen, render, resolve_templates
+
+if TYPE_CHECKING:
+    from refstore.manifest._model import Manifest
+
+#: Bytes of JSON text parsed at a time.
+BLOCK = 1 << 21
+_WS = b" \t\r\n"
+_V1_KEYS = ("version", "templates", "gen", "refs")
+_SEPARATOR = re.compile(rb",[ \t\r\n]*\"")
+_MAX_TRIES = 64
+
+
+class _Fallback(Exception):
+    """The document is not in the shape this reader handles; parse it whole instead."""
+
+
+class _Text:
+    """A window on a binary stream: ``buf[pos:]`` is the unread text."""
+
+    def __init__(self, f: IO[bytes], block: int) -> None:
+        self.f, self.block = f, block
+        self.buf, self.pos, self.eof = b"", 0, False
+
+    def more(self, need: int | None = None) -> bool:
+        """Read another block (or at least *need* unread bytes); False at the end of the stream."""
+        if self.eof:
+            return False
+        chunk = self.f.read(max(self.block, need or 0))
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos :] + chunk
+        self.pos = 0
+        return True
+
+    def skip_ws(self) -> None:
+        while True:
+            n = len(self.buf)
+            while self.pos < n and self.buf[self.pos] in _WS:
+                self.pos += 1
+            if self.pos < n or not self.more():
+                return
+
+    def char(self) -> bytes:
+        """The next non-blank byte (not consumed); ``b""`` at the end."""
+        self.skip_ws()
+        return self.buf[self.pos : self.pos + 1]
+
+    def expect(self, ch: bytes) -> None:
+        if self.char() != ch:
+            raise _Fallback(f"expected {ch!r}")
+        self.pos += 1
+
+    def value(self) -> Any:
+        """Parse one JSON value (a small one: ``version``, ``templates``, ``gen``, a key)."""
+        self.skip_ws()
+        decoder = json.JSONDecoder()
+        while True:
+            text = self.buf[self.pos :].decode("utf-8", "ignore")
+            try:
+                value, end = decoder.raw_decode(text)
+            except ValueError:
+                if self.more(2 * len(self.buf)):
+                    continue
+                raise _Fallback("malformed value") from None
+            if end < len(text) or self.eof:
+                self.pos += len(text[:end].encode("utf-8"))
+                return value
+            if not self.more():  # a number may continue in the next block
+                self.pos += len(text[:end].encode("utf-8"))
+                return value
+
+
+def load_json_stream(
+    manifest: Manifest,
+    f: IO[bytes],
+    *,
+    size_hint: int | None = None,
+    template_overrides: Mapping[str, str] | None = None,
+    block: int = BLOCK,
+) -> bool:
+    """Fill the empty *manifest* from the kerchunk JSON in binary stream *f*.
+
+    Parameters
+    ----------
+    size_hint
+        Size of the JSON text if known; bounds the chunk grids given dense columns.
+
+    Returns
+    -------
+    bool
+        False if the document needs the whole-document reader; *manifest* and
+        *f* are then partly consumed and must be discarded.
+
+    Raises
+    ------
+    ManifestError
+        For a malformed entry (naming the key) or template.
+    """
+    text = _Text(f, block)
+    try:
+        text.expect(b"{")
+        first = text.char()
+        if first == b"}":
+            return False
+        save = text.pos
+        key = text.value()
+        if key not in _V1_KEYS:
+            text.pos = save  # version 0: the top-level object is the refs
+            _Refs(manifest, {}, size_hint, template_overrides, deferred=False).read(text)
+            return True
+        found: dict[str, Any] = {}
+        refs_reader = None
+        while True:
+            if key in found:
+                raise _Fallback("a repeated top-level key")
+            text.expect(b":")
+            if key == "refs" and text.char() == b"{":
+                text.pos += 1
+                templates = found.get("templates")
+                refs_reader = _Refs(
+                    manifest, templates, size_hint, template_overrides, deferred=templates is None
+                )
+                refs_reader.read(text)
+                found[key] = True
+            else:
+                found[key] = text.value()
+            sep = text.char()
+            text.pos += 1
+            if sep == b"}":
+                break
+            if sep != b",":
+                raise _Fallback("expected , or }")
+            key = text.value()
+            if not isinstance(key, str):
+                raise _Fallback("a non-text key")
+    except _Fallback:
+        return False
+    if found.get("version") != 1 or refs_reader is None:
+        return False
+    refs_reader.finish(found.get("templates") or {}, found.get("gen") or [])
+    return True
+
+
+class _Refs:
+    """Moves the entries of one ``refs`` object into a manifest, block by block."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        templates: Any,
+        size_hint: int | None,
+        overrides: Mapping[str, str] | None,
+        deferred: bool,
+    ) -> None:
+        if not isinstance(templates, Mapping) and templates is not None:
+            raise ManifestError("version 1 references need 'templates' to be an object")
+        self.manifest = manifest
+        self.overrides = overrides
+        self.deferred = deferred  # templates come after refs: expand URLs at the end
+        self.expand = (lambda url, key: url) if deferred else _make_expander(
+            resolve_templates(templates or {}, overrides)
+        )
+        # the largest grid given dense columns: about four cells per possible reference
+        estimate = (size_hint // 16) if size_hint else (1 << 22)
+        self.limit = 4 * estimate + (1 << 20)
+
+    def read(self, text: _Text) -> None:
+        """Consume entries up to and including the closing ``}`` of the object."""
+        if text.char() == b"}":
+            text.pos += 1
+            return
+        while True:
+            if not text.eof and len(text.buf) - text.pos < text.block:
+                text.more()
+            window = memoryview(text.buf)[text.pos :]
+            cut = self._parse_until_separator(window)
+            if cut is not None:
+                text.pos += cut + 1
+                continue
+            if not text.eof:
+                if text.more(2 * len(window)):
+                    continue
+            end = self._parse_until_close(window)
+            text.pos += end + 1
+            return
+
+    def _parse_until_separator(self, window: memoryview) -> int | None:
+        """Parse the entries before the last separator that gives a complete object; its offset."""
+        raw = bytes(window)
+        cands = [m.start() for m in _SEPARATOR.finditer(raw, max(0, len(raw) - (1 << 16)))]
+        if not cands:
+            cands = [m.start() for m in _SEPARATOR.finditer(raw)][-_MAX_TRIES:]
+        for cut in reversed(cands[-_MAX_TRIES:]):
+            try:
+                entries = orjson.loads(b"{" + raw[:cut] + b"}")
+            except orjson.JSONDecodeError:
+                continue
+            self._ingest(entries)
+            return cut
+        return None
+
+    def _parse_until_close(self, window: memoryview) -> int:
+        """Parse the last entries, up to the ``}`` closing refs; return that brace's offset."""
+        raw = bytes(window)
+        start = 0
+        for _ in range(_MAX_TRIES):
+            end = raw.find(b"}", start)
+            if end < 0:
+                break
+            try:
+                entries = orjson.loads(b"{" + raw[:end] + b"}")
+            except orjson.JSONDecodeError:
+                start = end + 1
+                continue
+            self._ingest(entries)
+            return end
+        raise _Fallback("no end of refs")
+
+    # -- moving entries into the manifest ---------------------------------------------------
+
+    def _ingest(self, entries: dict[str, Any]) -> None:
+        manifest = self.manifest
+        keys = list(entries)
+        vals = list(entries.values())
+        metas = set(filter(_is_meta, keys))
+        for key in metas:
+            value = decode_value(key, entries[key], self.expand)
+            if not isinstance(value, bytes):
+                raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
+            manifest._inline.pop(key, None)
+            manifest._inline[key] = value
+            layout = manifest._layout_for(key, value)
+            if layout is not None and layout.size <= self.limit:
+                self._adopt(layout)
+        i, n = 0, len(keys)
+        while i < n:
+            key = keys[i]
+            if key in metas:
+                i += 1
+                continue
+            found = manifest._locate(key)
+            if found is None:
+                _place(manifest, key, decode_value(key, vals[i], self.expand))
+                i += 1
+                continue
+            table, flat = found
+            run = _run_length(keys, i, table.layout, flat)
+            block_vals = vals[i : i + run]
+            if None in block_vals:  # null is no kerchunk value: raise, naming the key
+                j = block_vals.index(None)
+                decode_value(keys[i + j], None, self.expand)
+            fill_block(manifest, table, flat, keys[i : i + run], block_vals, self.expand)
+            i += run
+
+    def _adopt(self, layout: Any) -> None:
+        """Start a table for a newly described array; move its loose references in."""
+        manifest = self.manifest
+        table = manifest._add_table(layout)
+        if manifest._loose:
+            for key in [k for k in manifest._loose if k.startswith(layout.head)]:
+                flat = layout.parse(key[len(layout.head) :])
+                if flat >= 0:
+                    table.assign(flat, *manifest._loose.pop(key))
+
+    def finish(self, templates: Any, gens: Any) -> None:
+        """Expand deferred templates and ``gen`` once the whole document is read."""
+        if not isinstance(templates, Mapping):
+            raise ManifestError("version 1 references need 'templates' to be an object")
+        if not isinstance(gens, list):
+            raise ManifestError("'gen' must be a list of generator entries")
+        resolved = resolve_templates(templates, self.overrides)
+        manifest = self.manifest
+        if self.deferred:
+            manifest._urls = [
+                render(u, resolved, "a reference URL", expressions=False) if u and "{{" in u else u
+                for u in manifest._urls
+            ]
+            manifest._url_ids = {}
+            for uid, u in enumerate(manifest._urls):
+                manifest._url_ids.setdefault(u, uid)
+        for key, url, offset, length in expand_gen(gens, resolved):
+            _place(manifest, key, (url, offset if offset is not None else 0, -1 if length is None else length))
+
+
+def _run_length(keys: list[str], i: int, layout: Any, flat: int) -> int:
+    """How many of ``keys[i:]`` are the chunk keys of *layout* from *flat* on, in order."""
+    n = min(len(keys) - i, layout.size - flat)
+    run, step = 1, 256
+    while run < n:
+        m = min(run + step, n)
+        expected = list(layout.iter_keys(flat + run, flat + m))
+        got = keys[i + run : i + m]
+        if got == expected:
+            run = m
+            step *= 2
+            continue
+        # the first mismatch: bisect with slice comparisons (each runs in C)
+        lo, hi = 0, len(got)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if got[: mid + 1] == expected[: mid + 1]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return run + lo
+    return run

@@ -1,0 +1,106 @@
+"""The streaming JSON reader gives exactly what parsing the whole document gives."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import pytest
+
+from refstore import Manifest, ManifestError
+from refstore.manifest._stream import load_json_stream
+
+
+def _zarray(shape, chunks, sep="."):
+    return json.dumps({"zarr_format": 2, "shape": shape, "chunks": chunks, "dtype": "<f4", "compressor": None,
+                       "filters": None, "fill_value": 0.0, "order": "C", "dimension_separator": sep})
+
+
+def _doc() -> dict:
+    refs = {
+        ".zgroup": '{"zarr_format": 2}',
+        ".zattrs": json.dumps({"note": 'tricky ],"x": [1, 2]} and \\"quotes\\" and }', "ünï": "cödé"}),
+        "a/.zarray": _zarray([40, 60], [4, 6]),
+    }
+    for i in range(10):
+        for j in range(10):
+            if (i * 7 + j) % 9:
+                refs[f"a/{i}.{j}"] = ["{{u}}/f%d.bin" % (i % 3), (i * 10 + j) * 100, 96]
+    refs["a/3.3"] = "base64:AAECAw=="
+    refs["a/4.4"] = 'inline text with ],"and": ["brackets"]}'
+    refs["a/5.5"] = ["{{u}}/whole.bin"]
+    # chunk keys that arrive before their array's metadata, out of order
+    refs["b/1/0"] = ["s3://bucket/b.bin", 10, 5]
+    refs["b/0/1"] = ["s3://bucket/b.bin", 5, 5]
+    refs["b/.zarray"] = _zarray([4, 4], [2, 2], sep="/")
+    refs["b/0/0"] = ["s3://bucket/b.bin", 0, 5]
+    refs["loose/key"] = ["s3://bucket/x", 1, 2]
+    return {
+        "version": 1,
+        "templates": {"u": "https://example.org/data"},
+        "gen": [{"key": "g/{{i}}", "url": "s3://bucket/g{{i}}", "dimensions": {"i": {"stop": 3}}}],
+        "refs": refs,
+    }
+
+
+def _stream(text: bytes, block: int) -> Manifest:
+    m = Manifest()
+    assert load_json_stream(m, io.BytesIO(text), size_hint=len(text), block=block)
+    return m
+
+
+def _same(a: Manifest, b: Manifest) -> None:
+    assert dict(a.items()) == dict(b.items())
+    assert len(a) == len(b)
+
+
+@pytest.mark.parametrize("block", [7, 64, 1000, 1 << 21])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_stream_equals_whole_parse(block, indent):
+    doc = _doc()
+    text = json.dumps(doc, indent=indent, ensure_ascii=indent is None).encode()
+    expected = Manifest.from_dict(doc)
+    _same(_stream(text, block), expected)
+
+
+@pytest.mark.parametrize("block", [16, 1 << 21])
+def test_templates_after_refs_and_version_0(block):
+    doc = _doc()
+    late = {"refs": doc["refs"], "gen": doc["gen"], "templates": doc["templates"], "version": 1}
+    _same(_stream(json.dumps(late).encode(), block), Manifest.from_dict(doc))
+    v0 = {k: v for k, v in doc["refs"].items() if "{{" not in json.dumps(v)}
+    _same(_stream(json.dumps(v0).encode(), block), Manifest.from_dict(v0))
+
+
+def test_open_manifest_streams_plain_and_gzip(tmp_path):
+    doc = _doc()
+    plain = tmp_path / "m.json"
+    plain.write_text(json.dumps(doc))
+    gz = tmp_path / "m.json.gz"
+    gz.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    expected = Manifest.from_dict(doc)
+    _same(Manifest.open(str(plain)), expected)
+    _same(Manifest.open(str(gz)), expected)
+
+
+def test_shapes_it_does_not_stream_fall_back():
+    m = Manifest()
+    assert not load_json_stream(m, io.BytesIO(b'{"refs": {"a": "b"}}'))  # no version: not v1
+    assert not load_json_stream(Manifest(), io.BytesIO(b"[1, 2]"))
+    assert not load_json_stream(Manifest(), io.BytesIO(b'{"version": 1, "refs": {"a": ["u", 1'))
+
+
+def test_bad_entries_name_the_key(tmp_path):
+    doc = _doc()
+    doc["refs"]["a/0.1"] = None
+    with pytest.raises(ManifestError, match=r"a/0\.1"):
+        _stream(json.dumps(doc).encode(), 64)
+    doc = _doc()
+    doc["refs"]["a/0.2"] = ["u", -1, 5]
+    with pytest.raises(ManifestError, match=r"a/0\.2.*offset"):
+        _stream(json.dumps(doc).encode(), 1 << 21)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "refs": {"a": ["u", 1, 2], "b": [}}')
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        Manifest.open(str(bad))
