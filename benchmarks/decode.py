@@ -1,0 +1,409 @@
+"""Scenarios ``decode_zstd`` and ``decode_gzip``: does decoding through zarr use both cores?
+
+One file holds ``n`` compressed chunks (256, 32 with ``--quick``) of a 1-D
+uint16 zarr v3 array, each chunk 1 MiB before compression (codecs ``bytes`` +
+``zstd`` level 1, or ``bytes`` + ``gzip`` level 1, i.e. zlib).  The references
+describe it as an array read through ``refstore.ReferenceStore`` under several
+zarr settings; each read is compared with the uncompressed data.
+
+The zarr settings that decide how many threads decode are read when zarr's
+event loop and executor are created (``threading.max_workers``) or per read
+(``async.concurrency``, ``codec_pipeline.*``), so before every timed read the
+setting is applied and zarr's loop and executor are torn down
+(``zarr.core.sync.cleanup_resources``), as if the process had just started.
+
+Limits: the same chunk bytes read with ``os.pread`` and decoded with numcodecs
+(``Zstd`` / ``GZip``, the codecs zarr's ``zstd`` and ``gzip`` wrap) into the
+output array by a ``ThreadPoolExecutor`` of 2 workers, and of 1 worker (what
+one core does).  Every implementation also records its process CPU time: CPU
+time / wall time above 1 means more than one core was decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+
+CHUNK_BYTES = 1 << 20
+DTYPE = np.dtype("<u2")
+CHUNK_LEN = CHUNK_BYTES // DTYPE.itemsize
+CODECS = {"decode_zstd": "zstd", "decode_gzip": "gzip"}
+
+LIMIT2 = "numcodecs, 2 threads"
+LIMIT1 = "numcodecs, 1 thread"
+FSSPEC = "fsspec RFS + FsspecStore"
+FUSED_PATH = "zarr.core.codec_pipeline.FusedCodecPipeline"
+BATCHED_PATH = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+
+
+# ------------------------------------------------------------------------ data
+def _numcodec(codec: str) -> Any:
+    """The numcodecs codec zarr's v3 ``zstd`` / ``gzip`` codec uses for these settings."""
+    from numcodecs import GZip, Zstd
+
+    return Zstd(level=1) if codec == "zstd" else GZip(level=1)
+
+
+def _zarr_codec(codec: str) -> dict[str, Any]:
+    if codec == "zstd":
+        return {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
+    return {"name": "gzip", "configuration": {"level": 1}}
+
+
+def _chunk_values(i: int) -> np.ndarray:
+    """Deterministic, moderately compressible content of chunk ``i`` (a noisy slow wave)."""
+    idx = np.arange(CHUNK_LEN, dtype=np.float64) + i * CHUNK_LEN
+    rng = np.random.default_rng((4242, i))
+    wave = 20000 + 300 * np.sin(idx / 9973.0) * np.cos(idx / 611.0)
+    return (wave.astype(np.uint16) + rng.integers(0, 2, CHUNK_LEN, dtype=np.uint16)).astype(DTYPE)
+
+
+@dataclass
+class Compressed:
+    """One file of compressed chunks: where each chunk is, and the raw data file."""
+
+    codec: str
+    path: Path
+    offsets: list[int]
+    lengths: list[int]
+    raw_path: Path
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.offsets)
+
+    def refs(self) -> dict[str, Any]:
+        """kerchunk v1 references of the zarr v3 array (chunk ``c/i`` -> its byte range)."""
+        meta = {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": [self.n_chunks * CHUNK_LEN],
+            "data_type": "uint16",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [CHUNK_LEN]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, _zarr_codec(self.codec)],
+            "attributes": {},
+            "dimension_names": None,
+            "storage_transformers": [],
+        }
+        refs: dict[str, Any] = {"zarr.json": json.dumps(meta)}
+        for i, (off, n) in enumerate(zip(self.offsets, self.lengths)):
+            refs[f"c/{i}"] = [str(self.path), off, n]
+        return {"version": 1, "refs": refs}
+
+
+def compressed_file(cache_dir: Path, n_chunks: int, codec: str) -> Compressed:
+    """Write (once) the raw data and its chunks compressed with ``codec``."""
+    folder = cache_dir / f"decode_{n_chunks}x1MiB"
+    folder.mkdir(parents=True, exist_ok=True)
+    raw_path = folder / "raw.u2"
+    if not raw_path.exists() or raw_path.stat().st_size != n_chunks * CHUNK_BYTES:
+        tmp = raw_path.with_name(raw_path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            for i in range(n_chunks):
+                f.write(_chunk_values(i).tobytes())
+        os.replace(tmp, raw_path)
+    path = folder / f"data.{codec}"
+    index = folder / f"data.{codec}.json"
+    if not index.exists():
+        enc = _numcodec(codec)
+        raw = np.memmap(raw_path, dtype=np.uint8, mode="r")
+        offsets, lengths, pos = [], [], 0
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            for i in range(n_chunks):
+                data = bytes(enc.encode(np.ascontiguousarray(raw[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES])))
+                f.write(data)
+                offsets.append(pos)
+                lengths.append(len(data))
+                pos += len(data)
+        os.replace(tmp, path)
+        index.write_text(json.dumps({"offsets": offsets, "lengths": lengths}))
+    doc = json.loads(index.read_text())
+    return Compressed(codec, path, doc["offsets"], doc["lengths"], raw_path)
+
+
+# ------------------------------------------------------------------- settings
+@dataclass
+class Setting:
+    """A named set of zarr configuration values applied before a read."""
+
+    label: str
+    values: dict[str, Any]
+
+
+def _has_fused() -> bool:
+    from zarr.core import codec_pipeline
+
+    return hasattr(codec_pipeline, "FusedCodecPipeline")
+
+
+def settings() -> list[Setting]:
+    """The zarr settings compared (the FusedCodecPipeline ones only where zarr has it)."""
+    out = [
+        Setting("zarr defaults", {}),
+        Setting("threading.max_workers=1", {"threading.max_workers": 1}),
+        Setting("threading.max_workers=2", {"threading.max_workers": 2}),
+        Setting("async.concurrency=1", {"async.concurrency": 1}),
+    ]
+    if _has_fused():
+        out += [
+            Setting("FusedCodecPipeline", {"codec_pipeline.path": FUSED_PATH}),
+            Setting(
+                "FusedCodecPipeline, codec_pipeline.max_workers=1",
+                {"codec_pipeline.path": FUSED_PATH, "codec_pipeline.max_workers": 1},
+            ),
+        ]
+    return out
+
+
+def _baseline() -> dict[str, Any]:
+    """The current values of every key any setting changes (restored between reads)."""
+    import zarr
+
+    keys = {"threading.max_workers", "async.concurrency", "codec_pipeline.path"}
+    if _has_fused():
+        keys.add("codec_pipeline.max_workers")
+    return {k: zarr.config.get(k, None) for k in sorted(keys)}
+
+
+def _apply(base: dict[str, Any], values: dict[str, Any]) -> Callable[[], None]:
+    """A ``before`` hook: set ``base`` updated with ``values`` and restart zarr's loop and executor."""
+
+    def before() -> None:
+        import zarr
+        from zarr.core.sync import cleanup_resources
+
+        cleanup_resources()
+        zarr.config.set({**base, **values})
+
+    return before
+
+
+# ------------------------------------------------------------- implementations
+def _refstore(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
+    import zarr
+
+    refstore = import_refstore()
+    assert refstore is not None
+
+    def run() -> np.ndarray:
+        store = refstore.ReferenceStore(refs)
+        try:
+            return zarr.open_array(store=store, mode="r")[:]
+        finally:
+            store.close()
+
+    return run
+
+
+def _fsspec(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
+    import zarr
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+    from zarr.storage import FsspecStore
+
+    def run() -> np.ndarray:
+        fs = FsspecRFS(fo=refs, remote_protocol="file", remote_options={"asynchronous": True}, asynchronous=True)
+        return zarr.open_array(store=FsspecStore(fs, read_only=True), mode="r")[:]
+
+    return run
+
+
+def _limit(data: Compressed, pool: ThreadPoolExecutor) -> Callable[[], np.ndarray]:
+    """pread each chunk and decode it with numcodecs straight into the output, in ``pool``."""
+    codec = _numcodec(data.codec)
+    spans = list(enumerate(zip(data.offsets, data.lengths)))
+
+    def run() -> np.ndarray:
+        out = np.empty(data.n_chunks * CHUNK_LEN, DTYPE)
+        fd = os.open(data.path, os.O_RDONLY)
+        try:
+
+            def one(item: tuple[int, tuple[int, int]]) -> None:
+                i, (off, n) = item
+                codec.decode(os.pread(fd, n, off), out=out[i * CHUNK_LEN : (i + 1) * CHUNK_LEN])
+
+            for _ in pool.map(one, spans):
+                pass
+        finally:
+            os.close(fd)
+        return out
+
+    return run
+
+
+class _CpuTimed:
+    """Wraps a job function to record the process CPU time (all threads) of each call."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.last: float | None = None
+
+    def __call__(self) -> Any:
+        c0 = time.process_time()
+        try:
+            return self.fn()
+        finally:
+            self.last = time.process_time() - c0
+
+    def after(self) -> float | None:
+        return self.last
+
+
+def _checker(truth: np.ndarray) -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        arr = np.asarray(value)
+        if arr.shape != truth.shape or not np.array_equal(arr, truth):
+            raise AssertionError("read returned wrong data")
+
+    return check
+
+
+def n_chunks(cfg: Config) -> int:
+    """Chunks of 1 MiB: 256, 32 with ``--quick``; ``REFSTORE_BENCH_DECODE_CHUNKS`` overrides."""
+    env = os.environ.get("REFSTORE_BENCH_DECODE_CHUNKS")
+    return int(env) if env else (32 if cfg.quick else 256)
+
+
+def run(name: str, cfg: Config) -> list[Row]:
+    """Run one decode scenario and return its table rows."""
+    import zarr
+    from zarr.core.sync import cleanup_resources
+
+    codec = CODECS[name]
+    data = compressed_file(cfg.cache_dir, n_chunks(cfg), codec)
+    truth = np.fromfile(data.raw_path, dtype=DTYPE)
+    check = _checker(truth)
+    refs = data.refs()
+    base = _baseline()
+    defaults = _apply(base, {})
+    pools = {LIMIT2: ThreadPoolExecutor(2, thread_name_prefix="limit2"),
+             LIMIT1: ThreadPoolExecutor(1, thread_name_prefix="limit1")}
+    jobs: list[Job] = []
+
+    def add(label: str, fn: Callable[[], Any], before: Callable[[], None]) -> None:
+        timed = _CpuTimed(fn)
+        jobs.append(Job(label, timed, check, cfg.repeat, before=before, after=timed.after))
+
+    for lname, pool in pools.items():
+        add(lname, _limit(data, pool), defaults)
+    if import_refstore() is not None:
+        for s in settings():
+            add(s.label, _refstore(refs), _apply(base, s.values))
+    add(FSSPEC, _fsspec(refs), defaults)
+    try:
+        results = run_interleaved(jobs, cfg.verbose)
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+        cleanup_resources()
+        zarr.config.set(base)
+    summary = _summary(results)
+    if cfg.verbose:
+        comp = sum(data.lengths)
+        print(f"  {name}: {data.n_chunks} chunks of 1 MiB, {comp / data.n_chunks / 1024:.0f} KiB compressed "
+              f"on average, zarr {zarr.__version__}, {os.cpu_count()} cpus")
+        print(_format_summary(summary))
+    return _rows(name, data, results, summary)
+
+
+def _cpu(t: Timing | None) -> float | None:
+    vals = [v for v in (t.extra.get("after", []) if t else []) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _cores(t: Timing | None) -> float | None:
+    """Median over repeats of CPU time / wall time (cores kept busy)."""
+    if t is None:
+        return None
+    cpus = t.extra.get("after", [])
+    vals = [c / w for c, w in zip(cpus, t.times) if c is not None and w]
+    return statistics.median(vals) if vals else None
+
+
+def _summary(results: dict[str, Timing]) -> list[dict[str, Any]]:
+    lim = results[LIMIT2].median
+    return [
+        {
+            "impl": label,
+            "wall_s": t.median,
+            "cpu_s": _cpu(t),
+            "cpu_per_wall": _cores(t),
+            "over_limit": t.median / lim if t.median is not None and lim else None,
+            "error": t.error,
+        }
+        for label, t in results.items()
+    ]
+
+
+def _format_summary(summary: list[dict[str, Any]]) -> str:
+    width = max(len(s["impl"]) for s in summary)
+    lines = [f"  {'implementation'.ljust(width)}  {'s':>7}  {'cpu s':>7}  {'cpu/s':>5}  {'x limit':>7}"]
+
+    def num(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    for s in summary:
+        lines.append(
+            f"  {s['impl'].ljust(width)}  {num(s['wall_s'], '7.3f')}  {num(s['cpu_s'], '7.3f')}  "
+            f"{num(s['cpu_per_wall'], '5.2f')}  {num(s['over_limit'], '6.2f')}x"
+            + (f"  FAILED: {s['error']}" if s["error"] else "")
+        )
+    return "\n".join(lines)
+
+
+def _rows(name: str, data: Compressed, results: dict[str, Timing], summary: list[dict[str, Any]]) -> list[Row]:
+    """Rows: each setting's wall time against the 2-thread limit, then its CPU/wall."""
+    lim2, lim1, fs = results[LIMIT2], results[LIMIT1], results.get(FSSPEC)
+    labels = [s.label for s in settings() if s.label in results]
+    rows: list[Row] = []
+    for label in labels:
+        t = results[label]
+        is_default = label == "zarr defaults"
+        rows.append(Row(name, f"refstore, {label}", "s", t.median, fs.median if fs and is_default else None,
+                        lim2.median, LIMIT2, note=t.error or "", group=name))
+        if is_default:
+            rows.append(Row(name, f"refstore, {label}", "s", t.median, fs.median if fs else None,
+                            lim1.median, LIMIT1, note=(fs.error or "") if fs else "", group=name))
+    for label in labels:
+        t = results[label]
+        is_default = label == "zarr defaults"
+        rows.append(Row(name, f"refstore, {label}", "cpu/wall", _cores(t),
+                        _cores(fs) if is_default else None, _cores(lim2), LIMIT2, group=name))
+    if not rows:
+        rows.append(Row(name, "-", note="refstore not importable", group=name))
+    rows[0].raw = {
+        "n_chunks": data.n_chunks,
+        "chunk_bytes": CHUNK_BYTES,
+        "codec": data.codec,
+        "compressed_bytes": sum(data.lengths),
+        "settings": {s.label: s.values for s in settings()},
+        "summary": summary,
+        "timings": {k: v.to_json() for k, v in results.items()},
+    }
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+    import warnings
+
+    from .report import format_table
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quick = "--quick" in sys.argv
+    c = Config(quick=quick, repeat=3 if quick else 5)
+    names = [a for a in sys.argv[1:] if a in CODECS] or list(CODECS)
+    print(format_table([r for n in names for r in run(n, c)]))
