@@ -133,6 +133,13 @@ def open_manifest(
         manifest = _read_json(fs, path, fo, compression, template_overrides)
     manifest.source = fo
     manifest.source_is_remote = is_remote(fo, target_protocol)
+    from refstore.manifest._snapshot import mark_opened
+
+    mark_opened(manifest, {
+        "target_protocol": target_protocol,
+        "target_options": dict(target_options) if target_options else None,
+        "template_overrides": dict(template_overrides) if template_overrides else None,
+    })
     return manifest
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -77,6 +78,8 @@ class Manifest:
         """Where the manifest was read from (a URL or path), if anywhere."""
         self.source_is_remote = False
         """True if it was read from a remote URL (the default URL policy then refuses local files)."""
+        self._uid = uuid.uuid4().hex
+        self._generation = 0  # bumped by every edit (see ._snapshot)
 
     # -- construction -------------------------------------------------------------------
 
@@ -267,6 +270,7 @@ class Manifest:
         """
         _check_key(key)
         with self._lock:
+            self._generation += 1
             self._discard(key)
             if isinstance(value, Reference):
                 if value.offset < 0 or (value.length is not None and value.length < 0):
@@ -313,6 +317,7 @@ class Manifest:
             If the manifest has no such key.
         """
         with self._lock:
+            self._generation += 1
             if not self._discard(key):
                 raise KeyNotInManifest(f"key {key!r} is not in the manifest")
 
@@ -379,6 +384,11 @@ class Manifest:
     def __repr__(self) -> str:
         src = f" from {self.source!r}" if self.source else ""
         return f"<Manifest{src}: {len(self)} keys, {len(self._urls)} urls, {len(self._tables)} arrays>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from refstore.manifest._snapshot import reduce_manifest
+
+        return reduce_manifest(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in ("_urls", "_inline", "_loose", "_tables", "source", "source_is_remote")}
