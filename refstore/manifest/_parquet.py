@@ -76,15 +76,17 @@ def parse_zmetadata(data: bytes, fn: str) -> tuple[dict[str, Any], int]:
     return documents, record_size
 
 
+_NARROW = [(np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.int16, np.int32)]
+
+
 def _narrow(values: np.ndarray) -> np.ndarray:
     """*values* in the smallest signed integer type that holds them (memory of cached partitions)."""
     if values.size == 0:
         return values.astype(np.int8)
     lo, hi = int(values.min()), int(values.max())
-    for dtype in (np.int8, np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= lo and hi <= info.max:
-            return values.astype(dtype)
+    for dtype, tmin, tmax in _NARROW:
+        if tmin <= lo and hi <= tmax:
+            return values.astype(dtype, copy=values.dtype != dtype or not values.flags.owndata)
     return values.astype(np.int64, copy=False)
 
 
@@ -170,7 +172,7 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
     try:
         pf = pa.parquet.ParquetFile(pa.BufferReader(data), read_dictionary=["path"])
         names = pf.schema_arrow.names
-        table = pf.read(columns=[c for c in COLUMNS if c in names])
+        table = pf.read(columns=[c for c in COLUMNS if c in names], use_threads=False)
     except Exception as exc:  # pyarrow raises several unrelated types
         raise ManifestError(f"parquet manifest: cannot read partition {fn!r} ({exc})") from None
     n = table.num_rows
@@ -183,7 +185,7 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
         raise ManifestError(f"parquet manifest: partition {fn!r} has neither a 'path' nor a 'raw' column")
 
     urls: list[str] = []
-    ids = np.full(n, ABSENT, dtype=np.int64)
+    ids: np.ndarray = np.full(n, ABSENT, dtype=np.int8)
     if "path" in names and n:
         col = table.column("path")
         if pa.types.is_dictionary(col.type):
@@ -202,27 +204,19 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
                 raise ManifestError(
                     f"parquet manifest: partition {fn!r}: column 'path' must hold text, got {arr.dictionary.type}"
                 )
-            ids = pc.fill_null(arr.indices, ABSENT).to_numpy(zero_copy_only=False).astype(np.int64)
-            for j, value in enumerate(values):
-                if value is None:  # a null inside the dictionary
-                    ids[ids == j] = ABSENT
+            indices = arr.indices
+            if pa.types.is_unsigned_integer(indices.type):
+                indices = indices.cast(pa.int64())
+            if indices.null_count:
+                indices = pc.fill_null(indices, ABSENT)
+            ids = indices.to_numpy(zero_copy_only=False)  # read-only, in the index type (int8 for few URLs)
+            if None in values:  # a null inside the dictionary
+                ids = ids.copy()
+                for j, value in enumerate(values):
+                    if value is None:
+                        ids[ids == j] = ABSENT
             urls = [v if v is not None else "" for v in values]
-    present = ids >= 0
-    columns: dict[str, np.ndarray] = {}
-    for name in ("offset", "size"):
-        if name not in names:
-            if present.any():
-                raise ManifestError(f"parquet manifest: partition {fn!r} has paths but no {name!r} column")
-            columns[name] = np.zeros(n, dtype=np.int64)
-            continue
-        col = table.column(name)
-        if not (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
-            raise ManifestError(f"parquet manifest: partition {fn!r}: column {name!r} must hold integers, got {col.type}")
-        if pa.types.is_null(col.type) or not n:
-            columns[name] = np.zeros(n, dtype=np.int64)
-        else:
-            columns[name] = pc.fill_null(col, 0).to_numpy().astype(np.int64, copy=False)
-    offset, size = columns["offset"], columns["size"]
+    offset, size = (_int_column(table, name, names, fn, n, urls) for name in ("offset", "size"))
 
     raw: dict[int, bytes] = {}
     if "raw" in names and n:
@@ -235,24 +229,44 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
             rows = np.flatnonzero(col.is_valid().to_numpy(zero_copy_only=False))
             values = col.take(pa.array(rows)).to_pylist()
             raw = {int(r): v.encode() if isinstance(v, str) else v for r, v in zip(rows, values)}
+            ids = ids.copy()
             ids[rows] = ABSENT  # inline data wins over a path, as in fsspec
-            present[rows] = False
 
-    bad = np.flatnonzero(present & ((offset < 0) | (size < 0)))
-    if bad.size:
-        row = int(bad[0])
-        raise ManifestError(
-            f"key {layout.head + layout.suffix(base + row)!r}: negative offset or size "
-            f"({int(offset[row])}, {int(size[row])}) in partition {fn!r}, row {row}"
-        )
-    whole = present & (offset == 0) & (size == 0)
-    length = np.where(whole, WHOLE, np.where(present, size, 0))
-    offset = np.where(present, offset, 0)
-    if len(urls) < 127:
-        url_id = ids.astype(np.int8)
-    else:
-        url_id = _narrow(ids)
-    return Partition(urls, url_id, _narrow(offset), _narrow(length), raw)
+    # Rows without a path (ids < 0) are never read for offset and length, so only
+    # the rows with one are checked; the common case (no negatives) costs two min().
+    lo_off = int(offset.min()) if n else 0
+    lo_size = int(size.min()) if n else 0
+    if lo_off < 0 or lo_size < 0:
+        bad = np.flatnonzero((ids >= 0) & ((offset < 0) | (size < 0)))
+        if bad.size:
+            row = int(bad[0])
+            raise ManifestError(
+                f"key {layout.head + layout.suffix(base + row)!r}: negative offset or size "
+                f"({int(offset[row])}, {int(size[row])}) in partition {fn!r}, row {row}"
+            )
+    length = size
+    if lo_size <= 0:
+        whole = (size == 0) & (offset == 0)
+        if whole.any():
+            length = np.where(whole, WHOLE, size)
+    return Partition(urls, _narrow(ids), _narrow(offset), _narrow(length), raw)
+
+
+def _int_column(table: Any, name: str, names: list[str], fn: str, n: int, urls: list[str]) -> np.ndarray:
+    """Column *name* as int64 (nulls as 0); a missing column is zeros unless paths need it."""
+    pa = _pyarrow()
+    if name not in names:
+        if urls:
+            raise ManifestError(f"parquet manifest: partition {fn!r} has paths but no {name!r} column")
+        return np.zeros(n, dtype=np.int64)
+    col = table.column(name)
+    if not (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+        raise ManifestError(f"parquet manifest: partition {fn!r}: column {name!r} must hold integers, got {col.type}")
+    if pa.types.is_null(col.type) or not n:
+        return np.zeros(n, dtype=np.int64)
+    if col.null_count:
+        col = pa.compute.fill_null(col, 0)
+    return col.to_numpy().astype(np.int64, copy=False)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -331,12 +345,25 @@ def _encode(block: Block, layout: KeyLayout, lo: int) -> Any:
         raw = pa.array(values, type=pa.binary())
     else:
         raw = pa.nulls(n, type=pa.binary())
-    return pa.table({
-        "path": path,
-        "offset": pa.array(offset, type=pa.int64()),
-        "size": pa.array(size, type=pa.int64()),
-        "raw": raw,
-    })
+    # offset and size are non-null, as in kerchunk's files; with _STATS, fastparquet (fsspec's
+    # default engine) then reads them as integers rather than floats it cannot fetch with
+    return pa.table(
+        [path, pa.array(offset, type=pa.int64()), pa.array(size, type=pa.int64()), raw], schema=_schema()
+    )
+
+
+_STATS = ["offset", "size"]
+"""Columns written with statistics: fastparquet takes an integer column without them for nullable."""
+
+
+def _schema() -> Any:
+    pa = _pyarrow()
+    return pa.schema([
+        pa.field("path", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("raw", pa.binary()),
+    ])
 
 
 def _same_place(fs_a: Any, root_a: str, fs_b: Any, root_b: str) -> bool:
@@ -417,7 +444,7 @@ def write_parquet(manifest: Manifest, fs: AbstractFileSystem, root: str, *, reco
             if not block.raw and not (block.ids >= 0).any():
                 continue
             buf = io.BytesIO()
-            pa.parquet.write_table(_encode(block, layout, lo), buf, compression="zstd", write_statistics=False)
+            pa.parquet.write_table(_encode(block, layout, lo), buf, compression="zstd", write_statistics=_STATS)
             name = f"refs.{record}.parq"
             fs.pipe_file(f"{folder}/{name}", buf.getvalue())
             stale.discard(name)

@@ -463,3 +463,17 @@ def test_fsspec_can_still_open_what_refstore_opens(dataset):
     theirs = FsspecRFS(dataset["path"], remote_protocol="file")
     assert theirs.cat("d/0.0.1") == dataset["values"][8:16].tobytes()
     assert fsspec.filesystem("reference", fo=dataset["path"]).cat("d/0.0.1") == dataset["values"][8:16].tobytes()
+
+
+def test_fsspec_default_engine_reads_what_refstore_writes(dataset, tmp_path):
+    """fsspec's ReferenceFileSystem reads parquet with fastparquet by default: offsets must come back as integers."""
+    pytest.importorskip("fastparquet")
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+
+    out = str(tmp_path / "w.parq")
+    Manifest.open(dataset["path"]).save(out, record_size=RECORD)
+    theirs = FsspecRFS(out, remote_protocol="file", skip_instance_cache=True)
+    for flat in (1, 30, 58):
+        key = _key(np.unravel_index(flat, GRID))
+        assert theirs.cat(key) == dataset["values"][flat * 8 : flat * 8 + 8].tobytes(), key
+    assert theirs.cat(_key(INLINE)) == b"\x07" * CHUNK_BYTES
