@@ -7,6 +7,9 @@ Scenarios:
 * ``contiguous_local`` / ``contiguous_http`` / ``contiguous_s3`` - read an
   uncompressed zarr v3 array of 4096 contiguous 8 KiB chunks (512 with
   ``--quick``) from a local file, a loopback aiohttp server and moto S3.
+* ``parquet`` - a kerchunk parquet manifest of 100M references (1M with
+  ``--quick``): open, read one chunk, look up 1,000 random chunks' references;
+  peak memory, pickle size (``benchmarks/parquet.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 
 from ._common import Config, Row, import_refstore, refstore_error
 
-SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3")
+SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3",
+             "parquet")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -83,6 +87,10 @@ def _runner(name: str) -> Callable[[Config], list[Row]]:
         from . import open_json
 
         return open_json.run
+    if name == "parquet":
+        from . import parquet
+
+        return parquet.run
     from . import contiguous
 
     return lambda cfg: contiguous.run(name, cfg)
