@@ -323,6 +323,31 @@ class Manifest:
 
     # -- listing ------------------------------------------------------------------------
 
+    def is_dir(self, path: str) -> bool:
+        """True if some key lies below *path* (``""`` is the root, which always is one).
+
+        Unlike ``list_dir(path) != ([], [])`` this stops at the first key found,
+        so for an array it reads no parquet partition when the array's metadata
+        is below *path*, and at most the partitions up to the first chunk otherwise.
+        """
+        path = path.strip("/")
+        if not path:
+            return True
+        base = path + "/"
+        if any(k.startswith(base) for k in list(self._inline) + list(self._loose)):
+            return True
+        for table in list(self._tables.values()):
+            head = table.layout.head
+            if head.startswith(base) and (table.lazy or table.count):
+                return True
+            if base.startswith(head):
+                files: set[str] = set()
+                dirs: set[str] = set()
+                self._table_children(table, base[len(head) :], files, dirs, first_only=True)
+                if files or dirs:
+                    return True
+        return False
+
     def list_dir(self, path: str) -> tuple[list[str], list[str]]:
         """Return ``(files, dirs)``: the names directly under *path* (``""`` is the root).
 
@@ -356,13 +381,20 @@ class Manifest:
         return sorted(files), sorted(dirs)
 
     @staticmethod
-    def _table_children(table: ChunkTable, inner: str, files: set[str], dirs: set[str]) -> None:
-        """Children of ``head + inner`` inside a table's chunk keys (``inner`` ends with ``/`` or is empty)."""
+    def _table_children(
+        table: ChunkTable, inner: str, files: set[str], dirs: set[str], first_only: bool = False
+    ) -> None:
+        """Children of ``head + inner`` inside a table's chunk keys (``inner`` ends with ``/`` or is empty).
+
+        With *first_only*, stop after the first block that has any.
+        """
         layout = table.layout
         if layout.slashes == 0:
             if inner == "":
                 for block in table.present_blocks():
                     files.update(layout.suffix(int(f)) for f in block)
+                    if first_only:
+                        return
             return
         parts = inner.rstrip("/").split("/") if inner else []
         depth = len(parts)
@@ -379,6 +411,8 @@ class Manifest:
         names: set[int] = set()
         for block in table.present_blocks(lo, lo + span):
             names.update(np.unique(np.unravel_index(block, layout.grid)[depth]).tolist())
+            if first_only:
+                break
         (files if depth == layout.slashes else dirs).update(map(str, names))
 
     def __repr__(self) -> str:

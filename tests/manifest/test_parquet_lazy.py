@@ -477,3 +477,24 @@ def test_fsspec_default_engine_reads_what_refstore_writes(dataset, tmp_path):
         key = _key(np.unravel_index(flat, GRID))
         assert theirs.cat(key) == dataset["values"][flat * 8 : flat * 8 + 8].tobytes(), key
     assert theirs.cat(_key(INLINE)) == b"\x07" * CHUNK_BYTES
+
+
+def test_is_dir_stops_at_the_first_key(tmp_path, reads):
+    meta = {"zarr_format": 3, "node_type": "array", "shape": [6, 5], "data_type": "uint8",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 1]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0, "codecs": [{"name": "bytes"}]}
+    refs = {"g/a/zarr.json": json.dumps(meta)}
+    refs.update({f"g/a/c/{i}/{j}": ["s3://b/x", 5 * i + j, 1] for i in (1, 4) for j in range(5)})
+    Manifest.from_dict(refs).save(str(tmp_path / "d.parq"), record_size=4)
+    m = Manifest.open(str(tmp_path / "d.parq"))
+    del reads[:]
+    assert m.is_dir("") and m.is_dir("g") and m.is_dir("g/a") and m.is_dir("g/a/c")
+    assert reads == []  # answered from the metadata
+    assert m.is_dir("g/a/c/4")  # flats 20..24: partition 5 (20..23) has chunks
+    assert reads == ["g/a/refs.5.parq"]
+    assert not m.is_dir("g/a/c/2") and not m.is_dir("g/a/c/9") and not m.is_dir("g/b")
+    assert not m.is_dir("g/a/zarr.json") and not m.is_dir("g/a/c/1/1")
+    eager = m.load()
+    for path in ("", "g", "g/a", "g/a/c", "g/a/c/1", "g/a/c/2", "g/b", "g/a/c/1/1"):
+        assert m.is_dir(path) == eager.is_dir(path) == (eager.list_dir(path) != ([], [])) or path == "", path
