@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 
-from refstore._reader import Reader, _slice
+from refstore._reader import Reader
 from refstore.errors import KeyNotInManifest
 
 if TYPE_CHECKING:
@@ -109,10 +109,9 @@ class ReferenceStore(Store):
         # docstring inherited
         if not self._is_open:
             await self._open()
+        if self._virtual is not None and (found := await self._virtual.locate(key)) is not None:
+            return await self._virtual.read(found, prototype, byte_range)
         start, end = _to_range(byte_range)
-        if self._virtual is not None and await self._virtual.is_virtual(key):
-            chunk = await self._virtual.get_chunk(key)
-            return None if chunk is None else prototype.buffer.from_bytes(chunk[_slice(start, end, len(chunk))])
         try:
             data = await self._reader.read(key, start, end)
         except KeyNotInManifest:
@@ -198,7 +197,8 @@ class ReferenceStore(Store):
             yield name
 
     def close(self) -> None:
-        # docstring inherited; the fetcher's sessions are closed with their event loop
+        """Close the store and the fetcher's sessions and files (reopened by the next read)."""
+        self._reader.fetcher.close_all()
         super().close()
 
 

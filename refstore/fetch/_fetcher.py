@@ -129,10 +129,33 @@ class Fetcher:
         """Close the sessions and files opened in the running loop."""
         state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
-            if state.readahead is not None:
-                await state.readahead.close()
-            for target in state.targets.values():
-                await target.close()
+            await _close_state(state)
+
+    def close_all(self, timeout: float = 10.0) -> None:
+        """Close the sessions of every event loop this fetcher has read in, from any thread.
+
+        A loop running in another thread (zarr's) closes them there; a stopped
+        loop is run until they are closed; in the calling thread's own running
+        loop the closing is scheduled. Targets are made again on the next read.
+        """
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, state in list(self._states.items()):
+            self._states.pop(loop, None)
+            coro = _close_state(state)
+            if loop.is_closed():
+                coro.close()
+            elif loop is current:
+                loop.create_task(coro)
+            elif loop.is_running():
+                try:
+                    asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+            else:
+                loop.run_until_complete(coro)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -332,3 +355,10 @@ class Fetcher:
         protocol, rest = split_url(url)
         target = self._target(protocol)
         return await target.size(rest if isinstance(target, LocalTarget) else url)
+
+
+async def _close_state(state: _LoopState) -> None:
+    if state.readahead is not None:
+        await state.readahead.close()
+    for target in state.targets.values():
+        await target.close()

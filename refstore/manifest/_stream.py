@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from refstore.manifest._model import Manifest
 
 #: Bytes of JSON text parsed at a time.
-BLOCK = 1 << 21
+BLOCK = 1 << 20
 _WS = b" \t\r\n"
 _V1_KEYS = ("version", "templates", "gen", "refs")
 _SEPARATOR = re.compile(rb",[ \t\r\n]*\"")

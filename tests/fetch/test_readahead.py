@@ -173,3 +173,18 @@ def test_failed_block_falls_back_and_cache_stays_bounded():
         await ra.close()
 
     asyncio.run(run())
+
+
+def test_store_close_closes_sessions_of_zarrs_loop(http, tmp_path):
+    chunks = make_contiguous_chunks(tmp_path, n_chunks=16, chunk_bytes=1024)
+    url = http.serve(chunks.path, "close")
+    store = ReferenceStore(chunks.refs_v3(url))
+    np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], chunks.expected())
+    fetcher = store._reader.fetcher
+    targets = [t for state in fetcher._states.values() for t in state.targets.values()]
+    assert targets and not any(t._session.closed for t in targets)
+    store.close()
+    assert all(t._session.closed for t in targets)
+    assert not fetcher._states
+    # the next read makes a new session
+    np.testing.assert_array_equal(zarr.open_array(ReferenceStore(store.manifest), mode="r")[:4096], chunks.expected()[:4096])
