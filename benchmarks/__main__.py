@@ -10,6 +10,13 @@ Scenarios:
 * ``parquet`` - a kerchunk parquet manifest of 100M references (1M with
   ``--quick``): open, read one chunk, look up 1,000 random chunks' references;
   peak memory, pickle size (``benchmarks/parquet.py``).
+* ``images_png`` / ``images_jpeg`` - decode 1,024 RGB 256x256 PNG / JPEG tile
+  files (64 with ``--quick``) as one mosaic through zarr, against imagecodecs
+  in 2 threads, fsspec + imagecodecs' numcodecs codec and tifffile's
+  FileSequence.aszarr (``benchmarks/images.py``);
+* ``decode_zstd`` / ``decode_gzip`` - read 256 compressed 1 MiB chunks (32)
+  under zarr's threading/concurrency settings, with CPU time / wall time,
+  against numcodecs in 2 threads (``benchmarks/decode.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from pathlib import Path
 from ._common import Config, Row, import_refstore, refstore_error
 
 SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3",
-             "parquet")
+             "parquet",
+             "images_png", "images_jpeg", "decode_zstd", "decode_gzip")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -91,6 +99,14 @@ def _runner(name: str) -> Callable[[Config], list[Row]]:
         from . import parquet
 
         return parquet.run
+    if name.startswith("images"):
+        from . import images
+
+        return lambda cfg: images.run(name, cfg)
+    if name.startswith("decode"):
+        from . import decode
+
+        return lambda cfg: decode.run(name, cfg)
     from . import contiguous
 
     return lambda cfg: contiguous.run(name, cfg)
