@@ -305,7 +305,7 @@ def _warm_up(ts: TileSet) -> None:
     import zarr
     from zarr.storage import MemoryStore
 
-    imagecodecs.numcodecs.register_codecs()
+    imagecodecs.numcodecs.register_codecs(["imagecodecs_png", "imagecodecs_jpeg"], verbose=False)
     with open(ts.files[0], "rb") as f:
         imagecodecs.imread(f.read())
     arr = zarr.create_array(store=MemoryStore(), shape=(16,), chunks=(8,), dtype="uint8", compressors=None)
