@@ -70,7 +70,8 @@ def _blocking_twin(fs: AbstractFileSystem) -> AbstractFileSystem:
 
     if not isinstance(fs, AsyncFileSystem) or not getattr(fs, "async_impl", False):
         return fs
-    options = {**fs.storage_options, "asynchronous": False, "loop": _manifest_loop(), "skip_instance_cache": True}
+    # (fsspec's instance cache then shares one twin per set of options and thread)
+    options = {**fs.storage_options, "asynchronous": False, "loop": _manifest_loop()}
     try:
         return type(fs)(*fs.storage_args, **options)
     except TypeError:  # pragma: no cover - a filesystem that does not take `loop`
@@ -300,11 +301,10 @@ class LazyChunkTable:
         if lo >= hi:
             return
         rs = self.source.record_size
-        if self.edits:
-            keys = np.fromiter(self.edits, dtype=np.int64, count=len(self.edits))
-            order = np.argsort(keys)
-            edit_flats = keys[order]
-            edit_set = np.array([self.edits[int(k)] is not None for k in edit_flats], dtype=bool)
+        edits = sorted(self.edits.items())  # a snapshot: edits may come from another thread
+        if edits:
+            edit_flats = np.array([flat for flat, _ in edits], dtype=np.int64)
+            edit_set = np.array([edit is not None for _, edit in edits], dtype=bool)
         else:
             edit_flats = np.zeros(0, dtype=np.int64)
             edit_set = np.zeros(0, dtype=bool)
@@ -321,6 +321,20 @@ class LazyChunkTable:
                 flats = np.union1d(flats, edit_flats[i:j][edit_set[i:j]])
             if len(flats):
                 yield flats
+
+    def present(self) -> np.ndarray:
+        """Not available: the columns of a lazy table are not in memory.
+
+        Raises
+        ------
+        ManifestError
+            Always, naming the array; use :meth:`present_blocks`, or
+            ``manifest.load()`` for an in-memory copy.
+        """
+        raise ManifestError(
+            f"array {self.layout.prefix!r} of a lazily opened parquet manifest: its chunk columns are "
+            "not in memory; iterate present_blocks(), or use manifest.load() for an in-memory copy"
+        )
 
     def iter_keys(self) -> Iterator[str]:
         """Keys of the chunks with an entry, reading one partition at a time (through the cache)."""
@@ -362,7 +376,7 @@ class LazyChunkTable:
             for row, data in part.raw.items():
                 if a <= base + row < b:
                     raw[base + row - lo] = data
-        for flat, edit in self.edits.items():
+        for flat, edit in list(self.edits.items()):
             if lo <= flat < hi:
                 raw.pop(flat - lo, None)
                 if edit is None:
