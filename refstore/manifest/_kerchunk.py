@@ -79,18 +79,30 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     )
 
 
-def _make_expander(templates: Mapping[str, str]) -> Any:
-    cache: dict[str, str] = {}
+class _Expander:
+    """Expands v1 templates in reference URLs (``expand(url, key)``).
 
-    def expand(url: str, key: str) -> str:
-        if "{{" not in url:
+    ``ids`` remembers the manifest URL id of each raw URL seen, so a block of
+    references to known files needs no expansion at all.
+    """
+
+    def __init__(self, templates: Mapping[str, str] | None) -> None:
+        self.templates = templates
+        self.cache: dict[str, str] = {}
+        self.ids: dict[str | None, int] = {}
+
+    def __call__(self, url: str, key: str) -> str:
+        if self.templates is None or "{{" not in url:
             return url
-        out = cache.get(url)
+        out = self.cache.get(url)
         if out is None:
-            out = cache[url] = render(url, templates, f"key {key!r}", expressions=False)
+            out = self.cache[url] = render(url, self.templates, f"key {key!r}", expressions=False)
         return out
 
-    return expand
+
+def _make_expander(templates: Mapping[str, str] | None) -> _Expander:
+    """An expander for *templates*; None leaves URLs as written (templates resolved later)."""
+    return _Expander(templates)
 
 
 def ingest(
@@ -214,12 +226,18 @@ def _fill_fast(
     """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
     n = len(vals)
     urls = list(map(_FIRST, vals))
-    ids = dict.fromkeys(urls)
-    for url in ids:
+    known: dict[str | None, int] = getattr(expand, "ids", None)
+    if known is None:
+        known = {}
+    try:
+        new = dict.fromkeys(urls).keys() - known.keys()
+    except TypeError:  # an unhashable URL
+        return False
+    for url in new:
         if url is not None and not isinstance(url, str):
             return False
         try:
-            ids[url] = manifest.url_id(None if url is None else expand(url, "?"))
+            known[url] = manifest.url_id(None if url is None else expand(url, "?"))
         except ManifestError:
             return False  # the checked path raises, naming the key
     try:
@@ -234,7 +252,7 @@ def _fill_fast(
         return False
     sl = slice(start, start + n)
     table.count += n - int((table.url_id[sl] != -1).sum())
-    table.url_id[sl] = np.fromiter(map(ids.__getitem__, urls), dtype=np.int32, count=n)
+    table.url_id[sl] = np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=n)
     table.offset[sl] = off
     table.length[sl] = ln
     return True

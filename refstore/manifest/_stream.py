@@ -3,12 +3,12 @@
 A kerchunk JSON of a million references parsed whole becomes a million Python
 lists before a single column is filled; that costs hundreds of bytes per
 reference. Here the file is read in blocks of about :data:`BLOCK` bytes. Each
-block is cut at a separator between two ``refs`` entries, parsed with orjson as
+block is cut at a separator between two ``refs`` entries, parsed with ujson as
 a small object, and its entries are moved into the manifest's integer columns
 (runs of keys in chunk order go in whole, at C speed) before the next block is
 read. Peak memory is the columns plus one block's objects.
 
-A cut is only ever accepted if orjson parses the text before it as a complete
+A cut is only ever accepted if ujson parses the text before it as a complete
 object, so a separator-like byte sequence inside a string can never split an
 entry: the parse fails and an earlier separator is tried. Anything this reader
 does not expect (a ``refs`` that is not an object, no ``version``, malformed
@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
 
-import orjson
+import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._kerchunk import (
@@ -193,9 +193,7 @@ class _Refs:
         self.manifest = manifest
         self.overrides = overrides
         self.deferred = deferred  # templates come after refs: expand URLs at the end
-        self.expand = (lambda url, key: url) if deferred else _make_expander(
-            resolve_templates(templates or {}, overrides)
-        )
+        self.expand = _make_expander(None if deferred else resolve_templates(templates or {}, overrides))
         # the largest grid given dense columns: about four cells per possible reference
         estimate = (size_hint // 16) if size_hint else (1 << 22)
         self.limit = 4 * estimate + (1 << 20)
@@ -223,13 +221,15 @@ class _Refs:
     def _parse_until_separator(self, window: memoryview) -> int | None:
         """Parse the entries before the last separator that gives a complete object; its offset."""
         raw = bytes(window)
-        cands = [m.start() for m in _SEPARATOR.finditer(raw, max(0, len(raw) - (1 << 16)))]
-        if not cands:
-            cands = [m.start() for m in _SEPARATOR.finditer(raw)][-_MAX_TRIES:]
+        cands: list[int] = []
+        for tail in (1 << 12, 1 << 16, len(raw)):  # most blocks find one in the last 4 KiB
+            cands = [m.start() for m in _SEPARATOR.finditer(raw, max(0, len(raw) - tail))]
+            if cands or tail >= len(raw):
+                break
         for cut in reversed(cands[-_MAX_TRIES:]):
             try:
-                entries = orjson.loads(b"{" + raw[:cut] + b"}")
-            except orjson.JSONDecodeError:
+                entries = ujson.loads(b"{" + raw[:cut] + b"}")
+            except ValueError:
                 continue
             self._ingest(entries)
             return cut
@@ -244,8 +244,8 @@ class _Refs:
             if end < 0:
                 break
             try:
-                entries = orjson.loads(b"{" + raw[:end] + b"}")
-            except orjson.JSONDecodeError:
+                entries = ujson.loads(b"{" + raw[:end] + b"}")
+            except ValueError:
                 start = end + 1
                 continue
             self._ingest(entries)
