@@ -17,6 +17,10 @@ Scenarios:
 * ``decode_zstd`` / ``decode_gzip`` - read 256 compressed 1 MiB chunks (32)
   under zarr's threading/concurrency settings, with CPU time / wall time,
   against numcodecs in 2 threads (``benchmarks/decode.py``).
+* ``virtual_aligned`` / ``virtual_misaligned`` - read a virtual concatenation
+  of 20 (4) netCDF4 files through zarr + ReferenceStore: aligned against one flat
+  manifest (refstore and fsspec), misaligned (365/366-day years, assembled) against
+  h5py + numpy.concatenate (``benchmarks/virtual.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from ._common import Config, Row, import_refstore, refstore_error
 
 SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3",
              "parquet",
-             "images_png", "images_jpeg", "decode_zstd", "decode_gzip")
+             "images_png", "images_jpeg", "decode_zstd", "decode_gzip",
+             "virtual_aligned", "virtual_misaligned")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 
@@ -91,6 +96,10 @@ def _select(only: list[str]) -> list[str]:
 
 def _runner(name: str) -> Callable[[Config], list[Row]]:
     """The function running scenario ``name``."""
+    if name.startswith("virtual"):
+        from . import virtual
+
+        return lambda cfg: virtual.run(name, cfg)
     if name == "open_json":
         from . import open_json
 

@@ -133,6 +133,17 @@ class VirtualArray:
         sel = normalize_index(index, self.shape)
         return await self._view(sel)._read_all(cache)
 
+    async def read_layers_async(
+        self, index: Any, layers: Sequence[int], *, cache: DecodedChunkCache | None = None
+    ) -> np.ndarray:
+        """:meth:`read_async` of ``index`` using only the layers numbered ``layers`` (in layer order).
+
+        For callers that know which layers touch the window (a chunk planner), so a read
+        does not visit every layer of a concatenation of many inputs.
+        """
+        sub = VirtualArray(self.shape, self.dtype, self.chunks, self.fill_value, [self.layers[i] for i in layers])
+        return await sub.read_async(index, cache=cache)
+
     async def read_source(
         self, selection: tuple[int | slice, ...], cache: DecodedChunkCache | None = None
     ) -> np.ndarray:
@@ -152,12 +163,21 @@ class VirtualArray:
 
     # -- metadata for serving as zarr --------------------------------------------------------
 
-    def encoding_docs(self, zarr_format: int | None = None) -> dict[str, bytes]:
+    def encoding_docs(self, zarr_format: int | None = None, *, copy_encoding: bool | None = None) -> dict[str, bytes]:
         """The zarr metadata documents of this virtual array (``zarr.json`` or ``.zarray``/``.zattrs``).
 
-        The encoding is the first source's when every leaf source shares it (and
-        ``zarr_format`` is None or matches), so aligned chunks pass through as stored
-        bytes; otherwise plain uncompressed bytes in ``zarr_format`` (default 3).
+        Parameters
+        ----------
+        zarr_format
+            The metadata format; None keeps the copied encoding's, else 3.
+        copy_encoding
+            True: copy the first source's encoding (codecs, compressor, filters, order)
+            when every leaf source shares it, so aligned chunks pass through as stored
+            bytes. None (the default): do so unless the layers that cannot pass chunks
+            through (misaligned, strided, cropped mid-chunk, nested) touch more than half
+            of the chunks; those chunks are assembled, and re-compressing each one costs
+            more than it saves. False: never. Without a copied encoding the array is plain
+            uncompressed bytes.
         """
         from refstore.virtual._source import encoding_of, metadata_docs
 
@@ -165,12 +185,14 @@ class VirtualArray:
             return self._encoding
         leaves = list(leaf_sources(self))
         like = None
-        if leaves:
+        if leaves and copy_encoding is not False:
             first = leaves[0].array
             enc = encoding_of(first)
             if all(encoding_of(s.array) == enc for s in leaves[1:]):
                 like = first
             if like is not None and zarr_format is not None and like.metadata.zarr_format != zarr_format:
+                like = None
+            if like is not None and copy_encoding is None and _mostly_assembled(self):
                 like = None
         return metadata_docs(
             like, shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.fill_value,
@@ -227,6 +249,36 @@ async def _read_layer(layer: Layer, dtype: np.dtype[Any], cache: DecodedChunkCac
     for (box, _, _), data in zip(pieces, datas):
         out[box] = data
     return out
+
+
+def _aligned(v: VirtualArray, layer: Layer) -> bool:
+    """True if ``layer`` can pass every chunk it fully covers through (its own encoding aside)."""
+    src = layer.source
+    if not isinstance(src, ZarrSource) or layer.blocked or any(isinstance(m, int) for m in layer.src_map):
+        return False
+    mapped = layer.mapped()
+    src_chunks = src.chunks
+    for d in range(v.ndim):
+        if d not in mapped:
+            if v.chunks[d] != 1:
+                return False
+            continue
+        k, start, step = mapped[d]
+        if step != 1 or src_chunks[k] != v.chunks[d] or (start - layer.origin[d]) % v.chunks[d]:
+            return False
+    return True
+
+
+def _mostly_assembled(v: VirtualArray) -> bool:
+    """True if layers that cannot pass chunks through touch more than half of ``v``'s chunks."""
+    import math
+
+    def n_chunks(layer: Layer) -> int:
+        return math.prod(-(-(o + n) // c) - o // c for o, n, c in zip(layer.origin, layer.shape, v.chunks))
+
+    total = sum(n_chunks(layer) for layer in v.layers)
+    assembled = sum(n_chunks(layer) for layer in v.layers if not _aligned(v, layer))
+    return 2 * assembled > total
 
 
 def leaf_sources(v: VirtualArray) -> Any:

@@ -13,7 +13,8 @@ from zarr.core.buffer import default_buffer_prototype
 from refstore.errors import ManifestError
 from refstore.virtual._array import VirtualArray, leaf_sources
 from refstore.virtual._source import ZarrSource, encoding_of
-from refstore.virtual._store import DEFINITION_NAME, SOURCES_DIR, _METADATA, _open_meta, plan_chunk
+from refstore.virtual._plan import ChunkPlanner
+from refstore.virtual._store import _METADATA, DEFINITION_NAME, SOURCES_DIR, _open_meta
 
 
 async def _entries(array: Any) -> list[tuple[str, Any]]:
@@ -145,13 +146,18 @@ def _format_of(docs: Mapping[str, bytes]) -> int:
     return 3 if "zarr.json" in docs else 2
 
 
-def _all_docs(arrays: Mapping[str, VirtualArray], zarr_format: int | None) -> dict[str, dict[str, bytes]]:
-    """Metadata documents per array, all in one zarr format (3 when the sources' formats differ)."""
+def _all_docs(
+    arrays: Mapping[str, VirtualArray], zarr_format: int | None, copy_encoding: bool | None = None
+) -> dict[str, dict[str, bytes]]:
+    """Metadata documents per array, all in one zarr format (3 when the sources' formats differ).
+
+    ``copy_encoding`` is that of :meth:`VirtualArray.encoding_docs`.
+    """
     for name in arrays:
         _check_name(name)
-    docs = {name: v.encoding_docs(zarr_format) for name, v in arrays.items()}
+    docs = {name: v.encoding_docs(zarr_format, copy_encoding=copy_encoding) for name, v in arrays.items()}
     if len({_format_of(d) for d in docs.values()}) > 1:
-        docs = {name: v.encoding_docs(3) for name, v in arrays.items()}
+        docs = {name: v.encoding_docs(3, copy_encoding=copy_encoding) for name, v in arrays.items()}
     return docs
 
 
@@ -183,7 +189,7 @@ def flatten(arrays: Mapping[str, VirtualArray], zarr_format: int | None = None) 
 
     from refstore.manifest import Manifest
 
-    all_docs = _all_docs(arrays, zarr_format)
+    all_docs = _all_docs(arrays, zarr_format, copy_encoding=True)
     manifest = Manifest()
     _put_groups(manifest, arrays, _format_of(next(iter(all_docs.values()))) if all_docs else 3)
     for name, v in arrays.items():
@@ -196,9 +202,10 @@ def flatten(arrays: Mapping[str, VirtualArray], zarr_format: int | None = None) 
                 "without flatten=True (chunks are then assembled)"
             )
         _put_docs(manifest, name, docs)
+        planner = ChunkPlanner(v, encoding)
         grid = [range(-(-s // c)) for s, c in zip(v.shape, v.chunks)]
         for coords in itertools.product(*grid):
-            how, src, src_coords = sync(plan_chunk(v, encoding, tuple(coords)))
+            how, src, src_coords = sync(planner.plan(tuple(coords)))
             if how == "fill":
                 continue
             if how != "pass":

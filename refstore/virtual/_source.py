@@ -101,6 +101,15 @@ class ZarrSource:
         buf = await (arr.store_path / key).get(default_buffer_prototype())
         return None if buf is None else buf.to_bytes()
 
+    async def get_chunk_buffer(
+        self, coords: tuple[int, ...], prototype: Any, byte_range: Any = None
+    ) -> Any:
+        """The stored bytes of one source chunk as its store returns them (a zarr ``Buffer``), or None."""
+        arr = await self.open_async()
+        path = arr.store_path.path
+        key = arr.metadata.encode_chunk_key(coords)
+        return await arr.store_path.store.get(f"{path}/{key}" if path else key, prototype, byte_range)
+
     async def chunk_exists(self, coords: tuple[int, ...]) -> bool:
         """True if the source stores chunk ``coords``."""
         arr = await self.open_async()
@@ -145,9 +154,14 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def encoding_of(array: Any) -> str:
-    """A canonical string of everything that decides how a chunk's bytes decode."""
+    """A canonical string of the codecs, dtype and order that decide how a stored chunk decodes.
+
+    The fill value is left out (a v2 ``null`` and ``0`` decode stored chunks alike);
+    pass-through compares fill values on its own, since they decide absent chunks.
+    """
     d = array.metadata.to_dict()
-    for k in ("shape", "chunks", "chunk_grid", "attributes", "dimension_names", "chunk_key_encoding", "dimension_separator"):
+    for k in ("shape", "chunks", "chunk_grid", "attributes", "dimension_names", "chunk_key_encoding",
+              "dimension_separator", "fill_value"):
         d.pop(k, None)
     return json.dumps(d, sort_keys=True, default=str)
 
@@ -230,32 +244,13 @@ def metadata_docs(
     return {k: v.to_bytes() for k, v in store._store_dict.items()}
 
 
-async def encode_chunk(
-    docs: dict[str, bytes], coords: tuple[int, ...], chunks: tuple[int, ...], data: np.ndarray
-) -> bytes | None:
-    """Encode one chunk with the codecs of the array described by ``docs``.
-
-    ``data`` is the chunk's content clipped to the array's shape. Returns None when the
-    chunk equals the fill value everywhere (zarr then reads it as fill).
-    """
-    from zarr.core.array import AsyncArray
-    from zarr.storage import MemoryStore
-
-    proto = default_buffer_prototype()
-    store = MemoryStore({k: proto.buffer.from_bytes(v) for k, v in docs.items()})
-    arr = await AsyncArray.open(store, zarr_format=3 if "zarr.json" in docs else 2)
-    sel = tuple(slice(c * n, c * n + s) for c, n, s in zip(coords, chunks, data.shape))
-    await arr.setitem(sel, data)
-    buf = store._store_dict.get(arr.metadata.encode_chunk_key(coords))
-    return None if buf is None else buf.to_bytes()
-
-
 class ChunkEncoder:
     """Encodes the chunks of one virtual array with the codecs its metadata names.
 
     Uncompressed arrays (zarr 3 with only the ``bytes`` codec, zarr 2 with no compressor
-    and no filters) are encoded with numpy directly; others go through zarr's codecs
-    (:func:`encode_chunk`). Either way a chunk that is entirely fill encodes as None.
+    and no filters) are encoded with numpy directly; others through zarr's codecs, by
+    writing the chunk into a throwaway in-memory array built on the parsed metadata.
+    Either way a chunk that is entirely fill encodes as None (zarr then reads it as fill).
 
     Parameters
     ----------
@@ -267,6 +262,7 @@ class ChunkEncoder:
 
     def __init__(self, docs: dict[str, bytes], array: Any) -> None:
         self.docs = docs
+        self.metadata = array.metadata
         self.chunks = tuple(array.chunks)
         self.fill = fill_of(zarr.Array(array) if isinstance(array, zarr.AsyncArray) else array)
         self._raw_dtype, self._order = _raw_layout(array)
@@ -274,7 +270,7 @@ class ChunkEncoder:
     async def encode(self, coords: tuple[int, ...], data: np.ndarray) -> bytes | None:
         """The stored bytes of chunk ``coords`` holding ``data`` (clipped to the array's shape)."""
         if self._raw_dtype is None:
-            return await encode_chunk(self.docs, coords, self.chunks, data)
+            return await self._encode_with_zarr(coords, data)
         if _all_equal(data, self.fill):
             return None
         if data.shape != self.chunks:
@@ -282,6 +278,17 @@ class ChunkEncoder:
             full[tuple(slice(0, n) for n in data.shape)] = data
             data = full
         return np.asarray(data, dtype=self._raw_dtype).tobytes(order=self._order)
+
+    async def _encode_with_zarr(self, coords: tuple[int, ...], data: np.ndarray) -> bytes | None:
+        from zarr.core.array import AsyncArray
+        from zarr.storage import MemoryStore, StorePath
+
+        store = MemoryStore()
+        arr = AsyncArray(self.metadata, StorePath(store))
+        sel = tuple(slice(c * n, c * n + s) for c, n, s in zip(coords, self.chunks, data.shape))
+        await arr.setitem(sel, data)
+        buf = store._store_dict.get(self.metadata.encode_chunk_key(coords))
+        return None if buf is None else buf.to_bytes()
 
 
 def _raw_layout(array: Any) -> tuple[np.dtype[Any] | None, Literal["C", "F"]]:

@@ -15,7 +15,8 @@ from refstore.errors import ManifestError
 from refstore.virtual._array import VirtualArray
 from refstore.virtual._cache import DEFAULT_CACHE_BYTES, DecodedChunkCache
 from refstore.virtual._index import touched_chunks
-from refstore.virtual._source import ChunkEncoder, ZarrSource, chunk_key_parser, encoding_of, same_value
+from refstore.virtual._plan import ChunkPlanner, plan_chunk  # noqa: F401 (plan_chunk: re-exported)
+from refstore.virtual._source import ChunkEncoder, chunk_key_parser, encoding_of
 
 #: The manifest key (under an array's prefix) that holds its virtual definition.
 DEFINITION_NAME = "refstore.virtual.json"
@@ -34,47 +35,6 @@ async def _open_meta(docs: Mapping[str, bytes]) -> Any:
     return arr
 
 
-async def plan_chunk(v: VirtualArray, encoding: str, coords: tuple[int, ...]) -> tuple[str, Any, Any]:
-    """Decide how chunk ``coords`` of ``v`` is produced.
-
-    Returns ``("fill", None, None)`` when no layer touches it, ``("pass", source,
-    source_coords)`` when it is exactly one stored chunk of a source encoded like the
-    virtual array (``encoding``, see :func:`encoding_of`), else ``("assemble", None, None)``.
-    """
-    box = [(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, v.chunks, v.shape)]
-    hits = [
-        layer for layer in v.layers
-        if all(o < hi and lo < o + n for (lo, hi), o, n in zip(box, layer.origin, layer.shape))
-    ]
-    if not hits:
-        return "fill", None, None
-    layer = hits[-1]
-    src = layer.source
-    if not isinstance(src, ZarrSource):
-        return "assemble", None, None
-    if not all(o <= lo and hi <= o + n for (lo, hi), o, n in zip(box, layer.origin, layer.shape)):
-        return "assemble", None, None
-    mapped = layer.mapped()
-    if layer.blocked or any(isinstance(m, int) for m in layer.src_map):
-        return "assemble", None, None
-    for d in range(v.ndim):
-        if d not in mapped and v.chunks[d] != 1:
-            return "assemble", None, None
-    arr = await src.open_async()
-    if encoding_of(arr) != encoding or not same_value(src.fill_value, v.fill_value):
-        return "assemble", None, None
-    src_coords = [0] * len(layer.src_map)
-    src_chunks = tuple(arr.chunks)
-    for d, (k, start, step) in mapped.items():
-        if step != 1 or src_chunks[k] != v.chunks[d]:
-            return "assemble", None, None
-        first = start + box[d][0] - layer.origin[d]
-        if first % src_chunks[k]:
-            return "assemble", None, None
-        src_coords[k] = first // src_chunks[k]
-    return "pass", src, tuple(src_coords)
-
-
 @dataclass
 class _Entry:
     """A virtual array served by a :class:`VirtualResolver`, with what serving it needs."""
@@ -84,6 +44,7 @@ class _Entry:
     parse: Callable[[str], tuple[int, ...] | None]
     encoder: ChunkEncoder
     metadata: Any
+    planner: ChunkPlanner
 
 
 class VirtualResolver:
@@ -149,7 +110,10 @@ class VirtualResolver:
         if not docs:
             raise ManifestError(f"virtual array {prefix!r} has a definition but no zarr metadata")
         arr = await _open_meta(docs)
-        return _Entry(v, encoding_of(arr), chunk_key_parser(arr.metadata), ChunkEncoder(docs, arr), arr.metadata)
+        encoding = encoding_of(arr)
+        return _Entry(
+            v, encoding, chunk_key_parser(arr.metadata), ChunkEncoder(docs, arr), arr.metadata, ChunkPlanner(v, encoding)
+        )
 
     async def _split(self, key: str) -> tuple[str, str, _Entry] | None:
         parts = key.split("/")
@@ -162,17 +126,45 @@ class VirtualResolver:
                 return prefix, "/".join(parts[cut:]), entry
         return None
 
-    async def _coords(self, key: str) -> tuple[_Entry, tuple[int, ...]] | None:
+    async def locate(self, key: str) -> tuple[_Entry, tuple[int, ...]] | None:
+        """The virtual array and chunk coordinates of ``key``, or None if it is no virtual chunk key."""
         parts = key.split("/")
         if parts[-1] in _METADATA or parts[-1] == DEFINITION_NAME or SOURCES_DIR in parts:
             return None  # never virtual; also keeps a store hook from recursing into itself
         found = await self._split(key)
-        coords = found[2].parse(found[1]) if found is not None else None
-        return None if coords is None else (found[2], coords)  # type: ignore[index]
+        if found is None:
+            return None
+        coords = found[2].parse(found[1])
+        return None if coords is None else (found[2], coords)
 
     async def is_virtual(self, key: str) -> bool:
         """True if ``key`` is a chunk key of a virtual array (served by :meth:`get_chunk`)."""
-        return await self._coords(key) is not None
+        return await self.locate(key) is not None
+
+    async def read(
+        self,
+        found: tuple[_Entry, tuple[int, ...]],
+        prototype: BufferPrototype,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        """The stored bytes (or ``byte_range`` of them) of the chunk :meth:`locate` found; None reads as fill.
+
+        A pass-through chunk is the source store's answer for its own chunk key, so
+        no bytes are copied on the way; an assembled chunk is encoded here.
+        """
+        entry, coords = found
+        v = entry.array
+        if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
+            return None
+        how, src, src_coords = await entry.planner.plan(coords)
+        if how == "fill":
+            return None
+        if how == "pass":
+            return await src.get_chunk_buffer(src_coords, prototype, byte_range)
+        box = tuple(slice(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, v.chunks, v.shape))
+        chunk = await v.read_layers_async(box, entry.planner.hits(coords), cache=self.cache)
+        data = await entry.encoder.encode(coords, chunk)
+        return None if data is None else prototype.buffer.from_bytes(_slice_bytes(data, byte_range))
 
     async def get_chunk(self, key: str) -> bytes | None:
         """The encoded bytes of chunk ``key`` of a virtual array; None reads as fill.
@@ -182,21 +174,11 @@ class VirtualResolver:
         KeyError
             If ``key`` is not a chunk key of a virtual array (check :meth:`is_virtual`).
         """
-        found = await self._coords(key)
+        found = await self.locate(key)
         if found is None:
             raise KeyError(key)
-        entry, coords = found
-        v = entry.array
-        if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
-            return None
-        how, src, src_coords = await plan_chunk(v, entry.encoding, coords)
-        if how == "fill":
-            return None
-        if how == "pass":
-            return await src.get_chunk_bytes(src_coords)
-        box = tuple(slice(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, v.chunks, v.shape))
-        chunk = await v.read_async(box, cache=self.cache)
-        return await entry.encoder.encode(coords, chunk)
+        buf = await self.read(found, default_buffer_prototype())
+        return None if buf is None else buf.to_bytes()
 
     async def has_chunk(self, key: str) -> bool:
         """True if chunk ``key`` of a virtual array holds data (reads other than as absent).
@@ -206,17 +188,17 @@ class VirtualResolver:
         KeyError
             If ``key`` is not a chunk key of a virtual array.
         """
-        found = await self._coords(key)
+        found = await self.locate(key)
         if found is None:
             raise KeyError(key)
         entry, coords = found
         v = entry.array
         if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
             return False
-        how, src, src_coords = await plan_chunk(v, entry.encoding, coords)
+        how, src, src_coords = await entry.planner.plan(coords)
         if how == "pass":
             return await src.chunk_exists(src_coords)
-        return how != "fill" and await self.get_chunk(key) is not None
+        return how != "fill" and await self.read(found, default_buffer_prototype()) is not None
 
     # -- listing ------------------------------------------------------------------------------
 
@@ -330,9 +312,9 @@ class VirtualStore(Store):
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         # docstring inherited
-        if await self.resolver.is_virtual(key):
-            data = await self.resolver.get_chunk(key)
-            return None if data is None else prototype.buffer.from_bytes(_slice_bytes(data, byte_range))
+        found = await self.resolver.locate(key)
+        if found is not None:
+            return await self.resolver.read(found, prototype, byte_range)
         return await self.store.get(key, prototype, byte_range)
 
     async def get_partial_values(

@@ -183,3 +183,22 @@ def test_remote_definition_cannot_reach_local_sources(tmp_path, time_files, http
     g = zarr.open_group(refstore.ReferenceStore(url), mode="r")
     with pytest.raises(refstore.URLNotAllowed, match="local files"):
         g["v"][:]
+
+
+def test_mostly_misaligned_arrays_are_served_uncompressed(time_files) -> None:
+    """Assembled chunks are not re-compressed: a mostly misaligned array is plain bytes."""
+    a, b = open_h5_var(time_files["y2001_gz"]), open_h5_var(time_files["y2002_gz"])  # gzip, chunk 73
+    e = np.concatenate([read_h5(time_files["y2001_gz"]), read_h5(time_files["y2002_gz"])])
+    va, vb = concat([a]), concat([b])
+    aligned, shifted = concat([a, b]), concat([va[1:], b])  # 365 = 5 * 73; the shift misaligns every chunk
+    assert json.loads(aligned.encoding_docs()[".zarray"])["filters"][0]["id"] == "zlib"
+    docs = shifted.encoding_docs()
+    assert [c["name"] for c in json.loads(docs["zarr.json"])["codecs"]] == ["bytes"]
+    assert json.loads(shifted.encoding_docs(copy_encoding=True)[".zarray"])["filters"][0]["id"] == "zlib"
+    assert "zarr.json" in concat([a, b]).encoding_docs(copy_encoding=False)
+    # mostly aligned: one misaligned layer of four keeps the sources' encoding
+    assert ".zarray" in concat([a, b, a, vb[1:]]).encoding_docs()
+    g = zarr.open_group(refstore.ReferenceStore(save_virtual({"s": shifted})), mode="r")
+    np.testing.assert_array_equal(g["s"][:], e[1:])
+    with pytest.raises(refstore.ManifestError, match=r"chunk \(0, 0, 0\) is not one aligned"):
+        flatten({"s": shifted})
