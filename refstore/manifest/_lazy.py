@@ -88,18 +88,19 @@ class ParquetSource:
     record_size
         Rows per partition file.
     cache_size
-        Partitions kept in memory (0 keeps none); the cache is shared by all
-        arrays of the manifest. Memory is bounded by ``cache_size`` times the
-        size of one partition's columns (under 21 bytes per row).
+        Partitions kept in memory (0 keeps none, None keeps all, as fsspec's
+        ``lru_cache`` would); the cache is shared by all arrays of the
+        manifest. Memory is bounded by ``cache_size`` times the size of one
+        partition's columns (at most 20 bytes per row).
 
     Notes
     -----
     Pickles as its location and options, without the cache.
     """
 
-    def __init__(self, fs: AbstractFileSystem, root: str, record_size: int, cache_size: int) -> None:
-        if not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+    def __init__(self, fs: AbstractFileSystem, root: str, record_size: int, cache_size: int | None) -> None:
+        if cache_size is not None and (not isinstance(cache_size, int) or cache_size < 0):
+            raise ValueError(f"cache_size must be an integer >= 0 or None, got {cache_size!r}")
         self.fs = fs
         self.root = root
         self.record_size = record_size
@@ -169,10 +170,10 @@ class ParquetSource:
             except ManifestError as exc:
                 raise ManifestError(f"key {layout.head + layout.suffix(flat)!r}: {exc}") from None
             del data
-        if keep and self.cache_size:
+        if keep and self.cache_size != 0:
             with self._lock:
                 self._cache[key] = part
-                while len(self._cache) > self.cache_size:
+                while self.cache_size is not None and len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
         return part
 
@@ -534,7 +535,7 @@ def _read_documents(source: ParquetSource) -> tuple[dict[str, Any], int, str]:
     return documents, record_size, fn
 
 
-def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int = 128) -> LazyParquetManifest:
+def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int | None = 128) -> LazyParquetManifest:
     """Open a parquet reference directory, reading ``root/.zmetadata`` only.
 
     Parameters
@@ -542,7 +543,7 @@ def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int = 128) ->
     fs, root
         The filesystem and the directory.
     cache_size
-        Partitions kept in memory (shared by all arrays).
+        Partitions kept in memory (shared by all arrays; None: no limit).
 
     Returns
     -------

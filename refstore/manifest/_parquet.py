@@ -272,7 +272,7 @@ def _int_column(table: Any, name: str, names: list[str], fn: str, n: int, urls: 
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int = 128) -> Manifest:
+def read_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int | None = 128) -> Manifest:
     """Open a parquet reference directory lazily: only ``root/.zmetadata`` is read now.
 
     See :func:`refstore.manifest._lazy.open_parquet`.

@@ -151,6 +151,8 @@ def test_cache_size_zero_keeps_nothing(dataset, reads):
     assert reads.count("d/refs.0.parq") == 2 and m._parquet.cached() == 0
     with pytest.raises(ValueError, match="cache_size"):
         Manifest.open(dataset["path"], cache_size=-1)
+    unbounded = Manifest.open(dataset["path"], cache_size=None)
+    assert len(list(unbounded.keys())) == len(dataset["refs"]) and unbounded._parquet.cached() == 9
 
 
 def test_iterating_keys_is_bounded_and_complete(dataset):
