@@ -11,6 +11,7 @@ Plan = tuple[str, Any, Any]
 
 _FILL: Plan = ("fill", None, None)
 _ASSEMBLE: Plan = ("assemble", None, None)
+_UNDECIDED: Any = object()
 
 
 class ChunkPlanner:
@@ -47,10 +48,12 @@ class ChunkPlanner:
         live = [r for r in self._ranges if r is not None]
         if len(live) < 8 or not self.v.ndim:
             return None, []
-        cost = [sum(r[d][1] - r[d][0] for r in live) for d in range(self.v.ndim)]
-        dim = min(range(self.v.ndim), key=cost.__getitem__)
-        grid = -(-self.v.shape[dim] // self.v.chunks[dim])
-        if cost[dim] > 4 * (grid + len(live)):
+        grids = [-(-n // c) for n, c in zip(self.v.shape, self.v.chunks)]
+        entries = [sum(r[d][1] - r[d][0] for r in live) for d in range(self.v.ndim)]
+        # the dimension whose buckets hold the fewest layers on average
+        dim = min(range(self.v.ndim), key=lambda d: entries[d] / max(grids[d], 1))
+        grid = grids[dim]
+        if entries[dim] > 4 * (grid + len(live)) or entries[dim] >= grid * len(live):
             return None, []  # layers overlap too much along every dimension for buckets to help
         buckets: list[list[int]] = [[] for _ in range(grid)]
         for i, r in enumerate(self._ranges):
@@ -88,6 +91,8 @@ class ChunkPlanner:
             and all(d in mapped or v.chunks[d] == 1 for d in range(v.ndim))
         ):
             arr = await src.open_async()
+            if i in self._static:  # decided by a concurrent plan while this one waited
+                return self._static[i]
             src_chunks = tuple(arr.chunks)
             if (
                 encoding_of(arr) == self.encoding
@@ -108,7 +113,9 @@ class ChunkPlanner:
         box = [(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, v.chunks, v.shape)]
         if not all(o <= lo and hi <= o + n for (lo, hi), o, n in zip(box, layer.origin, layer.shape)):
             return _ASSEMBLE
-        static = await self._passable(i)
+        static = self._static.get(i, _UNDECIDED)
+        if static is _UNDECIDED:
+            static = await self._passable(i)
         if static is None:
             return _ASSEMBLE
         src, mapped, src_chunks = static

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ class ZarrSource:
             raise TypeError("ZarrSource needs an array or an opener")
         self._array = array
         self._opener = opener
+        self._opening: asyncio.Task[Any] | None = None
+        self._where: tuple[Any, str, Callable[[tuple[int, ...]], str]] | None = None
         self.ref = ref
 
     @property
@@ -53,10 +56,23 @@ class ZarrSource:
         return self._array
 
     async def open_async(self) -> Any:
-        """Open the source if it is not yet open, and return the ``zarr.Array``."""
+        """Open the source if it is not yet open, and return the ``zarr.Array``.
+
+        Concurrent first calls (on one event loop) share one opening.
+        """
+        if self._array is not None:
+            return self._array
+        assert self._opener is not None
+        loop = asyncio.get_running_loop()
+        task = self._opening
+        if task is None or task.get_loop() is not loop:
+            task = self._opening = loop.create_task(self._opener())
+        try:
+            arr = await asyncio.shield(task)
+        finally:
+            if task.done() and self._opening is task:
+                self._opening = None
         if self._array is None:
-            assert self._opener is not None
-            arr = await self._opener()
             self._array = arr if isinstance(arr, zarr.Array) else zarr.Array(arr)
         return self._array
 
@@ -105,10 +121,12 @@ class ZarrSource:
         self, coords: tuple[int, ...], prototype: Any, byte_range: Any = None
     ) -> Any:
         """The stored bytes of one source chunk as its store returns them (a zarr ``Buffer``), or None."""
-        arr = await self.open_async()
-        path = arr.store_path.path
-        key = arr.metadata.encode_chunk_key(coords)
-        return await arr.store_path.store.get(f"{path}/{key}" if path else key, prototype, byte_range)
+        if self._where is None:
+            arr = await self.open_async()
+            path = arr.store_path.path
+            self._where = (arr.store_path.store, f"{path}/" if path else "", arr.metadata.encode_chunk_key)
+        store, base, encode = self._where
+        return await store.get(base + encode(coords), prototype, byte_range)
 
     async def chunk_exists(self, coords: tuple[int, ...]) -> bool:
         """True if the source stores chunk ``coords``."""

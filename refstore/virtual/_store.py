@@ -35,6 +35,9 @@ async def _open_meta(docs: Mapping[str, bytes]) -> Any:
     return arr
 
 
+_UNLOADED = object()
+
+
 @dataclass
 class _Entry:
     """A virtual array served by a :class:`VirtualResolver`, with what serving it needs."""
@@ -115,15 +118,16 @@ class VirtualResolver:
             v, encoding, chunk_key_parser(arr.metadata), ChunkEncoder(docs, arr), arr.metadata, ChunkPlanner(v, encoding)
         )
 
-    async def _split(self, key: str) -> tuple[str, str, _Entry] | None:
-        parts = key.split("/")
+    async def _split(self, parts: list[str]) -> tuple[str, str, _Entry] | None:
+        """The innermost virtual array whose path is a prefix of the key ``parts``, and the rest."""
+        arrays = self._arrays
         for cut in range(len(parts) - 1, -1, -1):
             prefix = "/".join(parts[:cut])
-            if SOURCES_DIR in parts[:cut]:
-                continue
-            entry = await self._load(prefix)
+            entry = arrays.get(prefix, _UNLOADED)  # loaded already: no coroutine on the hot path
+            if entry is _UNLOADED:
+                entry = await self._load(prefix)
             if entry is not None:
-                return prefix, "/".join(parts[cut:]), entry
+                return prefix, "/".join(parts[cut:]), entry  # type: ignore[return-value]
         return None
 
     async def locate(self, key: str) -> tuple[_Entry, tuple[int, ...]] | None:
@@ -131,7 +135,7 @@ class VirtualResolver:
         parts = key.split("/")
         if parts[-1] in _METADATA or parts[-1] == DEFINITION_NAME or SOURCES_DIR in parts:
             return None  # never virtual; also keeps a store hook from recursing into itself
-        found = await self._split(key)
+        found = await self._split(parts)
         if found is None:
             return None
         coords = found[2].parse(found[1])
