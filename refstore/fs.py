@@ -242,8 +242,7 @@ class ReferenceFileSystem(AsyncFileSystem):
                 len(entry) if isinstance(entry, bytes) else entry.length
             )
             return {"name": key, "size": size, "type": "file"}
-        files, dirs = self.manifest.list_dir(key)
-        if files or dirs or not key:
+        if not key or self.manifest.is_dir(key):
             return {"name": key, "size": 0, "type": "directory"}
         raise FileNotFoundError(key)
 
@@ -332,7 +331,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         """The manifest as a kerchunk ``refs`` dict (a copy; edit with ``pipe``/``rm``)."""
         from refstore.manifest._kerchunk import to_refs
 
-        return to_refs(self.manifest)
+        return to_refs(self.manifest.load())
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, cache_options: Any = None, **kwargs: Any) -> Any:
         if mode != "rb":
