@@ -9,6 +9,7 @@ protocol, and every request gets exactly its own bytes back.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,20 @@ from refstore.fetch._targets import FsspecTarget, HTTPTarget, LocalTarget, Trans
 DEFAULT_READ_AHEAD = 8 * 1024 * 1024
 
 Request = tuple[str, int, int | None]
+
+#: Fetchers alive, so sessions still open at interpreter exit are closed politely.
+_LIVE: weakref.WeakSet[Fetcher] = weakref.WeakSet()
+
+
+def _close_live() -> None:
+    for fetcher in list(_LIVE):
+        try:
+            fetcher.close_all(timeout=2.0)
+        except Exception:  # noqa: BLE001 - never fail interpreter exit
+            pass
+
+
+atexit.register(_close_live)
 """``(url, start, end)``: end-exclusive; ``end=None`` reads to the end of the object."""
 
 
@@ -87,6 +102,7 @@ class Fetcher:
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        _LIVE.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -96,6 +112,7 @@ class Fetcher:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._states = weakref.WeakKeyDictionary()
+        _LIVE.add(self)
 
     # -- per-loop state -------------------------------------------------------------------
 
@@ -155,7 +172,10 @@ class Fetcher:
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
             else:
-                loop.run_until_complete(coro)
+                try:
+                    loop.run_until_complete(coro)
+                except Exception:  # noqa: BLE001 - e.g. a loop owned by a thread that is gone
+                    coro.close()
 
     # -- reading --------------------------------------------------------------------------
 
