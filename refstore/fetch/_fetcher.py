@@ -54,6 +54,24 @@ class _LoopState:
     readahead: ReadAhead | None = None
 
 
+@dataclass
+class _Batch:
+    """The requests of one :meth:`Fetcher.get_many` call and their results, filled as reads finish."""
+
+    requests: Sequence[Request]
+    exact: list[bool]
+    results: list[bytes | BaseException]
+
+    def deliver(self, url: str, data_start: int, data: bytes, i: int) -> None:
+        """Cut request *i* out of *data* (which begins at *data_start*); check its length if exact."""
+        _, s, e = self.requests[i]
+        piece = cut(data, data_start, s, e)
+        if self.exact[i] and e is not None and len(piece) != e - s:
+            self.results[i] = ShortRead(f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}")
+        else:
+            self.results[i] = piece
+
+
 class Fetcher:
     """Reads byte ranges of URLs.
 
@@ -237,7 +255,7 @@ class Fetcher:
         by_url: dict[str, list[int]] = {}
         for i, (url, _, _) in enumerate(requests):
             by_url.setdefault(url, []).append(i)
-        results: list[bytes | BaseException] = [b""] * len(requests)
+        batch = _Batch(requests, flags, [b""] * len(requests))
         ra = self._state().readahead
         jobs = []
         for url, idx in by_url.items():
@@ -249,7 +267,7 @@ class Fetcher:
                     if blocks is None:
                         misses.append(i)
                     else:
-                        jobs.append(self._from_blocks(url, blocks, i, requests, flags, results))
+                        jobs.append(self._from_blocks(url, blocks, i, batch))
                 idx = misses
                 if not idx:
                     continue
@@ -265,21 +283,19 @@ class Fetcher:
             groups = [spans] if local else [[sp] for sp in spans]
             for group in groups:
                 blk = block if group[-1] is spans[-1] else None
-                jobs.append(self._read_group(url, group, idx, requests, flags, results, blk))
+                jobs.append(self._read_group(url, group, idx, batch, blk))
         await asyncio.gather(*jobs)
-        return results
+        return batch.results
 
     async def _from_blocks(
         self,
         url: str,
         blocks: list[Block],
         i: int,
-        requests: Sequence[Request],
-        flags: Sequence[bool],
-        results: list[bytes | BaseException],
+        batch: _Batch,
     ) -> None:
         """Answer request *i* from read-ahead *blocks*; read it directly if they fail or fall short."""
-        _, s, e = requests[i]
+        _, s, e = batch.requests[i]
         assert e is not None
         pieces = []
         pos = s
@@ -293,9 +309,9 @@ class Fetcher:
             pos = -1
         if pos != e and not (pos >= 0 and len(blocks) == 1):
             # a failed block, or blocks that ended early (end of object) and left a hole
-            await self._read_group(url, [Span(s, e, [0])], [i], requests, flags, results)
+            await self._read_group(url, [Span(s, e, [0])], [i], batch)
             return
-        self._deliver(url, s, b"".join(pieces) if len(pieces) > 1 else pieces[0], i, requests, flags, results)
+        batch.deliver(url, s, b"".join(pieces) if len(pieces) > 1 else pieces[0], i)
         ra = self._state().readahead
         assert ra is not None
         ra.served(url, blocks[-1], e, self._read_span)
@@ -308,9 +324,7 @@ class Fetcher:
         url: str,
         spans: list[Span],
         idx: list[int],
-        requests: Sequence[Request],
-        flags: Sequence[bool],
-        results: list[bytes | BaseException],
+        batch: _Batch,
         block: Block | None = None,
     ) -> None:
         """Read *spans* of *url* and hand each member request its bytes (or the failure).
@@ -325,31 +339,13 @@ class Fetcher:
                 ra.fill(url, block, exc)
             for sp in spans:
                 for m in sp.members:
-                    results[idx[m]] = exc
+                    batch.results[idx[m]] = exc
             return
         if block is not None and ra is not None:
             ra.fill(url, block, datas[-1])
         for sp, data in zip(spans, datas):
             for m in sp.members:
-                self._deliver(url, sp.start, data, idx[m], requests, flags, results)
-
-    @staticmethod
-    def _deliver(
-        url: str,
-        data_start: int,
-        data: bytes,
-        i: int,
-        requests: Sequence[Request],
-        flags: Sequence[bool],
-        results: list[bytes | BaseException],
-    ) -> None:
-        """Cut request *i* out of *data* (which begins at *data_start*); check its length if exact."""
-        _, s, e = requests[i]
-        piece = cut(data, data_start, s, e)
-        if flags[i] and e is not None and len(piece) != e - s:
-            results[i] = ShortRead(f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}")
-        else:
-            results[i] = piece
+                batch.deliver(url, sp.start, data, idx[m])
 
     async def _read_retrying(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         protocol, rest = split_url(url)
