@@ -6,7 +6,11 @@ Scenarios:
   ``--quick``): time, peak memory, pickle size and unpickle time;
 * ``contiguous_local`` / ``contiguous_http`` / ``contiguous_s3`` - read an
   uncompressed zarr v3 array of 4096 contiguous 8 KiB chunks (512 with
-  ``--quick``) from a local file, a loopback aiohttp server and moto S3.
+  ``--quick``) from a local file, a loopback aiohttp server and moto S3;
+* ``scattered_local`` / ``scattered_http`` / ``scattered_s3`` - read 2,000
+  random chunks (200 with ``--quick``) of a gzip zarr v3 array spread over
+  1,000 files (100), with requests and bytes read / bytes needed
+  (``python -m benchmarks.scattered sweep`` sweeps max_gap x max_block).
 * ``parquet`` - a kerchunk parquet manifest of 100M references (1M with
   ``--quick``): open, read one chunk, look up 1,000 random chunks' references;
   peak memory, pickle size (``benchmarks/parquet.py``).
@@ -35,6 +39,7 @@ from pathlib import Path
 from ._common import Config, Row, import_refstore, refstore_error
 
 SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3",
+             "scattered_local", "scattered_http", "scattered_s3",
              "parquet",
              "images_png", "images_jpeg", "decode_zstd", "decode_gzip",
              "virtual_aligned", "virtual_misaligned")
@@ -116,6 +121,10 @@ def _runner(name: str) -> Callable[[Config], list[Row]]:
         from . import decode
 
         return lambda cfg: decode.run(name, cfg)
+    if name.startswith("scattered"):
+        from . import scattered
+
+        return lambda cfg: scattered.run(name, cfg)
     from . import contiguous
 
     return lambda cfg: contiguous.run(name, cfg)
