@@ -203,6 +203,14 @@ class ChunkTable:
         self.offset[flat] = offset
         self.length[flat] = length
 
+    def put(self, start: int, url_id: np.ndarray, offset: np.ndarray, length: np.ndarray) -> None:
+        """Set the cells ``start, start + 1, ...`` from whole columns at once."""
+        sl = slice(start, start + len(url_id))
+        self.count += len(url_id) - int((self.url_id[sl] != ABSENT).sum())
+        self.url_id[sl] = url_id
+        self.offset[sl] = offset
+        self.length[sl] = length
+
     def remove(self, flat: int) -> bool:
         if self.url_id[flat] == ABSENT:
             return False

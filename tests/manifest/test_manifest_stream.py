@@ -56,12 +56,42 @@ def _same(a: Manifest, b: Manifest) -> None:
 
 
 @pytest.mark.parametrize("block", [7, 64, 1000, 1 << 21])
-@pytest.mark.parametrize("indent", [None, 2])
-def test_stream_equals_whole_parse(block, indent):
+@pytest.mark.parametrize("style", ["compact", "spaced", "indented"])
+def test_stream_equals_whole_parse(block, style):
     doc = _doc()
-    text = json.dumps(doc, indent=indent, ensure_ascii=indent is None).encode()
+    opts = {"compact": {"separators": (",", ":")}, "spaced": {}, "indented": {"indent": 2, "ensure_ascii": False}}
+    text = json.dumps(doc, **opts[style]).encode()
     expected = Manifest.from_dict(doc)
     _same(_stream(text, block), expected)
+
+
+def _compact_refs(n: int, url: str | None = "s3://b/f.bin") -> dict:
+    refs = {".zgroup": '{"zarr_format": 2}', "a/.zarray": _zarray([n], [1])}
+    refs.update({f"a/{i}": [url, i * 10, 10] for i in range(n)})
+    return {"version": 1, "refs": refs}
+
+
+@pytest.mark.parametrize("url", ["s3://b/x],", "s3://b/x]", None, "s3://b/ü.bin"])
+def test_flat_fast_path_keeps_urls_exact(url):
+    doc = _compact_refs(500, url)
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    got = _stream(text, 256)
+    _same(got, Manifest.from_dict(doc))
+    assert got.get("a/7").url == url
+
+
+def test_duplicate_keys_last_one_wins_as_in_a_whole_parse():
+    text = (
+        '{"version":1,"refs":{".zgroup":"{\\"zarr_format\\": 2}","a/.zarray":' + json.dumps(_zarray([4], [1]))
+        + ',"a/0":["u",1,2],"a/1":["u",3,4],"a/0":["v",5,6],"a/2":["u",7,8]}}'
+    ).encode()
+    import ujson
+
+    expected = Manifest.from_dict(ujson.loads(text))
+    for block in (16, 1 << 20):
+        got = _stream(text, block)
+        _same(got, expected)
+        assert got.get("a/0").url == "v" and len(got) == len(expected)
 
 
 @pytest.mark.parametrize("block", [16, 1 << 21])
