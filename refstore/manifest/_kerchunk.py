@@ -205,7 +205,7 @@ def fill_block(
         Naming the key, for a malformed value.
     """
     if set(map(type, vals)) == {list} and set(map(len, vals)) == {3}:
-        if _fill_fast(manifest, table, start, keys, vals, expand):
+        if _fill_fast(manifest, table, start, vals, expand):
             return len(vals)
     placed = 0
     for j, value in enumerate(vals):
@@ -220,26 +220,37 @@ def fill_block(
     return placed
 
 
-def _fill_fast(
-    manifest: Manifest, table: ChunkTable, start: int, keys: list[str], vals: list[list[Any]], expand: Any
-) -> bool:
-    """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
-    n = len(vals)
-    urls = list(map(_FIRST, vals))
-    known: dict[str | None, int] = getattr(expand, "ids", None)
+def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | None:
+    """Manifest URL ids (int32) for raw reference *urls*, expanding each new one once.
+
+    The ids of raw URLs are remembered on *expand* (an :class:`_Expander`).
+    Returns None if a URL is not text or null, or fails to expand; the checked
+    path then raises, naming the key.
+    """
+    known: dict[str | None, int] | None = getattr(expand, "ids", None)
     if known is None:
         known = {}
     try:
         new = dict.fromkeys(urls).keys() - known.keys()
     except TypeError:  # an unhashable URL
-        return False
+        return None
     for url in new:
         if url is not None and not isinstance(url, str):
-            return False
+            return None
         try:
             known[url] = manifest.url_id(None if url is None else expand(url, "?"))
         except ManifestError:
-            return False  # the checked path raises, naming the key
+            return None
+    return np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
+
+
+def _fill_fast(manifest: Manifest, table: ChunkTable, start: int, vals: list[list[Any]], expand: Any) -> bool:
+    """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
+    n = len(vals)
+    urls = list(map(_FIRST, vals))
+    uid = url_ids(manifest, expand, urls)
+    if uid is None:
+        return False
     try:
         off = np.fromiter(map(_SECOND, vals), dtype=np.int64, count=n)
         ln = np.fromiter(map(_THIRD, vals), dtype=np.int64, count=n)
@@ -250,11 +261,7 @@ def _fill_fast(
     # fromiter also accepts floats and bools; let the checked path refuse them
     if not (set(map(type, map(_SECOND, vals))) | set(map(type, map(_THIRD, vals)))) <= {int}:
         return False
-    sl = slice(start, start + n)
-    table.count += n - int((table.url_id[sl] != -1).sum())
-    table.url_id[sl] = np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=n)
-    table.offset[sl] = off
-    table.length[sl] = ln
+    table.put(start, uid, off, ln)
     return True
 
 

@@ -32,6 +32,7 @@ from refstore.manifest._kerchunk import (
     _place,
     decode_value,
     fill_block,
+    url_ids,
 )
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -294,7 +295,7 @@ class _Refs:
         ln = np.array(lens, dtype=np.int64)
         if len(off) and (off.min() < 0 or ln.min() < 0):
             return False
-        ids = self._url_ids(keys, urls)
+        ids = url_ids(self.manifest, self.expand, urls)
         if ids is None:
             return False
         manifest = self.manifest
@@ -310,20 +311,6 @@ class _Refs:
             table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
             i += run
         return True
-
-    def _url_ids(self, keys: list[str], urls: list[str | None]) -> np.ndarray | None:
-        """Manifest URL ids for *urls* (each expanded once per manifest); None if one is malformed."""
-        known = self.expand.ids
-        try:
-            new = dict.fromkeys(urls).keys() - known.keys()
-        except TypeError:
-            return None
-        for url in new:
-            try:
-                known[url] = self.manifest.url_id(None if url is None else self.expand(url, "?"))
-            except ManifestError:
-                return None  # the dict path raises, naming the key
-        return np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
 
     def _ingest(self, entries: dict[str, Any]) -> None:
         manifest = self.manifest
