@@ -9,7 +9,7 @@ from typing import Any
 
 from refstore.errors import KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
 from refstore.fetch import Fetcher, URLPolicy, split_url
-from refstore.fetch._fetcher import DEFAULT_READ_AHEAD
+from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
 
 _FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
@@ -45,8 +45,8 @@ class Reader:
         remote_options: Mapping[str, Any] | None = None,
         fs: Any = None,
         template_overrides: Mapping[str, str] | None = None,
-        max_gap: int = 64_000,
-        max_block: int = 16_000_000,
+        max_gap: int = DEFAULT_MAX_GAP,
+        max_block: int = DEFAULT_MAX_BLOCK,
         max_concurrency: int = 64,
         read_ahead: int = DEFAULT_READ_AHEAD,
         retries: int = 3,

@@ -13,7 +13,7 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._reader import Reader
-from refstore.fetch._fetcher import DEFAULT_READ_AHEAD
+from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.errors import KeyNotInManifest
 from refstore.manifest import Manifest, Reference
 
@@ -94,8 +94,8 @@ class ReferenceFileSystem(AsyncFileSystem):
         fs: Any = None,
         template_overrides: Mapping[str, str] | None = None,
         simple_templates: bool = True,
-        max_gap: int = 64_000,
-        max_block: int = 256_000_000,
+        max_gap: int = DEFAULT_MAX_GAP,
+        max_block: int = DEFAULT_MAX_BLOCK,
         cache_size: int = 128,
         max_concurrency: int = 64,
         read_ahead: int = DEFAULT_READ_AHEAD,

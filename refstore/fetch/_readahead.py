@@ -42,7 +42,9 @@ class Block:
 
 @dataclass(eq=False)
 class _Stream:
+    last_start: int = -1
     last_end: int = -1
+    run: int = 0  # continuations in a row
     window: int = 0
     ahead_end: int = -1  # end of the newest read-ahead block
     blocks: list[Block] = field(default_factory=list)
@@ -58,7 +60,10 @@ class ReadAhead:
     min_ahead
         First window when a stream turns sequential.
     max_gap
-        A request starting at most this far after the previous end counts as sequential.
+        A request starting at most this far after the previous end continues the stream.
+    streak
+        Continuations in a row before reading ahead: one chance neighbour among
+        random reads starts nothing.
     max_cached
         Bytes of blocks kept at most, over all URLs.
     max_streams
@@ -70,13 +75,15 @@ class ReadAhead:
         max_ahead: int,
         *,
         min_ahead: int = 512 * 1024,
-        max_gap: int = 64_000,
+        max_gap: int = 0,
+        streak: int = 2,
         max_cached: int | None = None,
         max_streams: int = 256,
     ) -> None:
         self.max_ahead = max(int(max_ahead), 0)
         self.min_ahead = min(min_ahead, self.max_ahead)
         self.max_gap = max(max_gap, 0)
+        self.streak = max(streak, 1)
         self.max_cached = 4 * self.max_ahead if max_cached is None else max_cached
         self.max_streams = max_streams
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
@@ -145,9 +152,13 @@ class ReadAhead:
             stream is not sequential.
         """
         stream = self._stream(url)
-        sequential = stream.last_end >= 0 and stream.last_end - self.max_gap <= first_start <= stream.last_end + self.max_gap
-        stream.last_end = max(stream.last_end, last_end)
-        if not sequential:
+        # a batch may start before the previous end (a straggler of the previous batch), but
+        # never before where the previous batch started
+        sequential = 0 <= stream.last_start <= first_start <= stream.last_end + self.max_gap
+        stream.last_start = first_start
+        stream.last_end = max(stream.last_end, last_end) if sequential else last_end
+        stream.run = stream.run + 1 if sequential else 0
+        if stream.run < self.streak:
             stream.window = 0
             return last_end
         if stream.ahead_end > last_end:

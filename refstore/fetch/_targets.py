@@ -127,6 +127,8 @@ class HTTPTarget:
         raise OSError(f"HTTP {status} for {url}")
 
     async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        if len(spans) == 1:
+            return [await self.read_one(url, *spans[0])]
         return list(await asyncio.gather(*(self.read_one(url, s, e) for s, e in spans)))
 
     async def size(self, url: str) -> int:
@@ -185,6 +187,8 @@ class FsspecTarget:
         fs = await self._ensure()
         path = self._full(fs, url)
         if self._native:
+            if len(spans) == 1:
+                return [await fs._cat_file(path, start=spans[0][0], end=spans[0][1])]
             return list(await asyncio.gather(*(fs._cat_file(path, start=s, end=e) for s, e in spans)))
         return await asyncio.to_thread(
             lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
@@ -199,13 +203,19 @@ class FsspecTarget:
 
     async def close(self) -> None:
         fs, self._fs = self._fs, None
-        if fs is not None and self._given is None and self._native:
-            session = getattr(fs, "_session", None)
-            closer = getattr(session, "close", None)
-            if closer is not None:
-                try:
+        if fs is None or self._given is not None or not self._native:
+            return
+        try:
+            creator = getattr(fs, "_s3creator", None)  # s3fs: an aiobotocore client context
+            if creator is not None:
+                await creator.__aexit__(None, None, None)
+                fs._s3 = fs._s3creator = None
+            for name in ("_session", "session"):  # fsspec's HTTP, gcsfs: an aiohttp session
+                session = fs.__dict__.get(name)
+                closer = getattr(session, "close", None)
+                if closer is not None:
                     result = closer()
                     if asyncio.iscoroutine(result):
                         await result
-                except Exception:  # closing is best effort  # noqa: BLE001
-                    pass
+        except Exception:  # closing is best effort  # noqa: BLE001
+            pass
