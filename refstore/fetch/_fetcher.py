@@ -235,25 +235,47 @@ class Fetcher:
         state = self._state()
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         state.pending.append(((url, start, end), exact, fut))
-        if not state.scheduled:
-            state.scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, state)
-        return await fut
-
-    def _flush(self, state: _LoopState) -> None:
+        if state.scheduled:
+            return await fut  # the first request of this tick leads the batch
+        # lead: give the other requests of this tick one turn of the loop to join, then read
+        # them all in this coroutine (a task of its own would cost the loop one more turn)
+        state.scheduled = True
+        try:
+            await asyncio.sleep(0)
+        except BaseException:
+            pending, state.pending, state.scheduled = state.pending, [], False
+            self._spawn([p for p in pending if p[2] is not fut])
+            raise
         pending, state.pending, state.scheduled = state.pending, [], False
-        futures = [fut for _, _, fut in pending]
+        batch = _Batch(
+            [r for r, _, _ in pending], [e for _, e, _ in pending], [b""] * len(pending), [f for _, _, f in pending]
+        )
+        try:
+            await self._run(batch)
+        except BaseException:
+            # the leader was cancelled or failed: the others' reads carry on without it
+            self._spawn([p for p in pending if not p[2].done() and p[2] is not fut])
+            raise
+        for f in batch.futures or ():
+            if not f.done():
+                f.set_exception(RuntimeError("read batch ended without an answer"))
+        return fut.result()
+
+    def _spawn(self, pending: list[tuple[Request, bool, asyncio.Future[bytes]]]) -> None:
+        """Read *pending* requests in a task of their own, answering each future."""
+        if not pending:
+            return
+        futures = [f for _, _, f in pending]
         batch = _Batch([r for r, _, _ in pending], [e for _, e, _ in pending], [b""] * len(pending), futures)
         task = asyncio.ensure_future(self._run(batch))
 
         def settle(t: asyncio.Task[None]) -> None:
-            # requests not answered by the reads themselves (a cancelled or failed batch)
             exc: BaseException = asyncio.CancelledError() if t.cancelled() else (
                 t.exception() or RuntimeError("read batch ended without an answer")
             )
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
 
         task.add_done_callback(settle)
 

@@ -191,3 +191,30 @@ def test_store_close_closes_sessions_of_zarrs_loop(http, tmp_path):
     assert not fetcher._states
     # the next read makes a new session
     np.testing.assert_array_equal(zarr.open_array(ReferenceStore(store.manifest), mode="r")[:4096], chunks.expected()[:4096])
+
+
+def test_cancelling_the_request_that_leads_a_batch_spares_the_others(http, blob_url):
+    blob, url = blob_url
+
+    async def run() -> tuple[bool, bytes, bytes]:
+        f = Fetcher(read_ahead=0, max_gap=-1)
+        try:
+            http.delay = 0.3
+            lead = asyncio.ensure_future(f.get(url, 0, 100))
+            other = asyncio.ensure_future(f.get(url, 5_000, 5_100))
+            late = asyncio.ensure_future(f.get(url, 9_000, 9_100))
+            await asyncio.sleep(0.05)  # all three are in flight in one batch led by the first
+            lead.cancel()
+            got = await asyncio.gather(other, late)
+            try:
+                await lead
+            except asyncio.CancelledError:
+                return True, got[0], got[1]
+            return False, got[0], got[1]
+        finally:
+            http.delay = 0.0
+            await f.close()
+
+    cancelled, a, b = asyncio.run(run())
+    assert cancelled
+    assert a == blob[5_000:5_100] and b == blob[9_000:9_100]
