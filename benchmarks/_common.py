@@ -204,3 +204,39 @@ def run_interleaved(jobs: list[Job], verbose: bool = True) -> dict[str, Timing]:
             if verbose:
                 print(f"    {job.label} [{r + 1}/{job.repeat}]: {dt:.4f} s", flush=True)
     return results
+
+
+def refstore_reader(refs: Any, path: str | None = None) -> Callable[[], Any]:
+    """Read the array at *path* whole through zarr and a fresh ``refstore.ReferenceStore``."""
+    import zarr
+
+    refstore = import_refstore()
+    assert refstore is not None
+
+    def run() -> Any:
+        store = refstore.ReferenceStore(refs)
+        try:
+            return zarr.open_array(store=store, path=path, mode="r")[:] if path else zarr.open_array(
+                store=store, mode="r"
+            )[:]
+        finally:
+            store.close()
+
+    return run
+
+
+def fsspec_reader(refs: Any, path: str | None = None) -> Callable[[], Any]:
+    """Read it through zarr's FsspecStore over fsspec's own asynchronous ReferenceFileSystem."""
+    import zarr
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+    from zarr.storage import FsspecStore
+
+    def run() -> Any:
+        fs = FsspecRFS(fo=refs, remote_protocol="file", remote_options={"asynchronous": True}, asynchronous=True)
+        store = FsspecStore(fs, read_only=True)
+        return zarr.open_array(store=store, path=path, mode="r")[:] if path else zarr.open_array(
+            store=store, mode="r"
+        )[:]
+
+    return run
+

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+from ._common import Config, Job, Row, Timing, fsspec_reader, import_refstore, refstore_reader, run_interleaved
 
 CHUNK_BYTES = 1 << 20
 DTYPE = np.dtype("<u2")
@@ -193,34 +193,6 @@ def _apply(base: dict[str, Any], values: dict[str, Any]) -> Callable[[], None]:
 
 
 # ------------------------------------------------------------- implementations
-def _refstore(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
-    import zarr
-
-    refstore = import_refstore()
-    assert refstore is not None
-
-    def run() -> np.ndarray:
-        store = refstore.ReferenceStore(refs)
-        try:
-            return zarr.open_array(store=store, mode="r")[:]
-        finally:
-            store.close()
-
-    return run
-
-
-def _fsspec(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
-    import zarr
-    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
-    from zarr.storage import FsspecStore
-
-    def run() -> np.ndarray:
-        fs = FsspecRFS(fo=refs, remote_protocol="file", remote_options={"asynchronous": True}, asynchronous=True)
-        return zarr.open_array(store=FsspecStore(fs, read_only=True), mode="r")[:]
-
-    return run
-
-
 def _limit(data: Compressed, pool: ThreadPoolExecutor) -> Callable[[], np.ndarray]:
     """pread each chunk and decode it with numcodecs straight into the output, in ``pool``."""
     codec = _numcodec(data.codec)
@@ -301,8 +273,8 @@ def run(name: str, cfg: Config) -> list[Row]:
         add(lname, _limit(data, pool), defaults)
     if import_refstore() is not None:
         for s in settings():
-            add(s.label, _refstore(refs), _apply(base, s.values))
-    add(FSSPEC, _fsspec(refs), defaults)
+            add(s.label, refstore_reader(refs), _apply(base, s.values))
+    add(FSSPEC, fsspec_reader(refs), defaults)
     try:
         results = run_interleaved(jobs, cfg.verbose)
     finally:

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+from ._common import Config, Job, Row, Timing, fsspec_reader, import_refstore, refstore_reader, run_interleaved
 
 TILE = 256
 PATTERN = r"tile_(?P<row>\d+)_(?P<col>\d+)\.(png|jpg)"
@@ -220,36 +220,6 @@ def _refstore(manifest: Any, config: dict[str, Any] | None = None) -> Callable[[
     return run
 
 
-def _refstore_v2(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
-    """``ReferenceStore`` over the kerchunk v2 references (imagecodecs' numcodecs codec)."""
-    import zarr
-
-    refstore = import_refstore()
-    assert refstore is not None
-
-    def run() -> np.ndarray:
-        store = refstore.ReferenceStore(refs)
-        try:
-            return zarr.open_array(store=store, mode="r")[:]
-        finally:
-            store.close()
-
-    return run
-
-
-def _fsspec(refs: dict[str, Any]) -> Callable[[], np.ndarray]:
-    """fsspec's own asynchronous ReferenceFileSystem under zarr's FsspecStore."""
-    import zarr
-    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
-    from zarr.storage import FsspecStore
-
-    def run() -> np.ndarray:
-        fs = FsspecRFS(fo=refs, remote_protocol="file", remote_options={"asynchronous": True}, asynchronous=True)
-        return zarr.open_array(store=FsspecStore(fs, read_only=True), mode="r")[:]
-
-    return run
-
-
 def _tifffile(ts: TileSet, ioworkers: int) -> Callable[[], np.ndarray]:
     """tifffile's FileSequence of the files, tiled into the mosaic, read through zarr."""
     import imagecodecs
@@ -346,8 +316,8 @@ def run(name: str, cfg: Config) -> list[Row]:
         fns[REF] = _refstore(manifest)
         if _has_fused():
             fns[REF_FUSED] = _refstore(manifest, {"codec_pipeline.path": FUSED_PATH})
-        fns[REF_V2.format(fmt=fmt)] = _refstore_v2(refs)
-    fns[FSSPEC.format(fmt=fmt)] = _fsspec(refs)
+        fns[REF_V2.format(fmt=fmt)] = refstore_reader(refs)
+    fns[FSSPEC.format(fmt=fmt)] = fsspec_reader(refs)
     fns[TIFF1] = _tifffile(ts, 1)
     fns[TIFF2] = _tifffile(ts, 2)
     jobs = []
