@@ -2,8 +2,8 @@
 
 zarr asks for chunks a few at a time (``async.concurrency``, 10 by default), so
 merging the requests of one event-loop tick joins at most that many chunks into
-one read. When the requests for a URL keep starting where the previous ones
-ended, the stream is sequential: the read is extended by a window that doubles
+one read. When the requests for a URL start exactly where the previous ones
+ended, twice in a row, the stream is sequential: the read is extended by a window that doubles
 on every continuation (up to ``max_ahead``), the extra bytes are kept as a
 block, and later requests inside a block are answered from it. Once a reader is
 past the middle of the newest block, the next window is fetched in the
