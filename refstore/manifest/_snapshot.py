@@ -42,6 +42,8 @@ def _root() -> str:
         tempfile.gettempdir(), f"refstore-snapshots-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
     )
     os.makedirs(base, mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid") and os.stat(base).st_uid != os.getuid():
+        raise OSError(f"snapshot directory {base} belongs to another user")  # pickles carry state instead
     return base
 
 
@@ -61,7 +63,7 @@ def reduce_manifest(manifest: Manifest) -> tuple[Any, ...]:
     try:
         path, token = write_snapshot(manifest)
     except OSError:
-        path = token = None
+        return (_from_state, (manifest.__getstate__(),))
     return (_restore, (path, token, manifest.source, getattr(manifest, "_open_args", {}), state))
 
 
