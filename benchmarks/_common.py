@@ -240,3 +240,46 @@ def fsspec_reader(refs: Any, path: str | None = None) -> Callable[[], Any]:
 
     return run
 
+
+class CpuTimed:
+    """Wraps a job's function to record the process CPU time (all threads) of each call.
+
+    CPU time is steadier than wall time on a shared machine, and shows work that
+    threads hide (decoding runs in zarr's thread pool).
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.times: list[float] = []
+
+    def __call__(self) -> Any:
+        t0 = time.process_time()
+        try:
+            return self.fn()
+        finally:
+            self.times.append(time.process_time() - t0)
+
+    def after(self) -> float | None:
+        """CPU seconds of the last call (a ``Job`` ``after`` hook)."""
+        return self.times[-1] if self.times else None
+
+    @property
+    def median(self) -> float | None:
+        """Median CPU seconds of the timed calls (the warm-up call excluded)."""
+        return statistics.median(self.times[1:]) if len(self.times) > 1 else None
+
+
+def array_checker(expected: Any) -> Callable[[Any], None]:
+    """A check that raises unless a read (an array, or bytes) equals *expected* exactly."""
+    import numpy as np
+
+    def check(value: Any) -> None:
+        arr = np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else np.asarray(value)
+        if arr.shape != expected.shape or arr.dtype != expected.dtype:
+            raise AssertionError(f"read returned {arr.shape} {arr.dtype}, expected {expected.shape} {expected.dtype}")
+        if not np.array_equal(arr, expected):
+            bad = int(np.count_nonzero(arr != expected))
+            raise AssertionError(f"read returned wrong data ({bad} of {expected.size} values differ)")
+
+    return check
+

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+from ._common import Config, Job, Row, Timing, array_checker, import_refstore, run_interleaved
 from .data import contiguous_file, contiguous_refs, localstore_copy
 from .servers import Server, s3_options, set_dummy_aws_env
 
@@ -156,17 +156,6 @@ class _Opened:
         return self._after() if self._after is not None else None
 
 
-def _checker(expected: np.ndarray) -> Callable[[Any], None]:
-    """A check that raises unless the value equals ``expected`` byte for byte."""
-
-    def check(value: Any) -> None:
-        arr = np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else value
-        if arr.shape != expected.shape or not np.array_equal(arr, expected):
-            raise AssertionError("read returned wrong data")
-
-    return check
-
-
 def _local_backend(cfg: Config, path: Path) -> Backend:
     """Local file; limits: zarr LocalStore with the same chunks, one read()."""
     import zarr
@@ -265,7 +254,7 @@ def run(name: str, cfg: Config) -> list[Row]:
     _warm_up_zarr()
     path = contiguous_file(cfg.cache_dir, cfg.n_chunks, cfg.chunk_size)
     expected = np.fromfile(path, dtype=np.uint8)
-    check = _checker(expected)
+    check = array_checker(expected)
     backend = BACKENDS[name](cfg, path)
     try:
         backend.limits["zarr MemoryStore"] = _memory_limit(expected, cfg.chunk_size)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, fsspec_reader, import_refstore, refstore_reader, run_interleaved
+from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
 
 CHUNK_BYTES = 1 << 20
 DTYPE = np.dtype("<u2")
@@ -216,33 +215,6 @@ def _limit(data: Compressed, pool: ThreadPoolExecutor) -> Callable[[], np.ndarra
     return run
 
 
-class _CpuTimed:
-    """Wraps a job function to record the process CPU time (all threads) of each call."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.last: float | None = None
-
-    def __call__(self) -> Any:
-        c0 = time.process_time()
-        try:
-            return self.fn()
-        finally:
-            self.last = time.process_time() - c0
-
-    def after(self) -> float | None:
-        return self.last
-
-
-def _checker(truth: np.ndarray) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        arr = np.asarray(value)
-        if arr.shape != truth.shape or not np.array_equal(arr, truth):
-            raise AssertionError("read returned wrong data")
-
-    return check
-
-
 def n_chunks(cfg: Config) -> int:
     """Chunks of 1 MiB: 256, 32 with ``--quick``; ``REFSTORE_BENCH_DECODE_CHUNKS`` overrides."""
     env = os.environ.get("REFSTORE_BENCH_DECODE_CHUNKS")
@@ -257,7 +229,7 @@ def run(name: str, cfg: Config) -> list[Row]:
     codec = CODECS[name]
     data = compressed_file(cfg.cache_dir, n_chunks(cfg), codec)
     truth = np.fromfile(data.raw_path, dtype=DTYPE)
-    check = _checker(truth)
+    check = array_checker(truth)
     refs = data.refs()
     base = _baseline()
     defaults = _apply(base, {})
@@ -266,7 +238,7 @@ def run(name: str, cfg: Config) -> list[Row]:
     jobs: list[Job] = []
 
     def add(label: str, fn: Callable[[], Any], before: Callable[[], None]) -> None:
-        timed = _CpuTimed(fn)
+        timed = CpuTimed(fn)
         jobs.append(Job(label, timed, check, cfg.repeat, before=before, after=timed.after))
 
     for lname, pool in pools.items():

@@ -39,7 +39,6 @@ import glob
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, fsspec_reader, import_refstore, refstore_reader, run_interleaved
+from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
 
 TILE = 256
 PATTERN = r"tile_(?P<row>\d+)_(?P<col>\d+)\.(png|jpg)"
@@ -238,36 +237,6 @@ def _tifffile(ts: TileSet, ioworkers: int) -> Callable[[], np.ndarray]:
 
 
 # ---------------------------------------------------------------------- timing
-class _CpuTimed:
-    """Wraps a job function to record the process CPU time (all threads) of each call."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.last: float | None = None
-
-    def __call__(self) -> Any:
-        c0 = time.process_time()
-        try:
-            return self.fn()
-        finally:
-            self.last = time.process_time() - c0
-
-    def after(self) -> float | None:
-        return self.last
-
-
-def _checker(truth: np.ndarray) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        arr = np.asarray(value)
-        if arr.shape != truth.shape or arr.dtype != truth.dtype:
-            raise AssertionError(f"read returned shape {arr.shape} {arr.dtype}, expected {truth.shape} {truth.dtype}")
-        if not np.array_equal(arr, truth):
-            bad = int(np.count_nonzero(arr != truth))
-            raise AssertionError(f"read returned wrong pixels ({bad} of {truth.size} values differ)")
-
-    return check
-
-
 def _warm_up(ts: TileSet) -> None:
     """Import the codecs and start zarr's loop and threads outside any timing."""
     import imagecodecs
@@ -302,7 +271,7 @@ def run(name: str, cfg: Config) -> list[Row]:
     fmt = FORMATS[name]
     ts = tile_set(cfg.cache_dir, n_side(cfg), fmt)
     truth = ts.truth()
-    check = _checker(truth)
+    check = array_checker(truth)
     _warm_up(ts)
     refs = v2_refs(ts)
     refstore = import_refstore()
@@ -322,7 +291,7 @@ def run(name: str, cfg: Config) -> list[Row]:
     fns[TIFF2] = _tifffile(ts, 2)
     jobs = []
     for label, fn in fns.items():
-        timed = _CpuTimed(fn)
+        timed = CpuTimed(fn)
         jobs.append(Job(label, timed, check, cfg.repeat, after=timed.after))
     try:
         results = run_interleaved(jobs, cfg.verbose)

@@ -20,16 +20,13 @@ whole; the result is compared with the files' values read by h5py.
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._common import Config, Job, Row, Timing, import_refstore, run_interleaved
+from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
 
 FSSPEC = "fsspec RFS + FsspecStore (flat)"
 REF_VIRTUAL = "refstore.ReferenceStore (virtual)"
@@ -134,75 +131,19 @@ def _read_h5(paths: list[Path]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _refstore_reader(manifest: Path) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        import zarr
-
-        refstore = import_refstore()
-        assert refstore is not None
-        return zarr.open_group(refstore.ReferenceStore(str(manifest)), mode="r")["tas"][:]
-
-    return read
-
-
-def _fsspec_reader(manifest: Path) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        import zarr
-        from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
-        from zarr.storage import FsspecStore
-
-        fs = FsspecRFS(fo=str(manifest), remote_protocol="file", remote_options={"asynchronous": True},
-                       asynchronous=True)
-        return zarr.open_group(FsspecStore(fs, read_only=True), mode="r")["tas"][:]
-
-    return read
-
-
-class _CpuTimed:
-    """Wraps a job's function to record the process CPU time (all threads) of each call.
-
-    CPU time is steadier than wall time on a shared machine, and shows work that
-    threads hide (decoding runs in zarr's thread pool).
-    """
-
-    def __init__(self, fn: Callable[[], np.ndarray]) -> None:
-        self.fn = fn
-        self.times: list[float] = []
-
-    def __call__(self) -> np.ndarray:
-        t0 = time.process_time()
-        try:
-            return self.fn()
-        finally:
-            self.times.append(time.process_time() - t0)
-
-    @property
-    def median(self) -> float | None:
-        """Median CPU seconds of the timed calls (the warm-up call excluded)."""
-        return statistics.median(self.times[1:]) if len(self.times) > 1 else None
-
-
-def _checker(expected: np.ndarray) -> Callable[[Any], None]:
-    def check(value: Any) -> None:
-        if value.shape != expected.shape or not np.array_equal(value, expected):
-            raise AssertionError("read returned wrong data")
-
-    return check
-
-
 def run(name: str, cfg: Config) -> list[Row]:
     """Run scenario ``name`` (``virtual_aligned`` or ``virtual_misaligned``) and return its rows."""
     s = sizes(name, cfg.quick)
     paths = make_files(cfg.cache_dir, s)
     expected = _read_h5(paths)
-    check = _checker(expected)
-    fns = {H5PY: _CpuTimed(lambda: _read_h5(paths))}
+    check = array_checker(expected)
+    fns = {H5PY: CpuTimed(lambda: _read_h5(paths))}
     if import_refstore() is not None:
         virtual, flat = manifests(paths, s)
-        fns[REF_VIRTUAL] = _CpuTimed(_refstore_reader(virtual))
+        fns[REF_VIRTUAL] = CpuTimed(refstore_reader(str(virtual), "tas"))
         if flat is not None:
-            fns[REF_FLAT] = _CpuTimed(_refstore_reader(flat))
-            fns[FSSPEC] = _CpuTimed(_fsspec_reader(flat))
+            fns[REF_FLAT] = CpuTimed(refstore_reader(str(flat), "tas"))
+            fns[FSSPEC] = CpuTimed(fsspec_reader(str(flat), "tas"))
     for fn in fns.values():  # warm up: imports, zarr's loop, the OS page cache; untimed
         check(fn())
     results = run_interleaved([Job(label, fn, check, cfg.repeat) for label, fn in fns.items()], cfg.verbose)
