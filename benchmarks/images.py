@@ -57,6 +57,7 @@ _EXT = {"png": "png", "jpeg": "jpg"}
 
 LIMIT = "imagecodecs, 2 threads"
 MEMORY = "zarr MemoryStore"
+MEMORY_FUSED = "zarr MemoryStore, FusedCodecPipeline"
 REF = "refstore.ReferenceStore"
 REF_FUSED = "refstore.ReferenceStore, FusedCodecPipeline"
 REF_V2 = "refstore.ReferenceStore, v2 + imagecodecs_{fmt}"
@@ -184,8 +185,9 @@ def _limit(ts: TileSet, pool: ThreadPoolExecutor) -> Callable[[], np.ndarray]:
     return run
 
 
-def _memory_store(ts: TileSet, manifest: Any) -> Callable[[], np.ndarray]:
-    """The same files as chunks of the same ``refstore.image`` array in a zarr MemoryStore."""
+def _memory_store(ts: TileSet, manifest: Any, config: dict[str, Any] | None = None) -> Callable[[], np.ndarray]:
+    """The same files as chunks of the same ``refstore.image`` array in a zarr MemoryStore,
+    optionally under a zarr config."""
     import zarr
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore
@@ -196,7 +198,12 @@ def _memory_store(ts: TileSet, manifest: Any) -> Callable[[], np.ndarray]:
         with open(path, "rb") as f:
             data[f"image/c/{r}/{c}/0"] = buf.from_bytes(f.read())
     store = MemoryStore(data, read_only=True)
-    return lambda: zarr.open_array(store=store, path="image", mode="r")[:]
+
+    def run() -> np.ndarray:
+        with zarr.config.set(config or {}):
+            return zarr.open_array(store=store, path="image", mode="r")[:]
+
+    return run
 
 
 def _refstore(manifest: Any, config: dict[str, Any] | None = None) -> Callable[[], np.ndarray]:
@@ -209,10 +216,8 @@ def _refstore(manifest: Any, config: dict[str, Any] | None = None) -> Callable[[
     def run() -> np.ndarray:
         store = refstore.ReferenceStore(manifest)
         try:
-            if config:
-                with zarr.config.set(config):
-                    return zarr.open_array(store=store, path="image", mode="r")[:]
-            return zarr.open_array(store=store, path="image", mode="r")[:]
+            with zarr.config.set(config or {}):
+                return zarr.open_array(store=store, path="image", mode="r")[:]
         finally:
             store.close()
 
@@ -284,6 +289,7 @@ def run(name: str, cfg: Config) -> list[Row]:
         fns[MEMORY] = _memory_store(ts, manifest)
         fns[REF] = _refstore(manifest)
         if _has_fused():
+            fns[MEMORY_FUSED] = _memory_store(ts, manifest, {"codec_pipeline.path": FUSED_PATH})
             fns[REF_FUSED] = _refstore(manifest, {"codec_pipeline.path": FUSED_PATH})
         fns[REF_V2.format(fmt=fmt)] = refstore_reader(refs)
     fns[FSSPEC.format(fmt=fmt)] = fsspec_reader(refs)
@@ -370,6 +376,10 @@ def _rows(
         if t is not None:
             rows.append(Row(name, label, "s", t.median, fs.median if fs else None, lim.median, LIMIT,
                             note=err(t), group=name))
+        mem_fused = results.get(MEMORY_FUSED)
+        if label == REF_FUSED and t is not None and mem_fused is not None:
+            rows.append(Row(name, label, "s", t.median, fs.median if fs else None, mem_fused.median,
+                            MEMORY_FUSED + " (same files)", note=err(mem_fused), group=name))
     for label in (TIFF1, TIFF2):
         t = results[label]
         rows.append(Row(name, label, "s", t.median, None, lim.median, LIMIT, note=err(t), group=name))

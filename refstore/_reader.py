@@ -7,10 +7,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import fsspec.asyn
+
 from refstore.errors import KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
 from refstore.fetch import Fetcher, URLPolicy, split_url
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
+from refstore.manifest._lazy import LazyParquetManifest
 
 _FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
 
@@ -94,6 +97,7 @@ class Reader:
             check_url=self.policy.check,
         )
         self._resolved: dict[str | None, str] = {}
+        self._in_thread: tuple[int, bool] | None = None  # (manifest generation, answer)
 
     def _protocols_in_manifest(self) -> set[str]:
         return {split_url(u)[0] for u in self.manifest._urls if u and "://" in u}
@@ -177,6 +181,64 @@ class Reader:
             raise result
         return result
 
+    def read_sync(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """:meth:`read` for a thread without a running event loop.
+
+        Local files are read in the calling thread, anything else on fsspec's IO
+        loop (:meth:`Fetcher.get_sync`). Raises as :meth:`read`.
+        """
+        plan = self._plan(key, start, end)
+        if plan is None:  # a suffix of an object of unknown size: ask for the size first
+            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.read, key, start, end)
+        if isinstance(plan, bytes):
+            return plan
+        url, lo, hi, exact = plan
+        try:
+            return self.fetcher.get_sync(url, lo, hi, exact)
+        except Exception as exc:
+            err = _wrap(exc, key, url)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def reads_in_thread(self) -> bool:
+        """Whether every reference targets a plain local file, so :meth:`read_sync` never hops threads.
+
+        Decided from the manifest's URL table (again after each edit); a lazy
+        parquet manifest, whose table is not all in memory, answers False.
+        """
+        manifest = self.manifest
+        if isinstance(manifest, LazyParquetManifest):
+            return False
+        if self._in_thread is None or self._in_thread[0] != manifest._generation:
+            urls = set(manifest._urls)
+            if None in urls:
+                urls.discard(None)
+                urls.add(self.target or "")
+            bare = any("://" not in u for u in urls)
+            local = self.fetcher.reads_in_thread("") and not (bare and self._default != "file")
+            local = local and all(self.fetcher.reads_in_thread(u) for u in urls if "://" in u)
+            self._in_thread = (manifest._generation, local)
+        return self._in_thread[1]
+
+    def _plan(self, key: str, start: int | None, end: int | None) -> bytes | tuple[str, int, int | None, bool] | None:
+        """What reading ``[start, end)`` of *key* takes: its bytes if inline, else
+        ``(url, lo, hi, exact)`` for the fetcher; None if the size of the target must be
+        asked first (a negative position in a whole-object reference).
+
+        Raises
+        ------
+        KeyNotInManifest, URLNotAllowed, ManifestError
+            As :meth:`read`.
+        """
+        entry = self.entry(key)
+        if isinstance(entry, bytes):
+            return entry[_slice(start, end, len(entry))]
+        url = self.resolve_url(entry.url, key)
+        if entry.length is None and ((start or 0) < 0 or (end or 0) < 0):
+            return None
+        return (url, *_absolute(entry, start, end), entry.length is not None)
+
     async def read_many(self, requests: Sequence[KeyRange]) -> list[bytes | BaseException]:
         """Read many key ranges at once (merged per URL); each result is bytes or the exception."""
         results: list[bytes | BaseException] = [b""] * len(requests)
@@ -185,22 +247,20 @@ class Reader:
         where: list[tuple[int, str, str]] = []
         for i, (key, start, end) in enumerate(requests):
             try:
-                entry = self.entry(key)
-                if isinstance(entry, bytes):
-                    results[i] = entry[_slice(start, end, len(entry))]
-                    continue
-                url = self.resolve_url(entry.url, key)
-                if entry.length is None and ((start or 0) < 0 or (end or 0) < 0):
-                    size = await self.size(key)
-                    ref = Reference(entry.url, entry.offset, size)
-                else:
-                    ref = entry
-                lo, hi = _absolute(ref, start, end)
+                plan = self._plan(key, start, end)
+                if plan is None:
+                    entry = self.entry(key)
+                    ref = Reference(entry.url, entry.offset, await self.size(key))
+                    plan = (self.resolve_url(entry.url, key), *_absolute(ref, start, end), True)
             except (KeyNotInManifest, URLNotAllowed, ManifestError, ReferenceNotReachable) as exc:
                 results[i] = exc
                 continue
+            if isinstance(plan, bytes):
+                results[i] = plan
+                continue
+            url, lo, hi, is_exact = plan
             fetches.append((url, lo, hi))
-            exact.append(ref.length is not None)
+            exact.append(is_exact)
             where.append((i, key, url))
         if fetches:
             got = await self.fetcher.get_many(fetches, exact) if len(fetches) > 1 else [

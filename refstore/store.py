@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
+import fsspec.asyn
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 
 from refstore._reader import Reader
@@ -118,6 +119,36 @@ class ReferenceStore(Store):
             return None
         return prototype.buffer.from_bytes(data)
 
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """:meth:`get` without an event loop (zarr's ``SupportsGetSync``), for threads.
+
+        Local targets are read in the calling thread; remote targets and virtual
+        arrays are read on fsspec's IO loop. Returns and raises as :meth:`get`.
+        """
+        prototype = prototype or _default_prototype()
+        if self._virtual is not None:
+            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.get, key, prototype, byte_range)
+        self._is_open = True  # opening a ReferenceStore has nothing to wait for
+        try:
+            data = self._reader.read_sync(key, *_to_range(byte_range))
+        except KeyNotInManifest:
+            return None
+        return prototype.buffer.from_bytes(data)
+
+    @property
+    def _supports_sync_io(self) -> bool:
+        """Whether zarr should read this store through :meth:`get_sync` in its worker threads.
+
+        True when every reference targets a local file and there are no virtual
+        arrays: then a sync read costs no thread hop, and zarr's
+        ``FusedCodecPipeline`` fetches and decodes each chunk in one worker
+        thread. Remote reads stay on the async path, where many requests are in
+        flight at once rather than one per worker thread.
+        """
+        return self._virtual is None and self._reader.reads_in_thread()
+
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
@@ -154,6 +185,10 @@ class ReferenceStore(Store):
 
     async def set(self, key: str, value: Buffer) -> None:
         # docstring inherited
+        self.set_sync(key, value)
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        """:meth:`set` without an event loop (zarr's ``SupportsSetSync``)."""
         self._check_writable()
         if not isinstance(value, _buffer_type()):
             raise TypeError(f"ReferenceStore.set(): `value` must be a Buffer instance. Got an instance of {type(value)} instead.")
@@ -162,6 +197,10 @@ class ReferenceStore(Store):
 
     async def delete(self, key: str) -> None:
         # docstring inherited
+        self.delete_sync(key)
+
+    def delete_sync(self, key: str) -> None:
+        """:meth:`delete` without an event loop (zarr's ``SupportsDeleteSync``)."""
         self._check_writable()
         try:
             self.manifest.delete(key)
@@ -206,3 +245,9 @@ def _buffer_type() -> type:
     from zarr.core.buffer import Buffer
 
     return Buffer
+
+
+def _default_prototype() -> BufferPrototype:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import fsspec.asyn
 
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
@@ -85,10 +88,14 @@ class _Batch:
         """Cut request *i* out of *data* (which begins at *data_start*); check its length if exact."""
         _, s, e = self.requests[i]
         piece = cut(data, data_start, s, e)
-        if self.exact[i] and e is not None and len(piece) != e - s:
-            self.set(i, ShortRead(f"{url} has {len(piece)} bytes at offset {s}, the reference needs {e - s}"))
-        else:
-            self.set(i, piece)
+        self.set(i, _checked(url, piece, s, e) if self.exact[i] else piece)
+
+
+def _checked(url: str, data: bytes, start: int, end: int | None) -> bytes | ShortRead:
+    """*data* if it has the ``end - start`` bytes a reference promised, else a `ShortRead`."""
+    if end is not None and len(data) != end - start:
+        return ShortRead(f"{url} has {len(data)} bytes at offset {start}, the reference needs {end - start}")
+    return data
 
 
 class Fetcher:
@@ -139,16 +146,20 @@ class Fetcher:
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
+        # one LocalTarget for every loop and thread: descriptors are not tied to a loop
+        self._local: LocalTarget | None = None
+        self._local_lock = threading.Lock()
         _LIVE.add(self)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_states"] = None
+        state["_states"] = state["_local"] = state["_local_lock"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._states = weakref.WeakKeyDictionary()
+        self._local_lock = threading.Lock()
         _LIVE.add(self)
 
     # -- per-loop state -------------------------------------------------------------------
@@ -164,15 +175,29 @@ class Fetcher:
             )
         return state
 
+    def reads_in_thread(self, url: str) -> bool:
+        """Whether *url* is a plain local file, which :meth:`get_sync` reads in the calling thread.
+
+        False when the ``file`` protocol was given options or a filesystem of its own.
+        """
+        protocol = split_url(url)[0]
+        return protocol == "file" and not self.options.get("file") and "file" not in self.filesystems
+
+    def _local_target(self) -> LocalTarget:
+        with self._local_lock:
+            if self._local is None:
+                self._local = LocalTarget()
+            return self._local
+
     def _target(self, protocol: str) -> Any:
+        if protocol == "file" and self.reads_in_thread(protocol + "://"):
+            return self._local_target()
         state = self._state()
         target = state.targets.get(protocol)
         if target is None:
             opts = self.options.get(protocol, {})
             given = self.filesystems.get(protocol)
-            if given is None and protocol == "file" and not opts:
-                target = LocalTarget()
-            elif given is None and protocol in ("http", "https"):
+            if given is None and protocol in ("http", "https"):
                 target = HTTPTarget(opts, self.check_url)
             else:
                 target = FsspecTarget(protocol, opts, given)
@@ -180,10 +205,17 @@ class Fetcher:
         return target
 
     async def close(self) -> None:
-        """Close the sessions and files opened in the running loop."""
+        """Close the sessions opened in the running loop, and the local files."""
+        self._close_local()
         state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
             await _close_state(state)
+
+    def _close_local(self) -> None:
+        with self._local_lock:
+            local, self._local = self._local, None
+        if local is not None:
+            local.close_sync()
 
     def close_all(self, timeout: float = 10.0) -> None:
         """Close the sessions of every event loop this fetcher has read in, from any thread.
@@ -192,6 +224,7 @@ class Fetcher:
         loop is run until they are closed; in the calling thread's own running
         loop the closing is scheduled. Targets are made again on the next read.
         """
+        self._close_local()
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
@@ -215,6 +248,27 @@ class Fetcher:
                     coro.close()
 
     # -- reading --------------------------------------------------------------------------
+
+    def get_sync(self, url: str, start: int, end: int | None, exact: bool = False) -> bytes:
+        """Read ``[start, end)`` of *url* from a thread without a running event loop.
+
+        A plain local file (:meth:`reads_in_thread`) is read in the calling
+        thread. Any other URL is read by :meth:`get` on fsspec's IO loop, so it
+        is batched with the other threads' requests of the same tick.
+
+        Raises
+        ------
+        FileNotFoundError, ShortRead, OSError
+            As :meth:`get`.
+        RuntimeError
+            If a remote URL is read from the thread of fsspec's IO loop.
+        """
+        if not self.reads_in_thread(url):
+            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.get, url, start, end, exact)
+        data = self._local_target().read_sync(split_url(url)[1], [(start, end)])[0]
+        if exact and not isinstance(result := _checked(url, data, start, end), bytes):
+            raise result
+        return data
 
     async def get(self, url: str, start: int, end: int | None, exact: bool = False) -> bytes:
         """Read ``[start, end)`` of *url*, batched with other requests of this tick.

@@ -35,55 +35,98 @@ class LocalTarget:
     Each batch of spans of one file is read in one worker thread, so a merged
     or batched read costs one thread hop, not one per chunk; a batch of at most
     256 KiB (an image tile, a compressed chunk) is read in the event loop
-    itself, since a page-cache read is cheaper than the hop.
+    itself, since a page-cache read is cheaper than the hop. :meth:`read_sync`
+    reads in the calling thread; every method is safe from any thread.
+
+    A descriptor evicted from the LRU (or closed) while a read uses it is closed
+    when that read ends, never under it: a closed and reused descriptor number
+    would otherwise read another file's bytes.
     """
 
     def __init__(self, max_open: int = 128) -> None:
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._busy: dict[int, int] = {}  # descriptor -> reads using it
+        self._doomed: set[int] = set()  # evicted while busy: closed by the last reader
         self._lock = threading.Lock()
         self._max_open = max_open
 
-    def _fd(self, path: str) -> int:
+    def _acquire(self, path: str) -> int:
         with self._lock:
             fd = self._fds.get(path)
             if fd is not None:
                 self._fds.move_to_end(path)
+                self._busy[fd] = self._busy.get(fd, 0) + 1
                 return fd
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         with self._lock:
             if path in self._fds:  # another thread opened it meanwhile
                 os.close(fd)
-                return self._fds[path]
-            self._fds[path] = fd
-            while len(self._fds) > self._max_open:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-        return fd
+                fd = self._fds[path]
+            else:
+                self._fds[path] = fd
+                while len(self._fds) > self._max_open:
+                    self._drop(self._fds.popitem(last=False)[1])
+            self._busy[fd] = self._busy.get(fd, 0) + 1
+            return fd
 
-    def _read_sync(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
-        fd = self._fd(path)
-        out = []
-        for start, end in spans:
-            size = (os.fstat(fd).st_size - start) if end is None else end - start
-            out.append(os.pread(fd, max(size, 0), start) if size > 0 else b"")
-        return out
+    def _release(self, fd: int) -> None:
+        with self._lock:
+            left = self._busy[fd] - 1
+            if left:
+                self._busy[fd] = left
+                return
+            del self._busy[fd]
+            if fd in self._doomed:
+                self._doomed.discard(fd)
+                os.close(fd)
+
+    def _drop(self, fd: int) -> None:
+        """Close *fd* now, or when its last read ends (called with the lock held)."""
+        if fd in self._busy:
+            self._doomed.add(fd)
+        else:
+            os.close(fd)
+
+    def read_sync(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        """Read *spans* of the file at *path* in the calling thread.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        OSError
+            For any other failure to open or read it.
+        """
+        fd = self._acquire(path)
+        try:
+            out = []
+            for start, end in spans:
+                size = (os.fstat(fd).st_size - start) if end is None else end - start
+                out.append(os.pread(fd, max(size, 0), start) if size > 0 else b"")
+            return out
+        finally:
+            self._release(fd)
 
     async def read(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         if all(e is not None for _, e in spans) and (
             sum(e - s for s, e in spans if e is not None) <= _INLINE_BYTES
         ):
             # a small read costs less than the hop to a worker thread
-            return self._read_sync(path, spans)
-        return await asyncio.to_thread(self._read_sync, path, spans)
+            return self.read_sync(path, spans)
+        return await asyncio.to_thread(self.read_sync, path, spans)
 
     async def size(self, path: str) -> int:
         return (await asyncio.to_thread(os.stat, path)).st_size
 
     async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
+        """Close every descriptor (those in use when their reads end)."""
         with self._lock:
             fds, self._fds = list(self._fds.values()), OrderedDict()
-        for fd in fds:
-            os.close(fd)
+            for fd in fds:
+                self._drop(fd)
 
 
 class HTTPTarget:

@@ -1,0 +1,182 @@
+"""ReferenceStore's synchronous surface (zarr's ``SupportsSyncStore``): ``get_sync`` on every
+backend, zarr's ``FusedCodecPipeline`` reading through it, and local descriptors under threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import zarr
+from _datasets import kerchunk_refs
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+import refstore
+from refstore import ReferenceNotReachable, ReferenceStore, URLNotAllowed, URLPolicy
+from refstore.fetch._targets import LocalTarget
+
+PROTO = default_buffer_prototype()
+RANGES = (None, RangeByteRequest(1, 5), OffsetByteRequest(3), SuffixByteRequest(4), RangeByteRequest(2, 10**9))
+FUSED = "zarr.core.codec_pipeline.FusedCodecPipeline"
+
+
+def _has_fused() -> bool:
+    from zarr.core import codec_pipeline
+
+    return hasattr(codec_pipeline, "FusedCodecPipeline")
+
+
+needs_fused = pytest.mark.skipif(not _has_fused(), reason="zarr < 3.2 has no FusedCodecPipeline")
+
+
+class CountingStore(ReferenceStore):
+    """Counts the reads that take the sync and the async route."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.calls: Counter[str] = Counter()
+        super().__init__(*args, **kwargs)
+
+    def get_sync(self, key, *, prototype=None, byte_range=None):
+        self.calls["sync"] += 1
+        return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+
+    async def get(self, key, prototype, byte_range=None):
+        self.calls["async"] += 1
+        return await super().get(key, prototype, byte_range)
+
+
+def test_get_sync_matches_get_on_every_backend(remote, hdf5_path) -> None:
+    store = ReferenceStore(kerchunk_refs(hdf5_path, remote.upload(hdf5_path)), remote_options=remote.storage_options)
+    keys = [k for k in store.manifest.keys() if not k.endswith((".zarray", ".zattrs", ".zgroup"))]
+    assert len(keys) > 5
+    for key in keys:
+        for byte_range in RANGES:
+            want = sync(store.get(key, PROTO, byte_range))
+            got = store.get_sync(key, prototype=PROTO, byte_range=byte_range)
+            assert got is not None and want is not None
+            assert got.to_bytes() == want.to_bytes(), (key, byte_range)
+    assert store.get_sync("no/such/key") is None
+    # only local targets are worth zarr's sync path (see ReferenceStore._supports_sync_io)
+    assert store._supports_sync_io is (remote.kind == "local")
+    store.close()
+
+
+def test_get_sync_errors_name_key_and_url(tmp_path: Path, http) -> None:
+    short = tmp_path / "short.bin"
+    short.write_bytes(b"12345")
+    missing = tmp_path / "gone.bin"
+    refs = {
+        "short": [str(short), 0, 10],
+        "gone": [str(missing), 0, 4],
+        "http_gone": [f"{http.url}/nothing-here.bin", 0, 4],
+        "inline": "base64:AAEC",
+    }
+    store = ReferenceStore(refs)
+    for key, url in (("short", str(short)), ("gone", str(missing)), ("http_gone", "nothing-here.bin")):
+        with pytest.raises(ReferenceNotReachable) as err:
+            store.get_sync(key)
+        assert key in str(err.value) and url in str(err.value)
+    assert store.get_sync("inline").to_bytes() == b"\x00\x01\x02"
+    assert store.get_sync("inline", byte_range=SuffixByteRequest(2)).to_bytes() == b"\x01\x02"
+
+    fenced = ReferenceStore({"a": [str(short), 0, 2]}, url_policy=URLPolicy(allow_local=False))
+    with pytest.raises(URLNotAllowed):
+        fenced.get_sync("a")
+
+
+def test_supports_sync_io_follows_edits_and_options(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(32)))
+    store = ReferenceStore({"a": [str(path), 0, 8]}, read_only=False)
+    assert store._supports_sync_io
+    store.manifest.set("b", refstore.Reference("http://example.invalid/x.bin", 0, 8))
+    assert not store._supports_sync_io
+    store.delete_sync("b")
+    assert not store._supports_sync_io  # the URL table keeps the URL; the answer stays conservative
+    # file:// URLs with options of their own go through fsspec, not the thread-local reader
+    opts = ReferenceStore({"a": [f"file://{path}", 0, 8]}, fs={"file": {"auto_mkdir": True}})
+    assert not opts._supports_sync_io
+    assert opts.get_sync("a").to_bytes() == bytes(range(8))
+
+
+def _write_tiles(root: Path, shape: tuple[int, int], tile: int, fmt: str) -> tuple[str, np.ndarray]:
+    """Cut a random RGB image into tile files (edge tiles smaller) and return the glob and the image."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+    encode = {"png": imagecodecs.png_encode, "jpg": lambda a: imagecodecs.jpeg_encode(a, level=90)}[fmt]
+    for r in range(0, shape[0], tile):
+        for c in range(0, shape[1], tile):
+            (root / f"t_{r // tile}_{c // tile}.{fmt}").write_bytes(encode(image[r : r + tile, c : c + tile]))
+    return str(root / f"t_*.{fmt}"), image
+
+
+@needs_fused
+def test_fused_pipeline_reads_local_tiles_through_get_sync(tmp_path: Path) -> None:
+    pattern, image = _write_tiles(tmp_path, (300, 200), 64, "png")
+    manifest = refstore.build.images(pattern, r"t_(?P<row>\d+)_(?P<col>\d+)\.png", mosaic=True, show_progress=False)
+    store = CountingStore(manifest)
+    with zarr.config.set({"codec_pipeline.path": FUSED}):
+        arr = zarr.open_array(store, path="image", mode="r")
+        np.testing.assert_array_equal(arr[:], image)
+        np.testing.assert_array_equal(arr[70:130, 10:199], image[70:130, 10:199])
+    assert store.calls["sync"] == 5 * 4 + 2 * 4  # every chunk of both reads, none via async get
+
+
+@needs_fused
+def test_fused_pipeline_over_http_keeps_the_async_path(tmp_path: Path, http) -> None:
+    pattern, image = _write_tiles(tmp_path, (130, 70), 64, "png")
+    base = http.serve(tmp_path, "fused-tiles")
+    manifest = refstore.build.images(pattern, r"t_(?P<row>\d+)_(?P<col>\d+)\.png", mosaic=True, show_progress=False)
+    for key, ref in list(manifest.items()):
+        if isinstance(ref, refstore.Reference):
+            manifest.set(key, refstore.Reference(ref.url.replace(str(tmp_path), base), ref.offset, ref.length))
+    store = CountingStore(manifest)
+    with zarr.config.set({"codec_pipeline.path": FUSED}):
+        np.testing.assert_array_equal(zarr.open_array(store, path="image", mode="r")[:], image)
+    assert store.calls["sync"] == 0 and store.calls["async"] >= 3 * 2
+
+
+def test_local_descriptor_is_not_closed_under_a_read(tmp_path: Path) -> None:
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(bytes([i]) * 100)
+    target = LocalTarget(max_open=1)
+    fd = target._acquire(str(files[0]))
+    target.read_sync(str(files[1]), [(0, 4)])  # evicts f0 from the LRU while it is in use
+    # had f0's descriptor been closed, a newly opened file could reuse its number
+    target.read_sync(str(files[2]), [(0, 4)])
+    assert os.pread(fd, 4, 0) == b"\x00" * 4
+    target._release(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed by its last reader
+
+
+def test_local_reads_from_many_threads_get_their_own_bytes(tmp_path: Path) -> None:
+    paths = []
+    for i in range(40):
+        paths.append(str(tmp_path / f"f{i}"))
+        Path(paths[-1]).write_bytes(i.to_bytes(2, "big") * 4096)
+    target = LocalTarget(max_open=3)
+    barrier = threading.Barrier(8)
+
+    def hammer(seed: int) -> int:
+        order = np.random.default_rng(seed).integers(0, len(paths), 400)
+        barrier.wait()
+        bad = 0
+        for i in order:
+            (data,) = target.read_sync(paths[i], [(0, 8192)])
+            bad += data != int(i).to_bytes(2, "big") * 4096
+        return bad
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(hammer, range(8))) == 0
+    target.close_sync()
+    assert not target._busy and not target._doomed
