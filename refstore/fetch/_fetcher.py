@@ -149,7 +149,12 @@ class Fetcher:
         # one LocalTarget for every loop and thread: descriptors are not tied to a loop
         self._local: LocalTarget | None = None
         self._local_lock = threading.Lock()
+        self._watch()
+
+    def _watch(self) -> None:
         _LIVE.add(self)
+        # a fetcher dropped without close() still closes its sessions in their loops
+        weakref.finalize(self, _close_soon, self._states)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -160,7 +165,7 @@ class Fetcher:
         self.__dict__.update(state)
         self._states = weakref.WeakKeyDictionary()
         self._local_lock = threading.Lock()
-        _LIVE.add(self)
+        self._watch()
 
     # -- per-loop state -------------------------------------------------------------------
 
@@ -469,6 +474,25 @@ class Fetcher:
         protocol, rest = split_url(url)
         target = self._target(protocol)
         return await target.size(rest if isinstance(target, LocalTarget) else url)
+
+
+def _close_soon(states: Mapping[asyncio.AbstractEventLoop, _LoopState]) -> None:
+    """Schedule the closing of *states* in their loops without waiting (a finalizer may run in any thread)."""
+    try:
+        current = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    for loop, state in list(states.items()):
+        if loop.is_closed() or not (loop is current or loop.is_running()):
+            continue
+        coro = _close_state(state)
+        try:
+            if loop is current:
+                loop.create_task(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop shut down meanwhile
+            coro.close()
 
 
 async def _close_state(state: _LoopState) -> None:

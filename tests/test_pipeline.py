@@ -1,0 +1,145 @@
+"""``refstore.pipeline.ThreadedCodecPipeline`` on every zarr version: same results as zarr's
+default pipeline, chunks read through ``get_sync`` where the store allows it, the async
+path everywhere else."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import GzipCodec, TransposeCodec
+
+import refstore
+from refstore import ReferenceStore
+from refstore.pipeline import ThreadedCodecPipeline
+
+PATH = "refstore.pipeline.ThreadedCodecPipeline"
+
+
+def _is_chunk(key: str) -> bool:
+    """Not metadata: zarr.json, nor the v2 keys (.zarray, ...) zarr probes when opening."""
+    name = key.rpartition("/")[2]
+    return name != "zarr.json" and not name.startswith(".")
+
+
+class CountingStore(ReferenceStore):
+    """Counts the chunk reads (metadata aside) that take the sync and the async route."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.calls: Counter[str] = Counter()
+        super().__init__(*args, **kwargs)
+
+    def get_sync(self, key, *, prototype=None, byte_range=None):
+        self.calls["sync"] += _is_chunk(key)
+        return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+
+    async def get(self, key, prototype, byte_range=None):
+        self.calls["async"] += _is_chunk(key)
+        return await super().get(key, prototype, byte_range)
+
+
+def _tiles(root: Path, shape: tuple[int, int], tile: int) -> tuple[str, np.ndarray]:
+    image = np.random.default_rng(5).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    for r in range(0, shape[0], tile):
+        for c in range(0, shape[1], tile):
+            (root / f"t_{r // tile}_{c // tile}.png").write_bytes(
+                imagecodecs.png_encode(image[r : r + tile, c : c + tile])
+            )
+    return str(root / "t_*.png"), image
+
+
+def _images(pattern: str) -> refstore.Manifest:
+    return refstore.build.images(pattern, r"t_(?P<row>\d+)_(?P<col>\d+)\.png", mosaic=True, show_progress=False)
+
+
+def test_registered_with_zarr_by_its_path() -> None:
+    from zarr.registry import get_pipeline_class
+
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        assert get_pipeline_class() is ThreadedCodecPipeline
+
+
+def test_image_tiles_read_in_threads(tmp_path: Path) -> None:
+    pattern, image = _tiles(tmp_path, (200, 150), 64)
+    store = CountingStore(_images(pattern))
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        arr = zarr.open_array(store, path="image", mode="r")
+        np.testing.assert_array_equal(arr[:], image)
+        np.testing.assert_array_equal(arr[65:130, 3, 1], image[65:130, 3, 1])  # drops two axes
+    assert store.calls["sync"] == 4 * 3 + 2 and store.calls["async"] == 0
+
+
+def test_missing_tile_reads_as_fill(tmp_path: Path) -> None:
+    pattern, image = _tiles(tmp_path, (128, 128), 64)
+    (tmp_path / "t_1_0.png").unlink()
+    manifest = refstore.build.images(
+        [str(p) for p in sorted(tmp_path.glob("t_*.png"))], r"t_(?P<row>\d+)_(?P<col>\d+)\.png",
+        mosaic=True, show_progress=False,
+    )
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        got = zarr.open_array(CountingStore(manifest), path="image", mode="r")[:]
+    expected = image.copy()
+    expected[64:, :64] = 0
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_codec_chain_and_selections_match_default_pipeline() -> None:
+    """transpose (array->array) + bytes + gzip (bytes->bytes), edge chunks, a missing chunk."""
+    data = np.arange(37 * 23 * 5, dtype="<i4").reshape(37, 23, 5)
+    store = ReferenceStore({}, read_only=False)
+    arr = zarr.create_array(
+        store, name="a", shape=data.shape, chunks=(8, 6, 5), dtype="<i4", fill_value=-7,
+        filters=[TransposeCodec(order=(2, 0, 1))], compressors=[GzipCodec(level=1)],
+    )
+    arr[:] = data
+    store.manifest.delete("a/c/1/1/0")  # one chunk missing: reads as the fill value
+    expected = data.copy()
+    expected[8:16, 6:12, :] = -7
+    selections = [np.s_[:], np.s_[5:30, 2:20:3, 1], np.s_[36, :, 4], np.s_[[0, 9, 36], 5]]
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        reader = CountingStore(store.manifest)
+        threaded = zarr.open_array(reader, path="a", mode="r")
+        got = [threaded[sel] for sel in selections]
+    for sel, value in zip(selections, got):
+        np.testing.assert_array_equal(value, expected[sel], err_msg=str(sel))
+    assert reader.calls["sync"] == 5 * 4 + 4 * 3 + 4 + 3 and reader.calls["async"] == 0
+
+
+def test_writes_and_sharded_arrays_keep_working() -> None:
+    data = np.random.default_rng(2).standard_normal((40, 30)).astype("f4")
+    store = ReferenceStore({}, read_only=False)
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        arr = zarr.create_array(store, name="s", shape=data.shape, chunks=(5, 5), shards=(20, 15), dtype="f4")
+        arr[:] = data
+        arr[3:7, 4] = 1.5
+        data[3:7, 4] = 1.5
+        np.testing.assert_array_equal(zarr.open_array(store, path="s", mode="r")[:], data)
+        np.testing.assert_array_equal(zarr.open_array(store, path="s", mode="r")[11:33, 2:29], data[11:33, 2:29])
+
+
+def test_remote_references_stay_on_the_async_path(tmp_path: Path, http) -> None:
+    pattern, image = _tiles(tmp_path, (130, 70), 64)
+    base = http.serve(tmp_path, "threaded-tiles")
+    manifest = _images(pattern)
+    for key, ref in list(manifest.items()):
+        if isinstance(ref, refstore.Reference):
+            manifest.set(key, refstore.Reference(ref.url.replace(str(tmp_path), base), ref.offset, ref.length))
+    store = CountingStore(manifest)
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        np.testing.assert_array_equal(zarr.open_array(store, path="image", mode="r")[:], image)
+    assert store.calls["sync"] == 0 and store.calls["async"] >= 3 * 2
+
+
+def test_a_failing_chunk_raises_naming_key_and_file(tmp_path: Path) -> None:
+    pattern, _ = _tiles(tmp_path, (128, 128), 64)
+    manifest = _images(pattern)
+    (tmp_path / "t_0_1.png").unlink()
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        arr = zarr.open_array(ReferenceStore(manifest), path="image", mode="r")
+        with pytest.raises(refstore.ReferenceNotReachable, match="t_0_1.png") as err:
+            arr[:]
+    assert "image/c/0/1/0" in str(err.value)
