@@ -42,7 +42,7 @@ CODECS = {"decode_zstd": "zstd", "decode_gzip": "gzip"}
 LIMIT2 = "numcodecs, 2 threads"
 LIMIT1 = "numcodecs, 1 thread"
 FSSPEC = "fsspec RFS + FsspecStore"
-FUSED_PATH = "zarr.core.codec_pipeline.FusedCodecPipeline"
+THREADED_PATH = "refstore.pipeline.ThreadedCodecPipeline"
 BATCHED_PATH = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 
 
@@ -143,28 +143,22 @@ class Setting:
     values: dict[str, Any]
 
 
-def _has_fused() -> bool:
-    from zarr.core import codec_pipeline
-
-    return hasattr(codec_pipeline, "FusedCodecPipeline")
-
-
 def settings() -> list[Setting]:
-    """The zarr settings compared (the FusedCodecPipeline ones only where zarr has it)."""
+    """The zarr settings compared; refstore's ThreadedCodecPipeline is zarr's FusedCodecPipeline
+    where zarr has one, refstore's threaded reads otherwise."""
     out = [
         Setting("zarr defaults", {}),
         Setting("threading.max_workers=1", {"threading.max_workers": 1}),
         Setting("threading.max_workers=2", {"threading.max_workers": 2}),
         Setting("async.concurrency=1", {"async.concurrency": 1}),
     ]
-    if _has_fused():
-        out += [
-            Setting("FusedCodecPipeline", {"codec_pipeline.path": FUSED_PATH}),
-            Setting(
-                "FusedCodecPipeline, codec_pipeline.max_workers=1",
-                {"codec_pipeline.path": FUSED_PATH, "codec_pipeline.max_workers": 1},
-            ),
-        ]
+    out += [
+        Setting("ThreadedCodecPipeline", {"codec_pipeline.path": THREADED_PATH}),
+        Setting(
+            "ThreadedCodecPipeline, codec_pipeline.max_workers=1",
+            {"codec_pipeline.path": THREADED_PATH, "codec_pipeline.max_workers": 1},
+        ),
+    ]
     return out
 
 
@@ -172,9 +166,7 @@ def _baseline() -> dict[str, Any]:
     """The current values of every key any setting changes (restored between reads)."""
     import zarr
 
-    keys = {"threading.max_workers", "async.concurrency", "codec_pipeline.path"}
-    if _has_fused():
-        keys.add("codec_pipeline.max_workers")
+    keys = {"threading.max_workers", "async.concurrency", "codec_pipeline.path", "codec_pipeline.max_workers"}
     return {k: zarr.config.get(k, None) for k in sorted(keys)}
 
 

@@ -17,8 +17,10 @@ Implementations (see ``benchmarks/README.md`` for what each one exercises):
 * zarr ``MemoryStore`` holding the same files as chunks of the same
   ``refstore.image`` array: zarr's own floor for this codec and chunk count;
 * ``refstore.ReferenceStore`` over the ``refstore.build.images`` mosaic manifest
-  (zarr v3, ``refstore.image`` codec), with zarr's default settings and, on
-  zarr versions that have it, the opt-in ``FusedCodecPipeline``;
+  (zarr v3, ``refstore.image`` codec), with zarr's default settings and with
+  ``refstore.pipeline.ThreadedCodecPipeline`` (zarr's ``FusedCodecPipeline``
+  where zarr has it); there also a ``MemoryStore`` under ``FusedCodecPipeline``,
+  zarr's floor for that pipeline;
 * ``refstore.ReferenceStore`` over a kerchunk zarr v2 manifest whose compressor
   is imagecodecs' numcodecs codec (``imagecodecs_png`` / ``imagecodecs_jpeg``);
 * fsspec's own ``ReferenceFileSystem`` (asynchronous) + zarr ``FsspecStore``
@@ -59,12 +61,13 @@ LIMIT = "imagecodecs, 2 threads"
 MEMORY = "zarr MemoryStore"
 MEMORY_FUSED = "zarr MemoryStore, FusedCodecPipeline"
 REF = "refstore.ReferenceStore"
-REF_FUSED = "refstore.ReferenceStore, FusedCodecPipeline"
+REF_THREADED = "refstore.ReferenceStore, ThreadedCodecPipeline"
 REF_V2 = "refstore.ReferenceStore, v2 + imagecodecs_{fmt}"
 FSSPEC = "fsspec RFS + FsspecStore, v2 + imagecodecs_{fmt}"
 TIFF1 = "other: tifffile FileSequence.aszarr (ioworkers=1)"
 TIFF2 = "other: tifffile FileSequence.aszarr (ioworkers=2)"
 FUSED_PATH = "zarr.core.codec_pipeline.FusedCodecPipeline"
+THREADED_PATH = "refstore.pipeline.ThreadedCodecPipeline"
 
 
 # ------------------------------------------------------------------------ data
@@ -288,9 +291,9 @@ def run(name: str, cfg: Config) -> list[Row]:
         manifest = images(ts.glob, PATTERN, mosaic=True, show_progress=False)
         fns[MEMORY] = _memory_store(ts, manifest)
         fns[REF] = _refstore(manifest)
+        fns[REF_THREADED] = _refstore(manifest, {"codec_pipeline.path": THREADED_PATH})
         if _has_fused():
             fns[MEMORY_FUSED] = _memory_store(ts, manifest, {"codec_pipeline.path": FUSED_PATH})
-            fns[REF_FUSED] = _refstore(manifest, {"codec_pipeline.path": FUSED_PATH})
         fns[REF_V2.format(fmt=fmt)] = refstore_reader(refs)
     fns[FSSPEC.format(fmt=fmt)] = fsspec_reader(refs)
     fns[TIFF1] = _tifffile(ts, 1)
@@ -371,13 +374,13 @@ def _rows(
     if mem is not None:
         rows.append(Row(name, REF, "s", ref.median if ref else None, fs.median if fs else None, mem.median,
                         MEMORY + " (same files)", note=err(mem), group=name))
-    for label in (REF_FUSED, REF_V2.format(fmt=fmt)):
+    for label in (REF_THREADED, REF_V2.format(fmt=fmt)):
         t = results.get(label)
         if t is not None:
             rows.append(Row(name, label, "s", t.median, fs.median if fs else None, lim.median, LIMIT,
                             note=err(t), group=name))
         mem_fused = results.get(MEMORY_FUSED)
-        if label == REF_FUSED and t is not None and mem_fused is not None:
+        if label == REF_THREADED and t is not None and mem_fused is not None:
             rows.append(Row(name, label, "s", t.median, fs.median if fs else None, mem_fused.median,
                             MEMORY_FUSED + " (same files)", note=err(mem_fused), group=name))
     for label in (TIFF1, TIFF2):

@@ -41,9 +41,12 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, NDBuffer
     from zarr.core.indexing import SelectorTuple
 
+    # zarr's per-chunk read request: byte getter, chunk spec, chunk selection, output
+    # selection, whether the chunk is complete
+    ReadItem = tuple[ByteGetter, ArraySpec, SelectorTuple, SelectorTuple, bool]
+
 __all__ = ["ThreadedCodecPipeline"]
 
-ReadItem = tuple["ByteGetter", "ArraySpec", "SelectorTuple", "SelectorTuple", bool]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
