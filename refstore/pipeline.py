@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["ThreadedCodecPipeline"]
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its size
 _POOL_LOCK = threading.Lock()
 
 
@@ -65,10 +65,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     """The shared decode pool, made again larger if more workers are asked for."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
+        if _POOL is None or _POOL[1] < workers:
             # an older, smaller pool is left to finish what it runs and be collected
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="refstore-decode")
-        return _POOL
+            _POOL = (ThreadPoolExecutor(workers, thread_name_prefix="refstore-decode"), workers)
+        return _POOL[0]
 
 
 def _reads_sync(byte_getter: object) -> bool:

@@ -1,18 +1,16 @@
 """ReferenceStore's synchronous surface (zarr's ``SupportsSyncStore``): ``get_sync`` on every
-backend, zarr's ``FusedCodecPipeline`` reading through it, and local descriptors under threads."""
+backend, when zarr is told to use it, and local descriptors under threads (the pipelines that
+read through it: tests/test_pipeline.py)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import imagecodecs
 import numpy as np
 import pytest
-import zarr
 from _datasets import kerchunk_refs
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
@@ -24,32 +22,6 @@ from refstore.fetch._targets import LocalTarget
 
 PROTO = default_buffer_prototype()
 RANGES = (None, RangeByteRequest(1, 5), OffsetByteRequest(3), SuffixByteRequest(4), RangeByteRequest(2, 10**9))
-FUSED = "zarr.core.codec_pipeline.FusedCodecPipeline"
-
-
-def _has_fused() -> bool:
-    from zarr.core import codec_pipeline
-
-    return hasattr(codec_pipeline, "FusedCodecPipeline")
-
-
-needs_fused = pytest.mark.skipif(not _has_fused(), reason="zarr < 3.2 has no FusedCodecPipeline")
-
-
-class CountingStore(ReferenceStore):
-    """Counts the reads that take the sync and the async route."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.calls: Counter[str] = Counter()
-        super().__init__(*args, **kwargs)
-
-    def get_sync(self, key, *, prototype=None, byte_range=None):
-        self.calls["sync"] += 1
-        return super().get_sync(key, prototype=prototype, byte_range=byte_range)
-
-    async def get(self, key, prototype, byte_range=None):
-        self.calls["async"] += 1
-        return await super().get(key, prototype, byte_range)
 
 
 def test_get_sync_matches_get_on_every_backend(remote, hdf5_path) -> None:
@@ -104,43 +76,6 @@ def test_supports_sync_io_follows_edits_and_options(tmp_path: Path) -> None:
     opts = ReferenceStore({"a": [f"file://{path}", 0, 8]}, fs={"file": {"auto_mkdir": True}})
     assert not opts._supports_sync_io
     assert opts.get_sync("a").to_bytes() == bytes(range(8))
-
-
-def _write_tiles(root: Path, shape: tuple[int, int], tile: int, fmt: str) -> tuple[str, np.ndarray]:
-    """Cut a random RGB image into tile files (edge tiles smaller) and return the glob and the image."""
-    rng = np.random.default_rng(7)
-    image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
-    encode = {"png": imagecodecs.png_encode, "jpg": lambda a: imagecodecs.jpeg_encode(a, level=90)}[fmt]
-    for r in range(0, shape[0], tile):
-        for c in range(0, shape[1], tile):
-            (root / f"t_{r // tile}_{c // tile}.{fmt}").write_bytes(encode(image[r : r + tile, c : c + tile]))
-    return str(root / f"t_*.{fmt}"), image
-
-
-@needs_fused
-def test_fused_pipeline_reads_local_tiles_through_get_sync(tmp_path: Path) -> None:
-    pattern, image = _write_tiles(tmp_path, (300, 200), 64, "png")
-    manifest = refstore.build.images(pattern, r"t_(?P<row>\d+)_(?P<col>\d+)\.png", mosaic=True, show_progress=False)
-    store = CountingStore(manifest)
-    with zarr.config.set({"codec_pipeline.path": FUSED}):
-        arr = zarr.open_array(store, path="image", mode="r")
-        np.testing.assert_array_equal(arr[:], image)
-        np.testing.assert_array_equal(arr[70:130, 10:199], image[70:130, 10:199])
-    assert store.calls["sync"] == 5 * 4 + 2 * 4  # every chunk of both reads, none via async get
-
-
-@needs_fused
-def test_fused_pipeline_over_http_keeps_the_async_path(tmp_path: Path, http) -> None:
-    pattern, image = _write_tiles(tmp_path, (130, 70), 64, "png")
-    base = http.serve(tmp_path, "fused-tiles")
-    manifest = refstore.build.images(pattern, r"t_(?P<row>\d+)_(?P<col>\d+)\.png", mosaic=True, show_progress=False)
-    for key, ref in list(manifest.items()):
-        if isinstance(ref, refstore.Reference):
-            manifest.set(key, refstore.Reference(ref.url.replace(str(tmp_path), base), ref.offset, ref.length))
-    store = CountingStore(manifest)
-    with zarr.config.set({"codec_pipeline.path": FUSED}):
-        np.testing.assert_array_equal(zarr.open_array(store, path="image", mode="r")[:], image)
-    assert store.calls["sync"] == 0 and store.calls["async"] >= 3 * 2
 
 
 def test_local_descriptor_is_not_closed_under_a_read(tmp_path: Path) -> None:
