@@ -143,3 +143,14 @@ def test_a_failing_chunk_raises_naming_key_and_file(tmp_path: Path) -> None:
         with pytest.raises(refstore.ReferenceNotReachable, match="t_0_1.png") as err:
             arr[:]
     assert "image/c/0/1/0" in str(err.value)
+
+
+def test_kerchunk_v2_manifest_matches_h5py(hdf5_path) -> None:
+    """zarr v2 arrays (numcodecs compressors, inline chunks) from kerchunk read the same."""
+    from _datasets import HDF5_DATASETS, kerchunk_refs, read_hdf5
+
+    truth = read_hdf5(hdf5_path)
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        group = zarr.open_group(ReferenceStore(kerchunk_refs(hdf5_path, str(hdf5_path))), mode="r")
+        for name in HDF5_DATASETS:
+            np.testing.assert_array_equal(group[name][...], truth[name], err_msg=name)
