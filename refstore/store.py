@@ -125,7 +125,20 @@ class ReferenceStore(Store):
         """:meth:`get` without an event loop (zarr's ``SupportsGetSync``), for threads.
 
         Local targets are read in the calling thread; remote targets and virtual
-        arrays are read on fsspec's IO loop. Returns and raises as :meth:`get`.
+        arrays are read on fsspec's IO loop (so not from that loop's thread).
+
+        Returns
+        -------
+        Buffer or None
+            The bytes, or None for a key the manifest lacks (zarr fills it).
+
+        Raises
+        ------
+        ReferenceNotReachable
+            If the target cannot be read (missing file, HTTP error, fewer bytes
+            than the reference promises); the cause is chained.
+        URLNotAllowed
+            If the reference's URL is outside the URL policy.
         """
         prototype = prototype or _default_prototype()
         if self._virtual is not None:
@@ -142,8 +155,9 @@ class ReferenceStore(Store):
         """Whether zarr should read this store through :meth:`get_sync` in its worker threads.
 
         True when every reference targets a local file and there are no virtual
-        arrays: then a sync read costs no thread hop, and zarr's
-        ``FusedCodecPipeline`` fetches and decodes each chunk in one worker
+        arrays: then a sync read costs no thread hop, and
+        :class:`refstore.pipeline.ThreadedCodecPipeline` (zarr's
+        ``FusedCodecPipeline``) fetches and decodes each chunk in one worker
         thread. Remote reads stay on the async path, where many requests are in
         flight at once rather than one per worker thread.
         """
