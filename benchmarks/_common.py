@@ -8,7 +8,7 @@ import statistics
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -283,3 +283,65 @@ def array_checker(expected: Any) -> Callable[[Any], None]:
 
     return check
 
+
+# ---------------------------------------------------------------- CPU summaries
+def median_cpu(t: Timing | None) -> float | None:
+    """Median process CPU seconds over the repeats of a job timed with a ``CpuTimed`` ``after`` hook."""
+    vals = [v for v in (t.extra.get("after", []) if t else []) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def median_cores(t: Timing | None) -> float | None:
+    """Median over the repeats of CPU time / wall time (cores kept busy)."""
+    if t is None:
+        return None
+    cpus = t.extra.get("after", [])
+    vals = [c / w for c, w in zip(cpus, t.times) if c is not None and w]
+    return statistics.median(vals) if vals else None
+
+
+def cpu_summary(results: dict[str, Timing], limit: str) -> list[dict[str, Any]]:
+    """One entry per implementation: median wall and CPU seconds, CPU/wall, and ratio to *limit*."""
+    lim = results[limit].median
+    return [
+        {
+            "impl": label,
+            "wall_s": t.median,
+            "cpu_s": median_cpu(t),
+            "cpu_per_wall": median_cores(t),
+            "over_limit": t.median / lim if t.median is not None and lim else None,
+            "error": t.error,
+        }
+        for label, t in results.items()
+    ]
+
+
+def format_cpu_summary(summary: list[dict[str, Any]]) -> str:
+    """Aligned lines of a :func:`cpu_summary`: implementation, s, CPU s, CPU/wall, x limit."""
+    width = max(len(s["impl"]) for s in summary)
+    lines = [f"  {'implementation'.ljust(width)}  {'s':>7}  {'cpu s':>7}  {'cpu/s':>5}  {'x limit':>7}"]
+
+    def num(v: float | None, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    for s in summary:
+        lines.append(
+            f"  {s['impl'].ljust(width)}  {num(s['wall_s'], '7.3f')}  {num(s['cpu_s'], '7.3f')}  "
+            f"{num(s['cpu_per_wall'], '5.2f')}  {num(s['over_limit'], '6.2f')}x"
+            + (f"  FAILED: {s['error']}" if s["error"] else "")
+        )
+    return "\n".join(lines)
+
+
+def main(run: Callable[[str, Config], list[Row]], names: Iterable[str]) -> None:
+    """``python -m benchmarks.<module> [--quick] [NAME ...]``: run a module's scenarios and print the table."""
+    import sys
+    import warnings
+
+    from .report import format_table
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quick = "--quick" in sys.argv
+    cfg = Config(quick=quick, repeat=3 if quick else 5)
+    chosen = [a for a in sys.argv[1:] if a in names] or list(names)
+    print(format_table([r for n in chosen for r in run(n, cfg)]))

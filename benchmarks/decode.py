@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,22 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
+from ._common import (
+    Config,
+    CpuTimed,
+    Job,
+    Row,
+    Timing,
+    array_checker,
+    cpu_summary,
+    format_cpu_summary,
+    fsspec_reader,
+    import_refstore,
+    main,
+    median_cores,
+    refstore_reader,
+    run_interleaved,
+)
 
 CHUNK_BYTES = 1 << 20
 DTYPE = np.dtype("<u2")
@@ -246,58 +260,13 @@ def run(name: str, cfg: Config) -> list[Row]:
             pool.shutdown()
         cleanup_resources()
         zarr.config.set(base)
-    summary = _summary(results)
+    summary = cpu_summary(results, LIMIT2)
     if cfg.verbose:
         comp = sum(data.lengths)
         print(f"  {name}: {data.n_chunks} chunks of 1 MiB, {comp / data.n_chunks / 1024:.0f} KiB compressed "
               f"on average, zarr {zarr.__version__}, {os.cpu_count()} cpus")
-        print(_format_summary(summary))
+        print(format_cpu_summary(summary))
     return _rows(name, data, results, summary)
-
-
-def _cpu(t: Timing | None) -> float | None:
-    vals = [v for v in (t.extra.get("after", []) if t else []) if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _cores(t: Timing | None) -> float | None:
-    """Median over repeats of CPU time / wall time (cores kept busy)."""
-    if t is None:
-        return None
-    cpus = t.extra.get("after", [])
-    vals = [c / w for c, w in zip(cpus, t.times) if c is not None and w]
-    return statistics.median(vals) if vals else None
-
-
-def _summary(results: dict[str, Timing]) -> list[dict[str, Any]]:
-    lim = results[LIMIT2].median
-    return [
-        {
-            "impl": label,
-            "wall_s": t.median,
-            "cpu_s": _cpu(t),
-            "cpu_per_wall": _cores(t),
-            "over_limit": t.median / lim if t.median is not None and lim else None,
-            "error": t.error,
-        }
-        for label, t in results.items()
-    ]
-
-
-def _format_summary(summary: list[dict[str, Any]]) -> str:
-    width = max(len(s["impl"]) for s in summary)
-    lines = [f"  {'implementation'.ljust(width)}  {'s':>7}  {'cpu s':>7}  {'cpu/s':>5}  {'x limit':>7}"]
-
-    def num(v: float | None, fmt: str) -> str:
-        return "n/a" if v is None else format(v, fmt)
-
-    for s in summary:
-        lines.append(
-            f"  {s['impl'].ljust(width)}  {num(s['wall_s'], '7.3f')}  {num(s['cpu_s'], '7.3f')}  "
-            f"{num(s['cpu_per_wall'], '5.2f')}  {num(s['over_limit'], '6.2f')}x"
-            + (f"  FAILED: {s['error']}" if s["error"] else "")
-        )
-    return "\n".join(lines)
 
 
 def _rows(name: str, data: Compressed, results: dict[str, Timing], summary: list[dict[str, Any]]) -> list[Row]:
@@ -316,8 +285,8 @@ def _rows(name: str, data: Compressed, results: dict[str, Timing], summary: list
     for label in labels:
         t = results[label]
         is_default = label == "zarr defaults"
-        rows.append(Row(name, f"refstore, {label}", "cpu/wall", _cores(t),
-                        _cores(fs) if is_default else None, _cores(lim2), LIMIT2, group=name))
+        rows.append(Row(name, f"refstore, {label}", "cpu/wall", median_cores(t),
+                        median_cores(fs) if is_default else None, median_cores(lim2), LIMIT2, group=name))
     if not rows:
         rows.append(Row(name, "-", note="refstore not importable", group=name))
     rows[0].raw = {
@@ -333,13 +302,4 @@ def _rows(name: str, data: Compressed, results: dict[str, Timing], summary: list
 
 
 if __name__ == "__main__":
-    import sys
-    import warnings
-
-    from .report import format_table
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    quick = "--quick" in sys.argv
-    c = Config(quick=quick, repeat=3 if quick else 5)
-    names = [a for a in sys.argv[1:] if a in CODECS] or list(CODECS)
-    print(format_table([r for n in names for r in run(n, c)]))
+    main(run, CODECS)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import statistics
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +48,22 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
+from ._common import (
+    Config,
+    CpuTimed,
+    Job,
+    Row,
+    Timing,
+    array_checker,
+    cpu_summary,
+    format_cpu_summary,
+    fsspec_reader,
+    import_refstore,
+    main,
+    median_cpu,
+    refstore_reader,
+    run_interleaved,
+)
 
 TILE = 256
 PATTERN = r"tile_(?P<row>\d+)_(?P<col>\d+)\.(png|jpg)"
@@ -306,53 +320,11 @@ def run(name: str, cfg: Config) -> list[Row]:
         results = run_interleaved(jobs, cfg.verbose)
     finally:
         pool.shutdown()
-    summary = _summary(results, LIMIT)
+    summary = cpu_summary(results, LIMIT)
     if cfg.verbose:
         print(f"  {name}: {len(ts.files)} tiles of {TILE}x{TILE}x3, zarr {zarr.__version__}")
-        print(_format_summary(summary))
+        print(format_cpu_summary(summary))
     return _rows(name, fmt, cfg, ts, results, summary)
-
-
-def _cpu(t: Timing) -> float | None:
-    """Median process CPU time over the repeats."""
-    vals = [v for v in t.extra.get("after", []) if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _summary(results: dict[str, Timing], limit: str) -> list[dict[str, Any]]:
-    """One line per implementation: median wall, CPU, CPU/wall and ratio to the limit."""
-    lim = results[limit].median
-    out = []
-    for label, t in results.items():
-        wall, cpu = t.median, _cpu(t)
-        out.append(
-            {
-                "impl": label,
-                "wall_s": wall,
-                "cpu_s": cpu,
-                "cpu_per_wall": cpu / wall if cpu is not None and wall else None,
-                "over_limit": wall / lim if wall is not None and lim else None,
-                "error": t.error,
-            }
-        )
-    return out
-
-
-def _format_summary(summary: list[dict[str, Any]]) -> str:
-    """Aligned lines: implementation, median s, median CPU s, CPU/wall, x limit."""
-    width = max(len(s["impl"]) for s in summary)
-    lines = [f"  {'implementation'.ljust(width)}  {'s':>7}  {'cpu s':>7}  {'cpu/s':>5}  {'x limit':>7}"]
-
-    def num(v: float | None, fmt: str) -> str:
-        return "n/a" if v is None else format(v, fmt)
-
-    for s in summary:
-        lines.append(
-            f"  {s['impl'].ljust(width)}  {num(s['wall_s'], '7.3f')}  {num(s['cpu_s'], '7.3f')}  "
-            f"{num(s['cpu_per_wall'], '5.2f')}  {num(s['over_limit'], '6.2f')}x"
-            + (f"  FAILED: {s['error']}" if s["error"] else "")
-        )
-    return "\n".join(lines)
 
 
 def _rows(
@@ -386,7 +358,7 @@ def _rows(
     for label in (TIFF1, TIFF2):
         t = results[label]
         rows.append(Row(name, label, "s", t.median, None, lim.median, LIMIT, note=err(t), group=name))
-    rows.append(Row(name, REF, "cpu s", _cpu(ref) if ref else None, _cpu(fs) if fs else None, _cpu(lim), LIMIT,
+    rows.append(Row(name, REF, "cpu s", median_cpu(ref) if ref else None, median_cpu(fs) if fs else None, median_cpu(lim), LIMIT,
                     group=name))
     rows[0].raw = {
         "tiles": len(ts.files),
@@ -400,14 +372,4 @@ def _rows(
 
 
 if __name__ == "__main__":
-    import sys
-    import warnings
-
-    from .report import format_table
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    quick = "--quick" in sys.argv
-    c = Config(quick=quick, repeat=3 if quick else 5)
-    names = [a for a in sys.argv[1:] if a in FORMATS] or list(FORMATS)
-    all_rows = [r for n in names for r in run(n, c)]
-    print(format_table(all_rows))
+    main(run, FORMATS)
