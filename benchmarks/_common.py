@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -345,3 +348,63 @@ def main(run: Callable[[str, Config], list[Row]], names: Iterable[str]) -> None:
     cfg = Config(quick=quick, repeat=3 if quick else 5)
     chosen = [a for a in sys.argv[1:] if a in names] or list(names)
     print(format_table([r for n in chosen for r in run(n, cfg)]))
+
+
+# ------------------------------------------------------------ fresh-process workers
+def worker_main(worker: Callable[[str, str, str, int], dict[str, Any]]) -> None:
+    """Body of a worker subprocess ``python -m benchmarks.<module> IMPL ACTION PATH N``.
+
+    Prints ``RESULT {json}`` of ``worker(IMPL, ACTION, PATH, N)``, which
+    :func:`measure_in_workers` reads back.
+    """
+    impl, action, path, n = sys.argv[1:5]
+    print("RESULT " + json.dumps(worker(impl, action, path, int(n))), flush=True)
+
+
+def _spawn_worker(module: str, args: list[str], timeout: float, env: dict[str, str] | None) -> dict[str, Any]:
+    """Run one worker subprocess and parse its result, or return ``{"error": last stderr line}``."""
+    root = Path(__file__).resolve().parent.parent
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=root,
+                          env=full_env, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": tail}
+
+
+def measure_in_workers(
+    module: str,
+    impl: str,
+    action: str,
+    path: Path,
+    n_refs: int,
+    repeat: int,
+    *,
+    describe: Callable[[dict[str, Any]], str],
+    verbose: bool,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run *repeat* fresh worker processes of *module* (see :func:`worker_main`).
+
+    Returns
+    -------
+    dict
+        ``{"median": {field: median}, "runs": [...]}`` over the numeric fields of
+        the runs, or ``{"error": ..., "runs": [...]}`` at the first failed run.
+        With *verbose*, each run is printed as ``describe(result)``.
+    """
+    runs: list[dict[str, Any]] = []
+    for i in range(repeat):
+        res = _spawn_worker(module, [impl, action, str(path), str(n_refs)], timeout, env)
+        if "error" in res:
+            if verbose:
+                print(f"    {impl} {action}: FAILED ({res['error']})", flush=True)
+            return {"error": res["error"], "runs": runs}
+        runs.append(res)
+        if verbose:
+            print(f"    {impl} {action} [{i + 1}/{repeat}]: {describe(res)}", flush=True)
+    return {"median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}

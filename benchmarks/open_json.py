@@ -14,18 +14,15 @@ Run a worker directly as
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import resource
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ._common import Config, Row, import_refstore, reset_caches
+from ._common import Config, Row, import_refstore, measure_in_workers, reset_caches, worker_main
 from .data import TEMPLATE_URL, big_json, big_key
 
 FSSPEC = "fsspec"
@@ -123,39 +120,15 @@ def worker(impl: str, action: str, path: str, n_refs: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- parent
-def _spawn(impl: str, action: str, path: Path, n_refs: int) -> dict[str, Any]:
-    """Run one worker subprocess and parse its result (or its error)."""
-    cmd = [sys.executable, "-m", "benchmarks.open_json", impl, action, str(path), str(n_refs)]
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=1800)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": tail}
+def _describe(res: dict[str, Any]) -> str:
+    extra = f", pickle {res['pickle_bytes'] / MIB:.2f} MiB" if "pickle_bytes" in res else ""
+    return f"open {res['open_s']:.3f} s, peak +{res['peak_delta'] / MIB:.1f} MiB{extra}"
 
 
 def _measure(impl: str, action: str, path: Path, n_refs: int, repeat: int, verbose: bool) -> dict[str, Any]:
-    """Run ``repeat`` workers; medians of every numeric field plus the raw runs."""
-    runs: list[dict[str, Any]] = []
-    for i in range(repeat):
-        res = _spawn(impl, action, path, n_refs)
-        if "error" in res:
-            if verbose:
-                print(f"    {impl} {action}: FAILED ({res['error']})", flush=True)
-            return {"error": res["error"], "runs": runs}
-        runs.append(res)
-        if verbose:
-            extra = f", pickle {res['pickle_bytes'] / MIB:.2f} MiB" if "pickle_bytes" in res else ""
-            print(
-                f"    {impl} {action} [{i + 1}/{repeat}]: open {res['open_s']:.3f} s, "
-                f"peak +{res['peak_delta'] / MIB:.1f} MiB{extra}",
-                flush=True,
-            )
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    return {"median": med, "runs": runs}
+    """Run ``repeat`` fresh workers; medians of every numeric field plus the raw runs."""
+    return measure_in_workers("benchmarks.open_json", impl, action, path, n_refs, repeat,
+                              describe=_describe, verbose=verbose, timeout=1800)
 
 
 def _get(m: dict[str, Any] | None, field: str, scale: float = 1.0) -> float | None:
@@ -217,5 +190,4 @@ def _sum(m: dict[str, Any] | None) -> float | None:
 
 
 if __name__ == "__main__":
-    _impl, _action, _path, _n = sys.argv[1:5]
-    print("RESULT " + json.dumps(worker(_impl, _action, _path, int(_n))), flush=True)
+    worker_main(worker)

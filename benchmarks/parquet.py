@@ -29,8 +29,6 @@ import json
 import os
 import pickle
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from collections import OrderedDict
@@ -39,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, Row, import_refstore, reset_caches
+from ._common import Config, Row, import_refstore, measure_in_workers, reset_caches, worker_main
 
 FSSPEC = "fsspec"
 MANIFEST = "refstore.Manifest"
@@ -314,35 +312,16 @@ def worker(impl: str, action: str, path: str, n_refs: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------- parent
-def _spawn(impl: str, action: str, path: Path, n_refs: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.parquet", impl, action, str(path), str(n_refs)]
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
-    env["PYTHONWARNINGS"] = "ignore"
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env, timeout=3600)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": tail}
+def _describe(res: dict[str, Any]) -> str:
+    extra = f", pickle {res['pickle_bytes']:,} B" if "pickle_bytes" in res else ""
+    return (f"open {res['open_s']:.3f} s, chunk {res['chunk_s']:.3f} s, {LOOKUPS} random {res['random_s']:.2f} s, "
+            f"peak +{res['peak_delta'] / MIB:.0f} MiB{extra}")
 
 
 def _measure(impl: str, action: str, path: Path, n_refs: int, repeat: int, verbose: bool) -> dict[str, Any]:
-    runs: list[dict[str, Any]] = []
-    for i in range(repeat):
-        res = _spawn(impl, action, path, n_refs)
-        if "error" in res:
-            if verbose:
-                print(f"    {impl} {action}: FAILED ({res['error']})", flush=True)
-            return {"error": res["error"], "runs": runs}
-        runs.append(res)
-        if verbose:
-            extra = f", pickle {res['pickle_bytes']:,} B" if "pickle_bytes" in res else ""
-            print(f"    {impl} {action} [{i + 1}/{repeat}]: open {res['open_s']:.3f} s, chunk {res['chunk_s']:.3f} s, "
-                  f"{LOOKUPS} random {res['random_s']:.2f} s, peak +{res['peak_delta'] / MIB:.0f} MiB{extra}",
-                  flush=True)
-    return {"median": {k: statistics.median(r[k] for r in runs) for k in runs[0]}, "runs": runs}
+    """Run ``repeat`` fresh workers; medians of every numeric field plus the raw runs."""
+    return measure_in_workers("benchmarks.parquet", impl, action, path, n_refs, repeat, describe=_describe,
+                              verbose=verbose, timeout=3600, env={"PYTHONWARNINGS": "ignore"})
 
 
 def _get(m: dict[str, Any] | None, field: str, scale: float = 1.0) -> float | None:
@@ -389,5 +368,4 @@ def run(cfg: Config) -> list[Row]:
 
 
 if __name__ == "__main__":
-    _impl_name, _action, _path, _n = sys.argv[1:5]
-    print("RESULT " + json.dumps(worker(_impl_name, _action, _path, int(_n))), flush=True)
+    worker_main(worker)
