@@ -32,7 +32,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -376,43 +375,15 @@ class ByteServer(Server):
         self.link = link or Link()
         super().__init__(kind, root, in_process)
 
-    def _start_process(self, root: Path | None) -> int:
-        cmd = [sys.executable, "-m", "benchmarks.scattered", "serve", self.kind]
-        if self.kind == "http":
-            cmd += [str(root), *self.link.argv()]
-        root_dir = Path(__file__).resolve().parent.parent
-        path = os.pathsep.join(p for p in (str(root_dir), os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
-        self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root_dir
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.close()
-            raise RuntimeError(f"{self.kind} server failed to start: {line!r}")
-        return int(line.split()[1])
+    def _server_args(self, root: Path | None) -> list[str]:
+        args = ["benchmarks.scattered", "serve", self.kind]
+        return args + [str(root), *self.link.argv()] if self.kind == "http" else args
 
-    def _start_thread(self, root: Path | None) -> int:
-        ready = threading.Event()
-        ports: list[int] = []
+    def _http_runner(self, root: Path, on_port: Callable[[int], None]) -> Callable[[], None]:
+        return lambda: _run_http(root, self.link, on_port, self._stop)
 
-        def on_port(port: int) -> None:
-            ports.append(port)
-            ready.set()
-
-        if self.kind == "http":
-            assert root is not None
-            target: Callable[[], None] = lambda: _run_http(root, self.link, on_port, self._stop)  # noqa: E731
-        else:
-            self._wsgi = _make_s3_server()
-            on_port(self._wsgi.server_port)
-            target = self._wsgi.serve_forever
-        self._thread = threading.Thread(target=target, daemon=True, name=f"bench-{self.kind}")
-        self._thread.start()
-        if not ready.wait(30):
-            raise RuntimeError(f"{self.kind} server thread did not start")
-        return ports[0]
+    def _make_s3(self) -> Any:
+        return _make_s3_server()
 
 
 class PreadCounter:

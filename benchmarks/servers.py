@@ -149,11 +149,25 @@ class Server:
         port = self._start_thread(root) if in_process else self._start_process(root)
         self.url = f"http://127.0.0.1:{port}"
 
+    # -- what a subclass may change: the server's command line, HTTP loop and S3 app
+
+    def _server_args(self, root: Path | None) -> list[str]:
+        """Arguments after ``python -m`` that serve this kind in a subprocess (it prints ``PORT n``)."""
+        return ["benchmarks.servers", self.kind, *([str(root)] if root is not None else [])]
+
+    def _http_runner(self, root: Path, on_port: Callable[[int], None]) -> Callable[[], None]:
+        """The body of the thread that serves *root* over HTTP, calling *on_port* once listening."""
+        return lambda: _run_http(root, on_port, self._stop)
+
+    def _make_s3(self) -> Any:
+        """A werkzeug server (not yet serving) of the counted moto app."""
+        return _make_s3_server()
+
+    # -- starting
+
     def _start_process(self, root: Path | None) -> int:
-        """Start ``python -m benchmarks.servers`` and read its port."""
-        cmd = [sys.executable, "-m", "benchmarks.servers", self.kind]
-        if root is not None:
-            cmd.append(str(root))
+        """Start the server subprocess and read its port."""
+        cmd = [sys.executable, "-m", *self._server_args(root)]
         root_dir = Path(__file__).resolve().parent.parent  # so "-m benchmarks..." imports
         path = os.pathsep.join(p for p in (str(root_dir), os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
@@ -178,9 +192,9 @@ class Server:
 
         if self.kind == "http":
             assert root is not None
-            target: Callable[[], None] = lambda: _run_http(root, on_port, self._stop)  # noqa: E731
+            target = self._http_runner(root, on_port)
         else:
-            self._wsgi = _make_s3_server()
+            self._wsgi = self._make_s3()
             on_port(self._wsgi.server_port)
             target = self._wsgi.serve_forever
         self._thread = threading.Thread(target=target, daemon=True, name=f"bench-{self.kind}")
