@@ -15,7 +15,7 @@ from refstore.errors import ManifestError
 from refstore.virtual._array import VirtualArray
 from refstore.virtual._cache import DEFAULT_CACHE_BYTES, DecodedChunkCache
 from refstore.virtual._index import touched_chunks
-from refstore.virtual._plan import ChunkPlanner, plan_chunk  # noqa: F401 (plan_chunk: re-exported)
+from refstore.virtual._plan import ChunkPlanner, Plan
 from refstore.virtual._source import ChunkEncoder, chunk_key_parser, encoding_of
 
 #: The manifest key (under an array's prefix) that holds its virtual definition.
@@ -158,9 +158,7 @@ class VirtualResolver:
         """
         entry, coords = found
         v = entry.array
-        if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
-            return None
-        how, src, src_coords = await entry.planner.plan(coords)
+        how, src, src_coords = await _plan(found)
         if how == "fill":
             return None
         if how == "pass":
@@ -195,11 +193,7 @@ class VirtualResolver:
         found = await self.locate(key)
         if found is None:
             raise KeyError(key)
-        entry, coords = found
-        v = entry.array
-        if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
-            return False
-        how, src, src_coords = await entry.planner.plan(coords)
+        how, src, src_coords = await _plan(found)
         if how == "pass":
             return await src.chunk_exists(src_coords)
         return how != "fill" and await self.read(found, default_buffer_prototype()) is not None
@@ -271,6 +265,15 @@ def _chunk_keys(base: str, entry: _Entry) -> Iterator[str]:
     encode = entry.metadata.encode_chunk_key
     for coords in touched_chunks(entry.array):
         yield base + encode(coords)
+
+
+async def _plan(found: tuple[_Entry, tuple[int, ...]]) -> Plan:
+    """The planner's ``(how, source, source coords)`` for a located chunk; ``"fill"`` past the array's end."""
+    entry, coords = found
+    v = entry.array
+    if any(c * n >= s for c, n, s in zip(coords, v.chunks, v.shape)):
+        return "fill", None, None
+    return await entry.planner.plan(coords)
 
 
 def _slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:

@@ -12,7 +12,7 @@ from _vdata import make_time_files, open_h5_var, read_h5
 
 import refstore
 from refstore.virtual import VirtualArray, VirtualResolver, concat, flatten, open_virtual, pad, save_virtual, stack
-from refstore.virtual._store import plan_chunk
+from refstore.virtual._plan import plan_chunk
 
 
 @pytest.fixture(scope="module")
