@@ -225,17 +225,11 @@ def tile_grid(
     return tiles, expected
 
 
-def pipelines() -> list[Any]:
-    """The codec pipelines of this zarr: the default, plus the fused (sync) one where it exists."""
-    fused = "zarr.core.codec_pipeline.FusedCodecPipeline"
-    try:
-        from zarr.core.codec_pipeline import FusedCodecPipeline  # noqa: F401
-    except ImportError:
-        return [None]
-    return [None, fused]
+#: zarr's default pipeline, and refstore's threaded one (zarr's FusedCodecPipeline where zarr has it)
+PIPELINES = (None, "refstore.pipeline.ThreadedCodecPipeline")
 
 
-@pytest.fixture(params=pipelines(), ids=lambda p: "default" if p is None else "fused")
+@pytest.fixture(params=PIPELINES, ids=lambda p: "default" if p is None else "threaded")
 def pipeline(request: pytest.FixtureRequest) -> Any:
     if request.param is None:
         yield None
