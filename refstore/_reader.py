@@ -215,9 +215,8 @@ class Reader:
             if None in urls:
                 urls.discard(None)
                 urls.add(self.target or "")
-            bare = any("://" not in u for u in urls)
-            local = self.fetcher.reads_in_thread("") and not (bare and self._default != "file")
-            local = local and all(self.fetcher.reads_in_thread(u) for u in urls if "://" in u)
+            # a URL naming no protocol gets the default one (see resolve_url)
+            local = all(self.fetcher.reads_in_thread(u if "://" in u else f"{self._default}://") for u in urls)
             self._in_thread = (manifest._generation, local)
         return self._in_thread[1]
 
