@@ -45,7 +45,7 @@ import numpy as np
 
 from ._common import Config, Job, Row, Timing, default_cache_dir, import_refstore, run_interleaved
 from .contiguous import Backend, close_store, fsspec_store, refstore_rfs
-from .servers import RESET_PATH, STATS_PATH, Counter, Server, s3_options, set_dummy_aws_env
+from .servers import RESET_PATH, STATS_PATH, Counter, Server, s3_options, serve_app, set_dummy_aws_env
 
 SEED = 5_2024
 EDGE = 128  # chunk edge (elements)
@@ -317,19 +317,7 @@ def _http_app(root: Path, counter: ByteCounter, link: Link) -> Any:
 
 def _run_http(root: Path, link: Link, on_port: Callable[[int], None], stop: threading.Event | None) -> None:
     """Serve *root* on a free loopback port until *stop* is set (or forever)."""
-    from aiohttp import web
-
-    async def main() -> None:
-        runner = web.AppRunner(_http_app(root, ByteCounter(), link), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        on_port(runner.addresses[0][1])
-        while stop is None or not stop.is_set():
-            await asyncio.sleep(0.05)
-        await runner.cleanup()
-
-    asyncio.run(main())
+    serve_app(_http_app(root, ByteCounter(), link), on_port, stop, backlog=1024)
 
 
 def _make_s3_server() -> Any:

@@ -84,12 +84,17 @@ def _http_app(root: Path, counter: Counter) -> Any:
 
 def _run_http(root: Path, on_port: Callable[[int], None], stop: threading.Event | None) -> None:
     """Serve ``root`` on 127.0.0.1 (free port) until ``stop`` is set (or forever)."""
+    serve_app(_http_app(root, Counter()), on_port, stop)
+
+
+def serve_app(app: Any, on_port: Callable[[int], None], stop: threading.Event | None, backlog: int = 128) -> None:
+    """Serve the aiohttp *app* on 127.0.0.1 (free port, passed to *on_port*) until *stop* is set (or forever)."""
     from aiohttp import web
 
     async def main() -> None:
-        runner = web.AppRunner(_http_app(root, Counter()), access_log=None)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog)
         await site.start()
         on_port(runner.addresses[0][1])
         while stop is None or not stop.is_set():
