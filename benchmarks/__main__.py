@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
         try:
             rows.extend(_runner(name)(cfg))
-        except Exception as exc:  # noqa: BLE001 - keep the other scenarios
+        except Exception as exc:
             print(f"  scenario {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             rows.append(Row(name, "-", note=f"scenario failed: {type(exc).__name__}: {exc}"))
     elapsed = time.perf_counter() - t0

@@ -98,7 +98,7 @@ def import_refstore() -> ModuleType | None:
             import refstore
 
             _REFSTORE = refstore
-        except Exception as exc:  # noqa: BLE001 - any failure means "n/a"
+        except Exception as exc:
             _REFSTORE_ERROR = f"{type(exc).__name__}: {exc}"
     return _REFSTORE
 
@@ -129,7 +129,7 @@ def reset_caches() -> None:
         if clear is not None:
             try:
                 clear()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     gc.collect()
 
@@ -196,7 +196,7 @@ def run_interleaved(jobs: list[Job], verbose: bool = True) -> dict[str, Timing]:
                 del value
                 if job.after is not None:
                     res.extra.setdefault("after", []).append(job.after())
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 res.error = f"{type(exc).__name__}: {exc}"
                 if verbose:
                     print(f"    {job.label}: FAILED ({res.error})", flush=True)
@@ -367,7 +367,7 @@ def _spawn_worker(module: str, args: list[str], timeout: float, env: dict[str, s
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=root,
-                          env=full_env, timeout=timeout)
+                          env=full_env, timeout=timeout, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

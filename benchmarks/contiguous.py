@@ -114,7 +114,7 @@ def close_store(store: Any) -> None:
     for sub in {id(x): x for x in subs}.values():
         try:
             sync(_close_remote(sub))
-        except Exception:  # noqa: BLE001 - best effort
+        except Exception:
             pass
     for owner in (store, fs):  # refstore's reader owns its sessions (private, best effort)
         reader = getattr(owner, "_reader", None)
@@ -123,7 +123,7 @@ def close_store(store: Any) -> None:
                 res = reader.close()
                 if asyncio.iscoroutine(res):
                     sync(res)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     close = getattr(store, "close", None)
     if callable(close):
@@ -131,7 +131,7 @@ def close_store(store: Any) -> None:
             res = close()
             if asyncio.iscoroutine(res):
                 sync(res)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

@@ -200,14 +200,14 @@ class _PyarrowFloor:
 
 def _impl(impl: str, path: str) -> tuple[Any, Any, Any]:
     """(open, one-chunk read, reference lookup) functions of one implementation; imports now."""
-    import fastparquet  # noqa: F401 - fsspec's default engine; imported by every worker so baselines match
-    import pandas  # noqa: F401
-    import pyarrow.compute  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
-
     import importlib
     import pkgutil
+
+    import fastparquet  # noqa: F401 - fsspec's default engine; imported by every worker so baselines match
+    import pandas  # noqa: F401
+    import pyarrow.compute
+    import pyarrow.parquet  # noqa: F401
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
 
     import refstore
     import refstore.manifest

@@ -117,7 +117,7 @@ def environment() -> dict[str, Any]:
         import refstore
 
         info["refstore"] = getattr(refstore, "__version__", "unknown")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         info["refstore"] = f"not importable: {type(exc).__name__}: {exc}"
     return info
 

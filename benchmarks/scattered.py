@@ -45,7 +45,15 @@ import numpy as np
 
 from ._common import Config, Job, Row, Timing, default_cache_dir, import_refstore, run_interleaved
 from .contiguous import Backend, close_store, fsspec_store, refstore_rfs
-from .servers import RESET_PATH, STATS_PATH, Counter, Server, s3_options, serve_app, set_dummy_aws_env
+from .servers import (
+    RESET_PATH,
+    STATS_PATH,
+    Counter,
+    Server,
+    s3_options,
+    serve_app,
+    set_dummy_aws_env,
+)
 
 SEED = 5_2024
 EDGE = 128  # chunk edge (elements)

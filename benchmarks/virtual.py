@@ -26,7 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from ._common import Config, CpuTimed, Job, Row, Timing, array_checker, fsspec_reader, import_refstore, refstore_reader, run_interleaved
+from ._common import (
+    Config,
+    CpuTimed,
+    Job,
+    Row,
+    Timing,
+    array_checker,
+    fsspec_reader,
+    import_refstore,
+    refstore_reader,
+    run_interleaved,
+)
 
 FSSPEC = "fsspec RFS + FsspecStore (flat)"
 REF_VIRTUAL = "refstore.ReferenceStore (virtual)"

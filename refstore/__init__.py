@@ -1,5 +1,6 @@
 """refstore: read bytes that already exist (netCDF/HDF5, TIFF, image tiles) as zarr arrays."""
 
+from refstore import build, multiscale
 from refstore.errors import (
     KeyNotInManifest,
     ManifestError,
@@ -13,8 +14,6 @@ from refstore.fs import ReferenceFileSystem
 from refstore.manifest import Manifest, Reference
 from refstore.store import ReferenceStore
 from refstore.virtual import VirtualArray, concat, open_virtual, pad, save_virtual, stack
-
-from refstore import build, multiscale  # noqa: E402  (subpackages that use the names above)
 
 __version__ = "0.1.0"
 

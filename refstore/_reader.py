@@ -197,7 +197,7 @@ class Reader:
             return self.fetcher.get_sync(url, lo, hi, exact)
         except Exception as exc:
             err = _wrap(exc, key, url)
-            if err is exc:
+            if err is exc or not isinstance(err, BaseException):
                 raise
             raise err from exc
 
@@ -211,10 +211,7 @@ class Reader:
         if isinstance(manifest, LazyParquetManifest):
             return False
         if self._in_thread is None or self._in_thread[0] != manifest._generation:
-            urls = set(manifest._urls)
-            if None in urls:
-                urls.discard(None)
-                urls.add(self.target or "")
+            urls = {self.target or "" if u is None else u for u in manifest._urls}
             # a URL naming no protocol gets the default one (see resolve_url)
             local = all(self.fetcher.reads_in_thread(u if "://" in u else f"{self._default}://") for u in urls)
             self._in_thread = (manifest._generation, local)
@@ -249,6 +246,7 @@ class Reader:
                 plan = self._plan(key, start, end)
                 if plan is None:
                     entry = self.entry(key)
+                    assert isinstance(entry, Reference)  # _plan answers None only for whole-object references
                     ref = Reference(entry.url, entry.offset, await self.size(key))
                     plan = (self.resolve_url(entry.url, key), *_absolute(ref, start, end), True)
             except (KeyNotInManifest, URLNotAllowed, ManifestError, ReferenceNotReachable) as exc:

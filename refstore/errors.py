@@ -26,8 +26,8 @@ from fsspec.implementations.reference import (
 __all__ = [
     "KeyNotInManifest",
     "ManifestError",
-    "RefstoreError",
     "ReferenceNotReachable",
+    "RefstoreError",
     "TemplateError",
     "URLNotAllowed",
 ]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import uuid
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._reader import Reader
-from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.errors import KeyNotInManifest
+from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference
 
 _HANDLES: weakref.WeakValueDictionary[str, Manifest] = weakref.WeakValueDictionary()
@@ -294,14 +296,10 @@ class ReferenceFileSystem(AsyncFileSystem):
         return {n: out[n] for n in names} if detail else names
 
     async def _get_file(self, rpath: str, lpath: str, **kwargs: Any) -> None:
-        if os.path.isdir(lpath):
+        if await asyncio.to_thread(os.path.isdir, lpath):
             return
         data = await self._cat_file(rpath)
-        parent = os.path.dirname(lpath)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        with open(lpath, "wb") as f:
-            f.write(data)
+        await asyncio.to_thread(_write_local, lpath, data)
 
     # -- in-memory edits -------------------------------------------------------------------------
 
@@ -319,8 +317,8 @@ class ReferenceFileSystem(AsyncFileSystem):
             raise FileNotFoundError(path) from None
 
     async def _put_file(self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any) -> None:
-        with open(lpath, "rb") as f:
-            await self._pipe_file(rpath, f.read(), mode=mode)
+        data = await asyncio.to_thread(Path(lpath).read_bytes)
+        await self._pipe_file(rpath, data, mode=mode)
 
     def save_json(self, url: str, **storage_options: Any) -> None:
         """Write the (possibly edited) manifest as kerchunk JSON to *url*."""
@@ -372,3 +370,12 @@ def _from_handle(fo: Mapping[str, Any]) -> Any:
         "this ReferenceFileSystem description refers to an in-memory manifest of another "
         "process; pickle the filesystem instead of serialising it to JSON"
     )
+
+
+def _write_local(lpath: str, data: bytes) -> None:
+    """Write *data* to the local file *lpath*, making its folder."""
+    parent = os.path.dirname(lpath)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    with open(lpath, "wb") as f:
+        f.write(data)

@@ -134,11 +134,11 @@ class _ThreadedRead(BatchedCodecPipeline):
         ab_spec = spec
         spec = self.array_bytes_codec.resolve_metadata(spec)
         bb_specs = []
-        for codec in self.bytes_bytes_codecs:
+        for bb_codec in self.bytes_bytes_codecs:
             bb_specs.append(spec)
-            spec = codec.resolve_metadata(spec)
-        for codec, s in reversed(list(zip(self.bytes_bytes_codecs, bb_specs))):
-            data = codec._decode_sync(data, s)  # type: ignore[attr-defined]
+            spec = bb_codec.resolve_metadata(spec)
+        for bb_codec, s in reversed(list(zip(self.bytes_bytes_codecs, bb_specs))):
+            data = bb_codec._decode_sync(data, s)  # type: ignore[attr-defined]
         array = self.array_bytes_codec._decode_sync(data, ab_spec)  # type: ignore[attr-defined]
         for codec, s in reversed(list(zip(self.array_array_codecs, aa_specs))):
             array = codec._decode_sync(array, s)  # type: ignore[attr-defined]

@@ -201,7 +201,7 @@ def tiff_refs(tiffpath: PathLike, url: str, version: int = 0) -> dict[str, Any]:
     if version == 1:
         refs["templates"] = {k: url if v == name else v for k, v in refs["templates"].items()}
         return refs
-    for key, val in refs.items():
+    for val in refs.values():
         if isinstance(val, list) and val and val[0] == name:
             val[0] = url
     return refs

@@ -74,7 +74,7 @@ def test_image_tiles_read_in_threads(tmp_path: Path) -> None:
 
 
 def test_missing_tile_reads_as_fill(tmp_path: Path) -> None:
-    pattern, image = _tiles(tmp_path, (128, 128), 64)
+    _, image = _tiles(tmp_path, (128, 128), 64)
     (tmp_path / "t_1_0.png").unlink()
     manifest = refstore.build.images(
         [str(p) for p in sorted(tmp_path.glob("t_*.png"))], r"t_(?P<row>\d+)_(?P<col>\d+)\.png",

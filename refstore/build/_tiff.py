@@ -80,7 +80,7 @@ def tiff(path: str, *, series: int = 0, channel_first: bool = False, url: str | 
             store.close()
     refs = json.loads(out.getvalue())
     # tifffile names the file relative to url; rewrite to our exact location.
-    for key, value in refs.items():
+    for value in refs.values():
         if isinstance(value, list) and value and isinstance(value[0], str) and value[0].endswith(name):
             value[0] = location
     attrs = json.loads(refs.get(".zattrs", "{}"))

@@ -183,7 +183,7 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
     fs, fspath = fsspec.core.url_to_fs(path)
     with fs.open(fspath, "rb") as f:
         width, height, tile, overlap, fmt = _dzi_descriptor(f.read().decode("utf-8", "replace"), path)
-    if tile < 1 or not 0 <= overlap:
+    if tile < 1 or not overlap >= 0:
         raise ValueError(f"{path}: TileSize={tile} and Overlap={overlap}; need TileSize >= 1 and Overlap >= 0")
     base = re.sub(r"\.(dzi|xml)$", "", path, flags=re.IGNORECASE) + "_files"
     fsbase = re.sub(r"\.(dzi|xml)$", "", fspath, flags=re.IGNORECASE) + "_files"

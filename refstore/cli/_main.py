@@ -12,7 +12,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
     manifest = Manifest.open(args.manifest)
     refs = inline = 0
-    for _, entry in manifest.items():
+    for entry in manifest.values():
         if isinstance(entry, Reference):
             refs += 1
         else:

@@ -126,6 +126,10 @@ def _require(fmt: ImageFormat) -> Any:
     return ic
 
 
+def _nbytes(data: bytes | bytearray | memoryview | np.ndarray) -> int:
+    return data.nbytes if isinstance(data, (memoryview, np.ndarray)) else len(data)
+
+
 def detect_format(data: bytes | bytearray | memoryview | np.ndarray) -> ImageFormat:
     """Recognise the image format of *data* from its first bytes.
 
@@ -144,14 +148,14 @@ def detect_format(data: bytes | bytearray | memoryview | np.ndarray) -> ImageFor
     ImageCodecError
         If no known signature matches; the message shows the first bytes.
     """
-    head = bytes(memoryview(data).cast("B")[:16])
+    head = bytes(memoryview(data).cast("B")[:16])  # type: ignore[arg-type]  # ndarrays are buffers
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     raise ImageCodecError(
-        f"chunk bytes ({len(memoryview(data).cast('B'))} bytes, starting {head[:12]!r}) are "
+        f"chunk bytes ({_nbytes(data)} bytes, starting {head[:12]!r}) are "
         f"not a {', '.join(_TITLES.values())} file; check that the reference points at an "
         "image tile"
     )
@@ -194,7 +198,7 @@ def decode_image(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarra
         raise
     except Exception as e:
         raise ImageCodecError(
-            f"cannot decode {_TITLES[fmt]} tile ({len(memoryview(data).cast('B'))} bytes): "
+            f"cannot decode {_TITLES[fmt]} tile ({_nbytes(data)} bytes): "
             f"{type(e).__name__}: {e}"
         ) from e
     if image.ndim == 2:

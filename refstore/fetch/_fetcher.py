@@ -374,8 +374,8 @@ class Fetcher:
                     continue
             spans = merge_ranges([requests[i][1:] for i in idx], self.max_gap, self.max_block)
             block = None
-            if not local and ra is not None and ra.enabled and spans[-1].end is not None:
-                last = spans[-1]
+            last = spans[-1]
+            if not local and ra is not None and ra.enabled and last.end is not None:
                 ahead = ra.extend(url, spans[0].start, last.end)
                 if ahead > last.end:
                     last.end = ahead
@@ -463,7 +463,7 @@ class Fetcher:
             except TransientError:
                 if attempt == self.retries:
                     raise
-            except (ConnectionError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError) as exc:
                 if attempt == self.retries:
                     raise TransientError(f"{type(exc).__name__}: {exc}") from exc
             await asyncio.sleep(self.backoff * (2**attempt))

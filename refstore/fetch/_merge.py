@@ -52,7 +52,7 @@ def merge_ranges(
                 continue
             if end is not None:
                 inside = end <= cur.end
-                near = 0 <= max_gap and start - cur.end <= max_gap
+                near = max_gap >= 0 and start - cur.end <= max_gap
                 if inside or (near and max(end, cur.end) - cur.start <= max_block):
                     cur.end = max(cur.end, end)
                     cur.members.append(i)

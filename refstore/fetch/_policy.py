@@ -34,7 +34,7 @@ def normalize(url: str) -> str:
     if protocol == "file":
         path = os.path.abspath(os.path.expanduser(rest)) if rest else os.getcwd()
         return "file://" + path.replace(os.sep, "/")
-    host, slash, path = rest.partition("/")
+    host, _, path = rest.partition("/")
     path = path.split("?", 1)[0].split("#", 1)[0]
     norm = posixpath.normpath("/" + path) if path else "/"
     if path.endswith("/") and norm != "/":

@@ -100,7 +100,7 @@ class ReadAhead:
         if stream is None:
             stream = self._streams[url] = _Stream()
             while len(self._streams) > self.max_streams:
-                old_url, old = self._streams.popitem(last=False)
+                _, old = self._streams.popitem(last=False)
                 for blk in old.blocks:
                     self._forget(blk)
         else:

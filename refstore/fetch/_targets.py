@@ -162,8 +162,8 @@ class HTTPTarget:
         if end is not None and end <= start:
             return b""
         try:
-            status, body, resp_headers = await self._get(url, headers)
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
+            status, body, _ = await self._get(url, headers)
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if status == 206:
             return body

@@ -14,7 +14,7 @@ Partitions are read and cached by
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import ujson
@@ -55,7 +55,7 @@ class LazyChunkTable:
     partitions, by chunk index.
     """
 
-    __slots__ = ("layout", "source", "edits", "_count")
+    __slots__ = ("_count", "edits", "layout", "source")
 
     lazy: ClassVar[bool] = True
 
@@ -95,13 +95,12 @@ class LazyChunkTable:
         ManifestError
             Naming the key and the file, if the chunk's partition is corrupt.
         """
-        if self.edits:
-            edit = self.edits.get(flat, _UNSET)
-            if edit is not _UNSET:
-                if edit is None:
-                    return None
-                uid, offset, length = edit  # type: ignore[misc]
-                return Reference(manifest._urls[uid], offset, None if length == WHOLE else length)
+        if flat in self.edits:
+            edit = self.edits[flat]
+            if edit is None:
+                return None
+            uid, offset, length = edit
+            return Reference(manifest._urls[uid], offset, None if length == WHOLE else length)
         part, row = self._partition(flat)
         return None if part is None else part.entry(row)
 
@@ -309,11 +308,12 @@ class LazyParquetManifest(Manifest):
                 copy.count = table.count
                 out._tables[prefix] = copy
                 continue
+            lazy = cast(LazyChunkTable, table)
             dense = out._tables[prefix] = ChunkTable(table.layout)
-            rs = table.source.record_size
+            rs = lazy.source.record_size
             for lo in range(0, table.layout.size, rs):
                 hi = min(lo + rs, table.layout.size)
-                block = table.block(lo, hi, self)
+                block = lazy.block(lo, hi, self)
                 present = block.ids >= 0
                 if present.any():
                     used = np.unique(block.ids[present])

@@ -11,7 +11,7 @@ import math
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import ujson
@@ -19,6 +19,10 @@ import ujson
 from refstore.errors import KeyNotInManifest, ManifestError
 from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
 
+if TYPE_CHECKING:
+    from refstore.manifest._lazy import LazyChunkTable
+
+_StrSet = set[str]  # ``set`` is a method name inside Manifest
 METADATA_NAMES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 
 
@@ -80,6 +84,8 @@ class Manifest:
         """True if it was read from a remote URL (the default URL policy then refuses local files)."""
         self._uid = uuid.uuid4().hex
         self._generation = 0  # bumped by every edit (see ._snapshot)
+        self._open_args: dict[str, Any] = {}  # how to open it again from .source (see ._snapshot)
+        self._opened_generation: int | None = None  # ._generation when it matched its source
 
     # -- construction -------------------------------------------------------------------
 
@@ -204,7 +210,7 @@ class Manifest:
                 return None
             table, flat = found
             if table.lazy:  # a parquet partition table builds the entry itself (see ._lazy)
-                return table.entry(flat, self)
+                return cast("LazyChunkTable", table).entry(flat, self)
             ref = table.lookup(flat)
             if ref is None:
                 return None
@@ -234,10 +240,18 @@ class Manifest:
             yield from table.iter_keys()
 
     def items(self) -> Iterator[tuple[str, bytes | Reference]]:
+        """Every ``(key, entry)`` pair, in :meth:`keys` order."""
         for key in self.keys():
             entry = self.get(key)
             if entry is not None:
                 yield key, entry
+
+    def values(self) -> Iterator[bytes | Reference]:
+        """Every entry (inline bytes or :class:`Reference`), in :meth:`keys` order."""
+        for key in self.keys():
+            entry = self.get(key)
+            if entry is not None:
+                yield entry
 
     def nbytes(self) -> int:
         """Approximate memory held by the reference columns (not counting metadata)."""
@@ -382,7 +396,7 @@ class Manifest:
 
     @staticmethod
     def _table_children(
-        table: ChunkTable, inner: str, files: set[str], dirs: set[str], first_only: bool = False
+        table: ChunkTable, inner: str, files: _StrSet, dirs: _StrSet, first_only: bool = False
     ) -> None:
         """Children of ``head + inner`` inside a table's chunk keys (``inner`` ends with ``/`` or is empty).
 

@@ -41,8 +41,8 @@ COLUMNS = ("path", "offset", "size", "raw")
 def _pyarrow() -> Any:
     try:
         import pyarrow
-        import pyarrow.compute  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.compute
+        import pyarrow.parquet
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("parquet manifests need pyarrow: pip install 'refstore[parquet]'") from None
     return pyarrow
@@ -108,7 +108,7 @@ class Partition:
         Row -> inline bytes, for the rows with inline data.
     """
 
-    __slots__ = ("urls", "url_id", "offset", "length", "raw", "nbytes")
+    __slots__ = ("length", "nbytes", "offset", "raw", "url_id", "urls")
 
     def __init__(
         self,
@@ -173,7 +173,7 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
         pf = pa.parquet.ParquetFile(pa.BufferReader(data), read_dictionary=["path"])
         names = pf.schema_arrow.names
         table = pf.read(columns=[c for c in COLUMNS if c in names], use_threads=False)
-    except Exception as exc:  # pyarrow raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types
         raise ManifestError(f"parquet manifest: cannot read partition {fn!r} ({exc})") from None
     n = table.num_rows
     if n > record_size:

@@ -64,11 +64,11 @@ def reduce_manifest(manifest: Manifest) -> tuple[Any, ...]:
         path, token = write_snapshot(manifest)
     except OSError:
         return (_from_state, (manifest.__getstate__(),))
-    return (_restore, (path, token, manifest.source, getattr(manifest, "_open_args", {}), state))
+    return (_restore, (path, token, manifest.source, manifest._open_args, state))
 
 
 def _reopenable(manifest: Manifest) -> bool:
-    return bool(manifest.source) and getattr(manifest, "_opened_generation", None) == manifest._generation
+    return bool(manifest.source) and manifest._opened_generation == manifest._generation
 
 
 def write_snapshot(manifest: Manifest) -> tuple[str, str]:
@@ -94,7 +94,7 @@ def write_snapshot(manifest: Manifest) -> tuple[str, str]:
         "tables": tables,
         "source": manifest.source,
         "source_is_remote": manifest.source_is_remote,
-        "open_args": getattr(manifest, "_open_args", None) if _reopenable(manifest) else None,
+        "open_args": manifest._open_args if _reopenable(manifest) else None,
     }
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(doc, f)

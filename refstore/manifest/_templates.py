@@ -49,9 +49,8 @@ def _eval_node(node: ast.AST, names: Mapping[str, Any], where: str) -> Any:
         right = _eval_node(node.right, names, where)
         if isinstance(node.op, ast.Pow) and (not isinstance(right, int) or right > _MAX_POWER):
             raise TemplateError(f"{where}: exponent {right!r} is too large")
-        if isinstance(left, str) or isinstance(right, str):
-            if not isinstance(node.op, (ast.Add, ast.Mod)):
-                raise TemplateError(f"{where}: only + and % apply to text")
+        if (isinstance(left, str) or isinstance(right, str)) and not isinstance(node.op, (ast.Add, ast.Mod)):
+            raise TemplateError(f"{where}: only + and % apply to text")
         try:
             return _BINOPS[type(node.op)](left, right)
         except (TypeError, ValueError, ZeroDivisionError) as exc:

@@ -9,7 +9,15 @@ import numpy as np
 
 from refstore.errors import ManifestError
 from refstore.virtual._cache import DecodedChunkCache, read_cached
-from refstore.virtual._index import Item, Layer, Piece, check_axis, normalize_index, shift_layer, view_layer
+from refstore.virtual._index import (
+    Item,
+    Layer,
+    Piece,
+    check_axis,
+    normalize_index,
+    shift_layer,
+    view_layer,
+)
 from refstore.virtual._source import CF_ATTRS, ZarrSource, dimension_names_of, fill_of, same_value
 
 

@@ -57,8 +57,8 @@ def combine(
         differs between inputs (naming the array and the input).
     """
     from refstore.virtual._array import concat, stack
-    from refstore.virtual._source import dimension_names_of
     from refstore.virtual._save import save_virtual
+    from refstore.virtual._source import dimension_names_of
 
     if not inputs:
         raise ManifestError("combine: no inputs")

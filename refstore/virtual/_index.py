@@ -126,9 +126,9 @@ class Layer:
         out: list[Piece] = []
         for combo in itertools.product(*per_dim):
             box = [slice(0, n) for n in self.shape]
-            for vdim, lo, hi, _, _ in combo:
-                if vdim is not None:
-                    box[vdim] = slice(lo, hi)
+            for cdim, lo, hi, _, _ in combo:
+                if cdim is not None:
+                    box[cdim] = slice(lo, hi)
             out.append((tuple(box), tuple(c[3] for c in combo), tuple(c[4] for c in combo)))
         return out
 
@@ -212,19 +212,19 @@ def view_layer(layer: Layer, sel: tuple[Item, ...]) -> Layer | None:
         first[d] = a + jlo * s
         sub[d] = s
     src_map: list[SourceDim] = []
-    for m in layer.src_map:
-        if isinstance(m, int):
-            src_map.append(m)
+    for sm in layer.src_map:
+        if isinstance(sm, int):
+            src_map.append(sm)
             continue
-        if isinstance(m, Blocked):
-            o = layer.origin[m.vdim]
-            if m.vdim in fixed:
-                src_map.append(m.source_index(m.start + (fixed[m.vdim] - o) * m.step))
+        if isinstance(sm, Blocked):
+            o = layer.origin[sm.vdim]
+            if sm.vdim in fixed:
+                src_map.append(sm.source_index(sm.start + (fixed[sm.vdim] - o) * sm.step))
             else:
-                start = m.start + (first[m.vdim] - o) * m.step
-                src_map.append(replace(m, vdim=new_dim[m.vdim], start=start, step=m.step * sub[m.vdim]))
+                start = sm.start + (first[sm.vdim] - o) * sm.step
+                src_map.append(replace(sm, vdim=new_dim[sm.vdim], start=start, step=sm.step * sub[sm.vdim]))
             continue
-        vdim, start, step = m
+        vdim, start, step = sm
         o = layer.origin[vdim]
         if vdim in fixed:
             src_map.append(start + (fixed[vdim] - o) * step)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -12,8 +13,8 @@ from zarr.core.buffer import default_buffer_prototype
 
 from refstore.errors import ManifestError
 from refstore.virtual._array import VirtualArray, leaf_sources
-from refstore.virtual._source import ZarrSource, encoding_of
 from refstore.virtual._plan import ChunkPlanner
+from refstore.virtual._source import ZarrSource, encoding_of
 from refstore.virtual._store import _METADATA, DEFINITION_NAME, SOURCES_DIR, _open_meta
 
 
@@ -32,8 +33,9 @@ async def _entries(array: Any) -> list[tuple[str, Any]]:
         if isinstance(store, ReferenceStore):
             out.append((rel, store.manifest.get(key)))
         elif type(store).__name__ == "LocalStore" and rel.rsplit("/", 1)[-1] not in _METADATA:
-            full = os.path.join(str(store.root), key)
-            out.append((rel, Reference("file://" + os.path.abspath(full), 0, os.path.getsize(full))))
+            full = os.path.abspath(os.path.join(str(store.root), key))  # noqa: ASYNC240 - string work only
+            size = await asyncio.to_thread(os.path.getsize, full)
+            out.append((rel, Reference("file://" + full, 0, size)))
         else:
             buf = await store.get(key, proto)
             if buf is not None:

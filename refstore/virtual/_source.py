@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import numpy as np
@@ -35,7 +35,7 @@ class ZarrSource:
         self,
         array: Any = None,
         *,
-        opener: Callable[[], Awaitable[Any]] | None = None,
+        opener: Callable[[], Coroutine[Any, Any, Any]] | None = None,
         ref: dict[str, Any] | None = None,
     ) -> None:
         if array is None and opener is None:

@@ -301,8 +301,8 @@ class VirtualStore(Store):
 
     supports_writes: bool = False
     supports_deletes: bool = False
-    supports_partial_writes: bool = False
-    supports_listing: bool = True
+    supports_partial_writes = False
+    supports_listing = True
 
     def __init__(self, store: Store, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **options: Any) -> None:
         super().__init__(read_only=True)

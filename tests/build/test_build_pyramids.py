@@ -104,7 +104,7 @@ def test_xyz_google_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(group["0"][:200, :300], src)
     for k, z in enumerate(reversed(zooms)):
         folder = tmp_path / "gg" / str(z)
-        rows = len([p for p in folder.iterdir()])
+        rows = len(list(folder.iterdir()))
         cols = len(list((folder / "0").iterdir()))
         expected = _assemble(folder, "{r}/{c}.png", rows, cols)
         np.testing.assert_array_equal(group[str(k)][: rows * 64, : cols * 64], expected)

@@ -23,7 +23,7 @@ def test_merge_respects_gap_and_block():
 def test_merged_reads_never_return_another_ranges_bytes():
     rng = random.Random(1)
     blob = bytes(rng.getrandbits(8) for _ in range(100_000))
-    for trial in range(200):
+    for _ in range(200):
         ranges = []
         for _ in range(rng.randint(1, 40)):
             start = rng.randint(0, 99_000)

@@ -26,7 +26,7 @@ def _doc() -> dict:
     for i in range(10):
         for j in range(10):
             if (i * 7 + j) % 9:
-                refs[f"a/{i}.{j}"] = ["{{u}}/f%d.bin" % (i % 3), (i * 10 + j) * 100, 96]
+                refs[f"a/{i}.{j}"] = ["{{u}}/f" + str(i % 3) + ".bin", (i * 10 + j) * 100, 96]
     refs["a/3.3"] = "base64:AAECAw=="
     refs["a/4.4"] = 'inline text with ],"and": ["brackets"]}'
     refs["a/5.5"] = ["{{u}}/whole.bin"]

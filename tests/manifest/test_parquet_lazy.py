@@ -20,7 +20,15 @@ import numpy as np
 import pytest
 import zarr
 
-from refstore import KeyNotInManifest, Manifest, ManifestError, Reference, ReferenceFileSystem, ReferenceStore, URLNotAllowed
+from refstore import (
+    KeyNotInManifest,
+    Manifest,
+    ManifestError,
+    Reference,
+    ReferenceFileSystem,
+    ReferenceStore,
+    URLNotAllowed,
+)
 from refstore.manifest._lazy import LazyParquetManifest, ParquetSource, is_lazy
 
 pa = pytest.importorskip("pyarrow")
@@ -157,7 +165,7 @@ def test_cache_size_zero_keeps_nothing(dataset, reads):
 
 def test_iterating_keys_is_bounded_and_complete(dataset):
     m = Manifest.open(dataset["path"], cache_size=1)
-    expected = {k for k in dataset["refs"]}
+    expected = set(dataset["refs"])
     got = list(m.keys())
     assert len(got) == len(set(got)) and set(got) == expected
     assert m._parquet.cached() == 1

@@ -66,7 +66,7 @@ def test_blocked_offsets_list_and_start(raw) -> None:
 
 
 def test_blocked_definition_round_trip_and_served(raw, tmp_path) -> None:
-    arr, data = raw
+    arr, _ = raw
     v = _tiles_view(arr)
     m = save_virtual({"lvl": v}, str(tmp_path / "v.json"))
     definition = json.loads(m.get("lvl/refstore.virtual.json"))

@@ -11,7 +11,16 @@ from _datasets import kerchunk_refs
 from _vdata import make_time_files, open_h5_var, read_h5
 
 import refstore
-from refstore.virtual import VirtualArray, VirtualResolver, concat, flatten, open_virtual, pad, save_virtual, stack
+from refstore.virtual import (
+    VirtualArray,
+    VirtualResolver,
+    concat,
+    flatten,
+    open_virtual,
+    pad,
+    save_virtual,
+    stack,
+)
 from refstore.virtual._plan import plan_chunk
 
 
