@@ -92,7 +92,7 @@ class _ThreadedRead(BatchedCodecPipeline):
         codecs = (*self.array_array_codecs, self.array_bytes_codec, *self.bytes_bytes_codecs)
         return not self.supports_partial_decode and all(callable(getattr(c, "_decode_sync", None)) for c in codecs)
 
-    async def read(
+    async def read(  # type: ignore[override]  # zarr 3.1's signature; zarr >= 3.4 uses Fused instead
         self,
         batch_info: Iterable[ReadItem],
         out: NDBuffer,

@@ -292,7 +292,7 @@ class _Refs:
             return False  # the dict path raises for what is malformed, naming the key
         off = np.array(offs, dtype=np.int64)
         ln = np.array(lens, dtype=np.int64)
-        if len(off) and (off.min() < 0 or ln.min() < 0):
+        if (off < 0).any() or (ln < 0).any():
             return False
         ids = url_ids(self.manifest, self.expand, urls)
         if ids is None:
