@@ -314,10 +314,10 @@ class S3Server:
             self._client.create_bucket(Bucket=bucket)
             self._buckets.add(bucket)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> str:
-        """Store one object; return ``s3://bucket/key``."""
+    def put_bytes(self, bucket: str, key: str, data: bytes, public: bool = False) -> str:
+        """Store one object (*public*: readable anonymously); return ``s3://bucket/key``."""
         self.ensure_bucket(bucket)
-        self._client.put_object(Bucket=bucket, Key=key, Body=data)
+        self._client.put_object(Bucket=bucket, Key=key, Body=data, **({"ACL": "public-read"} if public else {}))
         return f"s3://{bucket}/{key}"
 
     def upload(self, src: str | os.PathLike[str], bucket: str, prefix: str) -> str:

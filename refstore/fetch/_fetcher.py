@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,21 +35,27 @@ DEFAULT_MAX_BLOCK = 8 * 1024 * 1024
 DEFAULT_READ_AHEAD = 8 * 1024 * 1024
 
 Request = tuple[str, int, int | None]
+"""``(url, start, end)``: end-exclusive; ``end=None`` reads to the end of the object."""
 
 #: Fetchers alive, so sessions still open at interpreter exit are closed politely.
 _LIVE: weakref.WeakSet[Fetcher] = weakref.WeakSet()
 
 
+#: Closings that dropped fetchers scheduled in other threads' loops, awaited at exit.
+_CLOSING: set[concurrent.futures.Future[None]] = set()
+
+
 def _close_live() -> None:
+    """At interpreter exit: close the live fetchers' sessions and finish the closings under way."""
     for fetcher in list(_LIVE):
         try:
-            fetcher.close_all(timeout=2.0)
+            fetcher.close_all(timeout=10.0)  # generous: a loaded machine is slow, not hung
         except Exception:  # noqa: BLE001 - never fail interpreter exit
             pass
+    concurrent.futures.wait(list(_CLOSING), timeout=10.0)
 
 
 atexit.register(_close_live)
-"""``(url, start, end)``: end-exclusive; ``end=None`` reads to the end of the object."""
 
 
 class ShortRead(OSError):
@@ -62,6 +69,9 @@ class _LoopState:
     pending: list[tuple[Request, bool, asyncio.Future[bytes]]] = field(default_factory=list)
     scheduled: bool = False
     readahead: ReadAhead | None = None
+    closed: bool = False
+    keeper: AsyncGenerator[None, None] | None = None
+    """Closes the sessions when the loop shuts down (see :func:`_close_at_shutdown`)."""
 
 
 @dataclass
@@ -153,8 +163,14 @@ class Fetcher:
 
     def _watch(self) -> None:
         _LIVE.add(self)
-        # a fetcher dropped without close() still closes its sessions in their loops
-        weakref.finalize(self, _close_soon, self._states)
+        # atexit runs last-registered first: move _close_live after the exit hooks of libraries
+        # imported since (zarr's stops its loop thread), so sessions close while loops still run
+        atexit.unregister(_close_live)
+        atexit.register(_close_live)
+        # a fetcher dropped without close() still closes its sessions in their loops; at
+        # interpreter exit _close_live closes the live ones and waits, so the finalizer
+        # must not also schedule a close there that no loop will run
+        weakref.finalize(self, _close_soon, self._states).atexit = False
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -178,6 +194,11 @@ class Fetcher:
                 # a negative max_gap turns off every kind of coalescing, read-ahead too
                 readahead=ReadAhead(self.read_ahead if self.max_gap >= 0 else 0),
             )
+            state.keeper = _close_at_shutdown(state)
+            try:
+                state.keeper.__anext__().send(None)  # run to its yield: the loop now knows it
+            except StopIteration:
+                pass
         return state
 
     def reads_in_thread(self, url: str) -> bool:
@@ -490,12 +511,38 @@ def _close_soon(states: Mapping[asyncio.AbstractEventLoop, _LoopState]) -> None:
             if loop is current:
                 loop.create_task(coro)
             else:
-                asyncio.run_coroutine_threadsafe(coro, loop)
+                future = asyncio.run_coroutine_threadsafe(coro, loop)
+                _CLOSING.add(future)
+                future.add_done_callback(_CLOSING.discard)
         except RuntimeError:  # the loop shut down meanwhile
             coro.close()
 
 
+async def _close_at_shutdown(state: _LoopState) -> AsyncGenerator[None, None]:
+    """An async generator parked at its ``yield`` for the life of a loop's state.
+
+    A loop that shuts down properly (``asyncio.run``, ``loop.shutdown_asyncgens()``)
+    closes the async generators it has seen, which runs the ``finally`` here, in the
+    loop, while it can still await: the sessions of an ``asynchronous=True``
+    filesystem used inside ``asyncio.run`` are closed before the loop is.
+    """
+    try:
+        yield
+    finally:
+        state.keeper = None
+        await _close_state(state)
+
+
 async def _close_state(state: _LoopState) -> None:
+    if state.closed:
+        return
+    state.closed = True
+    keeper, state.keeper = state.keeper, None
+    if keeper is not None:  # finish it now, so it is not closed again by the loop
+        try:
+            keeper.aclose().send(None)
+        except (StopIteration, RuntimeError):
+            pass
     if state.readahead is not None:
         await state.readahead.close()
     for target in state.targets.values():
