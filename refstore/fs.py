@@ -14,10 +14,10 @@ from typing import Any
 from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from refstore._reader import Reader
+from refstore._engine import Engine
 from refstore.errors import KeyNotInManifest
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
-from refstore.manifest import Manifest, Reference
+from refstore.manifest import Manifest
 
 _HANDLES: weakref.WeakValueDictionary[str, Manifest] = weakref.WeakValueDictionary()
 _HANDLE_KEY = "refstore_manifest_handle"
@@ -108,7 +108,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         super().__init__(**{k: v for k, v in kwargs.items() if k in ("asynchronous", "loop", "batch_size")})
         if isinstance(fo, Mapping) and set(fo) >= {_HANDLE_KEY}:
             fo = _from_handle(fo)
-        self._reader = Reader(
+        self._engine = Engine(
             fo,
             target=target,
             target_protocol=target_protocol,
@@ -134,7 +134,7 @@ class ReferenceFileSystem(AsyncFileSystem):
     @property
     def manifest(self) -> Manifest:
         """The :class:`refstore.Manifest` this filesystem reads (edits through ``pipe`` land here)."""
-        return self._reader.manifest
+        return self._engine.manifest
 
     @property
     def storage_args(self) -> tuple[Any, ...]:
@@ -192,7 +192,11 @@ class ReferenceFileSystem(AsyncFileSystem):
         return path.strip("/")
 
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        return await self._reader.read(self._strip_protocol(path), start, end)
+        key = self._strip_protocol(path)
+        data = await self._engine.get(key, start, end)
+        if data is None:
+            raise FileNotFoundError(key)
+        return data
 
     async def _cat_ranges(
         self,
@@ -209,7 +213,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         if len(starts) != n or len(ends) != n:
             raise ValueError("paths, starts and ends must have the same length")
         keys = [self._strip_protocol(p) for p in paths]
-        results = await self._reader.read_many(list(zip(keys, starts, ends)))
+        results = _absent_as_error(keys, await self._engine.get_many(list(zip(keys, starts, ends))))
         if on_error == "raise":
             for res in results:
                 if isinstance(res, BaseException):
@@ -219,8 +223,11 @@ class ReferenceFileSystem(AsyncFileSystem):
     async def _cat(self, path: Any, recursive: bool = False, on_error: str = "raise", batch_size: int | None = None, **kwargs: Any) -> Any:
         paths = await self._expand_path(path, recursive=recursive)
         expanded = recursive or isinstance(path, list) or _has_magic(path)
-        keys = [p for p in paths if p in self.manifest] if expanded else paths  # drop directories
-        results = await self._reader.read_many([(k, None, None) for k in keys])
+        if expanded:  # drop directories
+            keys = [p for p in paths if p in self.manifest or await self._engine.exists(p)]
+        else:
+            keys = paths
+        results = _absent_as_error(keys, await self._engine.get_many([(k, None, None) for k in keys]))
         if on_error == "raise":
             for res in results:
                 if isinstance(res, BaseException):
@@ -240,11 +247,16 @@ class ReferenceFileSystem(AsyncFileSystem):
         key = self._strip_protocol(path)
         entry = self.manifest.get(key) if key else None
         if entry is not None:
-            size = await self._reader.size(key) if isinstance(entry, Reference) and entry.length is None else (
-                len(entry) if isinstance(entry, bytes) else entry.length
-            )
+            if isinstance(entry, bytes):
+                size = len(entry)
+            elif entry.length is not None:
+                size = entry.length
+            else:
+                size = await self._engine.size(key)
             return {"name": key, "size": size, "type": "file"}
-        if not key or self.manifest.is_dir(key):
+        if key and await self._engine.exists(key):  # a virtual array's chunk
+            return {"name": key, "size": await self._engine.size(key), "type": "file"}
+        if not key or await self._engine.is_dir(key):
             return {"name": key, "size": 0, "type": "directory"}
         raise FileNotFoundError(key)
 
@@ -254,7 +266,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         if entry is not None:
             out = [self._file_info(key, entry)]
         else:
-            files, dirs = self.manifest.list_dir(key)
+            files, dirs = await self._engine.list_dir(key)
             if not files and not dirs and key:
                 raise FileNotFoundError(key)
             base = f"{key}/" if key else ""
@@ -268,6 +280,8 @@ class ReferenceFileSystem(AsyncFileSystem):
     def _file_info(key: str, entry: Any) -> dict[str, Any]:
         if isinstance(entry, bytes):
             size: int | None = len(entry)
+        elif entry is None:
+            size = None  # a virtual array's chunk: its size is known once it is assembled
         else:
             size = entry.length  # None for a whole-object reference, as in fsspec
         return {"name": key, "size": size, "type": "file"}
@@ -279,9 +293,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         entry = self.manifest.get(key) if key else None
         if entry is not None:
             out[key] = self._file_info(key, entry)
-        for k in self.manifest.keys():
-            if not k.startswith(base):
-                continue
+        async for k in self._engine.keys(base):
             rel = k[len(base) :].split("/")
             if maxdepth is not None and len(rel) > maxdepth:
                 continue
@@ -379,3 +391,8 @@ def _write_local(lpath: str, data: bytes) -> None:
         os.makedirs(parent, exist_ok=True)
     with open(lpath, "wb") as f:
         f.write(data)
+
+
+def _absent_as_error(keys: list[str], results: list[bytes | BaseException | None]) -> list[bytes | BaseException]:
+    """fsspec's answer for a key that holds nothing: ``FileNotFoundError`` naming it."""
+    return [FileNotFoundError(k) if r is None else r for k, r in zip(keys, results)]

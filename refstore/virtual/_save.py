@@ -20,8 +20,9 @@ from refstore.virtual._store import _METADATA, DEFINITION_NAME, SOURCES_DIR, _op
 
 async def _entries(array: Any) -> list[tuple[str, Any]]:
     """``(relative key, bytes | Reference)`` for every stored key of a zarr array."""
-    from refstore.manifest import Reference
-    from refstore.store import ReferenceStore
+    from zarr.storage import LocalStore
+
+    from refstore.manifest import Manifest, Reference
 
     store, path = array.store_path.store, array.store_path.path
     prefix = f"{path}/" if path else ""
@@ -30,9 +31,9 @@ async def _entries(array: Any) -> list[tuple[str, Any]]:
     proto = default_buffer_prototype()
     for key in keys:
         rel = key[len(prefix) :]
-        if isinstance(store, ReferenceStore):
+        if isinstance(getattr(store, "manifest", None), Manifest):  # refstore's stores
             out.append((rel, store.manifest.get(key)))
-        elif type(store).__name__ == "LocalStore" and rel.rsplit("/", 1)[-1] not in _METADATA:
+        elif isinstance(store, LocalStore) and rel.rsplit("/", 1)[-1] not in _METADATA:
             full = os.path.abspath(os.path.join(str(store.root), key))  # noqa: ASYNC240 - string work only
             size = await asyncio.to_thread(os.path.getsize, full)
             out.append((rel, Reference("file://" + full, 0, size)))
@@ -46,16 +47,16 @@ async def _entries(array: Any) -> list[tuple[str, Any]]:
 def _source_entry(src: ZarrSource, coords: tuple[int, ...]) -> Any:
     """The manifest entry (bytes or Reference) of one stored source chunk, or None."""
     from zarr.core.sync import sync
+    from zarr.storage import LocalStore
 
-    from refstore.manifest import Reference
-    from refstore.store import ReferenceStore
+    from refstore.manifest import Manifest, Reference
 
     arr = src.array
     store, path = arr.store_path.store, arr.store_path.path
     key = (f"{path}/" if path else "") + arr.metadata.encode_chunk_key(coords)
-    if isinstance(store, ReferenceStore):
+    if isinstance(getattr(store, "manifest", None), Manifest):  # refstore's stores
         return store.manifest.get(key)
-    if type(store).__name__ == "LocalStore":
+    if isinstance(store, LocalStore):
         full = os.path.join(str(store.root), key)
         return Reference("file://" + os.path.abspath(full), 0, os.path.getsize(full)) if os.path.exists(full) else None
     return sync(src.get_chunk_bytes(coords))

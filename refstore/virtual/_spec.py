@@ -110,20 +110,28 @@ def _map_from_json(m: Any, where: str) -> SourceDim:
     raise ManifestError(f"{where}: expected an int, [dim, start, step] or a blocked-map object, got {m!r}")
 
 
+#: Opens ``{"manifest": url}`` sources when the caller names no ``open_manifest``:
+#: ``(url, **options) -> zarr Store``. The engine registers itself here
+#: (:mod:`refstore._engine`), so this layer never imports the layers above it.
+default_manifest_opener: Callable[..., Any] | None = None
+
+
 def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSource:
     """A lazily opened :class:`ZarrSource` for a JSON source reference.
 
     ``{"path": p}`` is an array in ``root`` (the store holding the definition);
     ``{"manifest": url, "path": p, "options": {...}}`` an array of another reference
     manifest; ``{"zarr": url, "path": p, "storage_options": {...}}`` an array of a zarr
-    store at ``url``. ``options`` are passed to :class:`refstore.ReferenceStore` for
-    ``"manifest"`` sources when the reference has none.
+    store at ``url``. ``options`` are passed to ``open_manifest(url, **options)`` (the
+    caller's opener, e.g. a ``ReferenceStore``) for ``"manifest"`` sources when the
+    reference has none; ``options["url_policy"]`` also checks the source's URL.
     """
     from zarr.api.asynchronous import open_array
 
     path = ref.get("path", "")
-    # a definition inside a ReferenceStore may reach only what that store's URL policy allows
-    policy = getattr(getattr(root, "_reader", None), "policy", None)
+    open_manifest = options.pop("open_manifest", None) or default_manifest_opener
+    # a definition inside a manifest may reach only what that manifest's URL policy allows
+    policy = options.get("url_policy")
     for field in ("manifest", "zarr"):
         if policy is not None and isinstance(ref.get(field), str):
             policy.check(ref[field], key=f"virtual source {field!r}")
@@ -132,12 +140,12 @@ def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSo
         async def opener() -> Any:
             import asyncio
 
-            from refstore.store import ReferenceStore
-
+            if open_manifest is None:
+                raise ManifestError(f"source {ref!r}: no opener for manifest sources was given")
             kwargs = dict(ref.get("options") or options)
             if policy is not None:
                 kwargs["url_policy"] = policy
-            store = await asyncio.to_thread(ReferenceStore, ref["manifest"], **kwargs)
+            store = await asyncio.to_thread(open_manifest, ref["manifest"], **kwargs)
             return await open_array(store=store, mode="r", path=path)
 
     elif "zarr" in ref:
@@ -167,7 +175,8 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
     root
         The zarr store that ``{"path": ...}`` sources are resolved in.
     **options
-        Passed to :class:`refstore.ReferenceStore` for ``{"manifest": ...}`` sources.
+        ``open_manifest``, ``url_policy`` and the options for ``{"manifest": ...}``
+        sources (see :func:`open_source`).
     """
     from refstore.virtual._array import VirtualArray
 

@@ -66,7 +66,8 @@ class VirtualResolver:
         Budget of the LRU of decoded source chunks that assembled chunks share
         (:class:`~refstore.virtual._cache.DecodedChunkCache`); 0 keeps none.
     **options
-        Passed to :class:`refstore.ReferenceStore` for ``{"manifest": ...}`` sources.
+        ``open_manifest`` (a callable ``(url, **options) -> zarr Store``), ``url_policy``
+        and the options for ``{"manifest": ...}`` sources.
     """
 
     def __init__(self, store: Store, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **options: Any) -> None:
@@ -346,7 +347,7 @@ class VirtualStore(Store):
 
     def _inner_lists_virtual(self) -> bool:
         """True if ``store`` lists the virtual chunk keys itself (a ReferenceStore serving them)."""
-        return getattr(self.store, "_virtual", None) is not None
+        return bool(getattr(self.store, "serves_virtual_arrays", False))
 
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited; virtual chunk keys are those some layer touches
@@ -380,6 +381,10 @@ def open_virtual(fo: Any, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **o
     for ``{"manifest": ...}`` sources); ``decoded_cache_bytes`` to :class:`VirtualResolver`.
     Open with ``zarr.open_group(store, mode="r")``.
     """
-    from refstore.store import ReferenceStore
+    from refstore.store import ReferenceStore  # this convenience opener stands above the faces
 
-    return VirtualStore(ReferenceStore(fo, **options), decoded_cache_bytes=decoded_cache_bytes, **options)
+    store = ReferenceStore(fo, **options)
+    return VirtualStore(
+        store, decoded_cache_bytes=decoded_cache_bytes, open_manifest=ReferenceStore,
+        **{**options, "url_policy": store.url_policy},
+    )

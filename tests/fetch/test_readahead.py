@@ -183,7 +183,7 @@ def test_store_close_closes_sessions_of_zarrs_loop(http, tmp_path):
     url = http.serve(chunks.path, "close")
     store = ReferenceStore(chunks.refs_v3(url))
     np.testing.assert_array_equal(zarr.open_array(store, mode="r")[:], chunks.expected())
-    fetcher = store._reader.fetcher
+    fetcher = store.engine.reader.fetcher
     targets = [t for state in fetcher._states.values() for t in state.targets.values()]
     assert targets and not any(t._session.closed for t in targets)
     store.close()

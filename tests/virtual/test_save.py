@@ -162,15 +162,15 @@ def test_resolver_as_store_hook(time_files) -> None:
 
     class HookedStore(refstore.ReferenceStore):
         async def get(self, key, prototype, byte_range=None):
-            if await self._virtual.is_virtual(key):
-                data = await self._virtual.get_chunk(key)
+            if await self.engine.virtual.is_virtual(key):
+                data = await self.engine.virtual.get_chunk(key)
                 return None if data is None else prototype.buffer.from_bytes(data)
             return await super().get(key, prototype, byte_range)
 
     a, c = open_h5_var(time_files["y2001_gz"]), open_h5_var(time_files["y2004_raw"])
     m = save_virtual({"x": concat([a, c])})
     store = HookedStore(m)
-    store._virtual = VirtualResolver(store)
+    assert isinstance(store.engine.virtual, VirtualResolver)
     np.testing.assert_array_equal(
         zarr.open_array(store, path="x", mode="r")[:], np.concatenate([read_h5(time_files["y2001_gz"]), read_h5(time_files["y2004_raw"])])
     )
