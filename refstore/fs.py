@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import fsspec.asyn
 from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
@@ -128,6 +129,17 @@ class ReferenceFileSystem(AsyncFileSystem):
         self.target = target
         self.max_gap = max_gap
         self.max_block = max_block
+
+    @property
+    def loop(self) -> Any:
+        """The loop the sync methods run on: fsspec's IO loop when none was given.
+
+        The engine keeps its sessions per event loop, so an ``asynchronous=True``
+        instance also answers ``ls``, ``info``, ``cat_file``, ... from plain threads,
+        as fsspec's own class does.
+        """
+        loop = super().loop
+        return fsspec.asyn.get_loop() if loop is None else loop
 
     # -- identity: rebuilds and pickles reuse the parsed manifest --------------------------------
 

@@ -71,6 +71,16 @@ def test_listing_and_info(refs, blob):
         fs.info("nope")
 
 
+def test_asynchronous_instance_answers_sync_calls_too(refs, blob):
+    """fsspec's class answers ls/info/cat_file/cat on an ``asynchronous=True`` instance from plain code."""
+    _, data = blob
+    fs = fsspec.filesystem("reference", fo=refs, asynchronous=True, skip_instance_cache=True)
+    assert fs.ls("", detail=False) == ["a", "b", "c"]
+    assert fs.info("b") == {"name": "b", "size": 20, "type": "file"}
+    assert fs.cat_file("b", start=5, end=10) == data[105:110]
+    assert fs.cat(["a", "c/g"]) == {"a": b"data", "c/g": data[10:15]}
+
+
 def test_open_reads_lazily(refs, blob):
     fs = ReferenceFileSystem(refs)
     with fs.open("c/d", block_size=64) as f:
