@@ -17,6 +17,7 @@ import numpy as np
 import ujson
 
 from refstore.errors import KeyNotInManifest, ManifestError
+from refstore.manifest._keys import check_key
 from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
 
 METADATA_NAMES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
@@ -45,12 +46,24 @@ def is_metadata_key(key: str) -> bool:
     return key.rpartition("/")[2] in METADATA_NAMES
 
 
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/"):
-        raise ManifestError(f"manifest key {key!r}: keys are non-empty relative paths")
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise ManifestError(f"manifest key {key!r}: '.', '..' and empty path parts are not allowed")
-    return key
+_check_key = check_key  # (the name ._lazy imports)
+
+#: Offsets and lengths are int64 columns: the largest value a reference may give, plus one.
+INT64_END = 1 << 63
+#: Chunk-grid cells (20 bytes each) the dense columns of a manifest may hold regardless of its size.
+CELL_FLOOR = 1 << 20
+
+
+def check_span(key: str, offset: object, length: object) -> None:
+    """Raise :class:`ManifestError` naming *key* unless *offset* and *length* fit the columns.
+
+    *length* may be None (a whole object).
+    """
+    for name, n in (("offset", offset), ("length", length)):
+        if n is None and name == "length":
+            continue
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < INT64_END:
+            raise ManifestError(f"key {key!r}: {name} must be an integer >= 0 and < 2**63, got {n!r}")
 
 
 class Manifest:
@@ -154,6 +167,16 @@ class Manifest:
         self._tables[layout.prefix] = table
         self._reindex()
         return table
+
+    def _room_for(self, layout: KeyLayout, budget: int) -> bool:
+        """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
+
+        The budget is for all arrays together: metadata describing many large
+        grids must not allocate columns far beyond the references it holds
+        (the keys of an array left out are kept individually instead).
+        """
+        cells = sum(t.layout.size for p, t in self._tables.items() if not t.lazy and p != layout.prefix)
+        return cells + layout.size <= budget
 
     def _drop_table(self, prefix: str) -> None:
         del self._tables[prefix]
@@ -273,8 +296,7 @@ class Manifest:
             self._generation += 1
             self._discard(key)
             if isinstance(value, Reference):
-                if value.offset < 0 or (value.length is not None and value.length < 0):
-                    raise ManifestError(f"key {key!r}: offset and length must be >= 0, got {value}")
+                check_span(key, value.offset, value.length)
                 uid = self.url_id(value.url)
                 length = WHOLE if value.length is None else value.length
                 found = self._locate(key)
@@ -292,7 +314,7 @@ class Manifest:
 
     def _adopt(self, layout: KeyLayout) -> None:
         """Start a table for a newly described array, moving matching loose references into it."""
-        if layout.size > 4 * len(self._loose) + (1 << 20):
+        if not self._room_for(layout, 4 * len(self._loose) + CELL_FLOOR):
             return  # a sparse grid: keep its keys individually rather than allocate columns
         table = self._add_table(layout)
         for key in [k for k in self._loose if k.startswith(layout.head)]:

@@ -150,6 +150,10 @@ class ParquetSource:
             data = self.read(fn)
         except FileNotFoundError:
             part = None
+        except IsADirectoryError:
+            raise ManifestError(
+                f"key {layout.head + layout.suffix(flat)!r}: parquet partition {fn!r} is a directory, not a file"
+            ) from None
         else:
             try:
                 part = decode_partition(data, fn, layout, record, self.record_size)
