@@ -75,8 +75,8 @@ class _Text:
     def skip_ws(self) -> None:
         while True:
             n = len(self.buf)
-            while self.pos < n and self.buf[self.pos] in _WS:
-                self.pos += 1
+            if self.pos < n and self.buf[self.pos] in _WS:  # runs of blanks are skipped at C speed
+                self.pos = n - len(self.buf[self.pos :].lstrip(_WS))
             if self.pos < n or not self.more():
                 return
 
