@@ -20,6 +20,8 @@ from refstore.manifest._budgets import Budgets, current
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: Largest piece inflated before the budget is checked again.
+_PIECE = 1 << 20
 _GZIP_ERRORS: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile)
 
 
@@ -93,11 +95,17 @@ class Inflating:
             self._inner, self._errors = _zstd_reader(self._source, name, self.budget)
 
     def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            parts = []
-            while chunk := self.read(1 << 20):
-                parts.append(chunk)
-            return b"".join(parts)
+        parts = []
+        left = -1 if n is None or n < 0 else n
+        while left:  # in pieces, so a bomb is stopped within one piece of the budget
+            piece = self._read_piece(_PIECE if left < 0 else min(left, _PIECE))
+            if not piece:
+                break
+            parts.append(piece)
+            left -= len(piece) if left > 0 else 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_piece(self, n: int) -> bytes:
         try:
             data = self._inner.read(n)
         except self._errors as exc:
@@ -107,9 +115,9 @@ class Inflating:
         allowed = max(budget.min_inflate_allowance, budget.max_inflate_ratio * self._source.count)
         if self._out > allowed:
             raise ManifestError(
-                f"manifest {self.name!r}: {self._source.count} compressed bytes inflate to more than "
-                f"{self._out} bytes, past max_inflate_ratio={budget.max_inflate_ratio} "
-                f"(min_inflate_allowance={budget.min_inflate_allowance}); see refstore.manifest.budgets"
+                f"manifest {self.name!r}: {self._source.count} compressed bytes inflated to {self._out} "
+                f"bytes so far, more than the {allowed} allowed (max_inflate_ratio={budget.max_inflate_ratio}, "
+                f"min_inflate_allowance={budget.min_inflate_allowance}; see refstore.manifest.budgets)"
             )
         return data
 
