@@ -19,7 +19,7 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._model import CELL_FLOOR, check_span
+from refstore.manifest._model import CELL_FLOOR, check_metadata, check_span
 from refstore.manifest._table import WHOLE, ChunkTable
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -146,7 +146,7 @@ def ingest(
         value = decode_value(key, body[key], expand)
         if not isinstance(value, bytes):
             raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
-        manifest.set(key, value)
+        manifest.set(key, check_metadata(key, value))
 
     placed = len(meta_keys)
     # tabulate the described arrays unless their columns together would dwarf the references

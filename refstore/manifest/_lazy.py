@@ -20,7 +20,7 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._model import Manifest, Reference, _check_key
+from refstore.manifest._model import Manifest, Reference, _check_key, check_metadata
 from refstore.manifest._parquet import Block, Partition, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
@@ -360,8 +360,11 @@ def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyPar
             _check_key(key)
         except ManifestError as exc:
             raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
-        data = doc.encode() if isinstance(doc, str) else ujson.dumps(doc, escape_forward_slashes=False).encode()
-        manifest._inline[key] = data
+        try:
+            data = doc.encode() if isinstance(doc, str) else ujson.dumps(doc, escape_forward_slashes=False).encode()
+            manifest._inline[key] = check_metadata(key, data)
+        except (ManifestError, OverflowError) as exc:  # (ujson raises OverflowError for nesting too deep)
+            raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
         layout = manifest._layout_for(key, data)
         if layout is not None:
             manifest._tables[layout.prefix] = LazyChunkTable(layout, source)  # type: ignore[assignment]

@@ -46,6 +46,28 @@ def is_metadata_key(key: str) -> bool:
     return key.rpartition("/")[2] in METADATA_NAMES
 
 
+def check_metadata(key: str, data: bytes) -> bytes:
+    """*data*, if *key* is not a metadata document or if *data* is a JSON object, as zarr requires.
+
+    The readers of manifests apply it; edits (a store's ``set``) may write any bytes.
+
+    Raises
+    ------
+    ManifestError
+        Naming the key, for a metadata document that is not a JSON object
+        (zarr would fail on it later with a bare ``TypeError``).
+    """
+    if key.rpartition("/")[2] not in METADATA_NAMES:
+        return data
+    try:
+        doc = ujson.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"key {key!r}: a metadata document must be a JSON object ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"key {key!r}: a metadata document must be a JSON object, got {type(doc).__name__}")
+    return data
+
+
 _check_key = check_key  # (the name ._lazy imports)
 
 #: Offsets and lengths are int64 columns: the largest value a reference may give, plus one.

@@ -35,7 +35,7 @@ from refstore.manifest._kerchunk import (
     url_ids,
 )
 from refstore.manifest._keys import check_key
-from refstore.manifest._model import CELL_FLOOR
+from refstore.manifest._model import CELL_FLOOR, check_metadata
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ class _Refs:
             if not isinstance(value, bytes):
                 raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
             manifest._inline.pop(key, None)
-            manifest._inline[key] = value
+            manifest._inline[key] = check_metadata(key, value)
             layout = manifest._layout_for(key, value)
             if layout is not None and manifest._room_for(layout, self.limit):
                 self._adopt(layout)

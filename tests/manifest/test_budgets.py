@@ -223,6 +223,12 @@ RAW = {
     "zmetadata_metadata_int": lambda p: Manifest.open(_zmetadata(p, "j.parq", '{"metadata": 5, "record_size": 2}')),
     "zmetadata_record_size": lambda p: Manifest.open(_zmetadata(p, "k.parq", '{"metadata": {}, "record_size": "x"}')),
     "zmetadata_key_int": lambda p: Manifest.from_dict({".zmetadata": 5}),
+    "zmetadata_documents_int": lambda p: Manifest.open(_zmetadata(p, "l.parq", json.dumps(
+        {"metadata": {".zgroup": 5, "a/.zarray": 5}, "record_size": 2}))),
+    "zmetadata_text_int": lambda p: Manifest.from_dict({"version": 1, "refs": {".zmetadata": "5"}}),
+    "zmetadata_text_int_stream": lambda p: _open_text(p, json.dumps({"version": 1, "refs": {
+        ".zgroup": '{"zarr_format": 2}', ".zmetadata": "5", "a": ["u", 0, 1]}})),
+    "zattrs_not_json": lambda p: Manifest.from_dict({"a/.zattrs": "not json"}),
     "non_text_key": lambda p: Manifest.from_dict({5: "x"}),
 }
 
