@@ -120,9 +120,10 @@ class HTTPTarget:
         """
         if end is not None and end <= start:
             return b""
-        whole = await self._kept(url)
-        if whole is not None:
-            return whole[start:] if end is None else whole[start:end]
+        if self._kept_now(url):
+            whole = await self._kept(url)
+            if whole is not None:
+                return whole[start:] if end is None else whole[start:end]
         headers = dict(self._headers)
         ranged = bool(start) or end is not None
         if ranged:
@@ -197,6 +198,10 @@ class HTTPTarget:
         loading = self._loading.get(url)
         return None if loading is None else await asyncio.shield(loading)
 
+    def _kept_now(self, url: str) -> bool:
+        """True if *url* is kept whole or being read whole (two dict lookups, no coroutine)."""
+        return url in self._whole or url in self._loading
+
     async def _range_ignored(
         self, url: str, target: str, resp: aiohttp.ClientResponse, start: int, end: int | None
     ) -> bytes:
@@ -216,7 +221,7 @@ class HTTPTarget:
             whole = await asyncio.shield(loading)
             if whole is not None:
                 return whole[start:] if end is None else whole[start:end]
-            return await self.read_one_streamed(url, start, end)
+            return await self._read_streamed(url, start, end)
         declared = resp.headers.get("Content-Length", "")
         keep = self._whole_cap if not declared.isdigit() or int(declared) <= self._whole_cap else 0
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
@@ -234,7 +239,7 @@ class HTTPTarget:
             future.set_result(whole)
         return piece
 
-    async def read_one_streamed(self, url: str, start: int, end: int | None) -> bytes:
+    async def _read_streamed(self, url: str, start: int, end: int | None) -> bytes:
         """Read ``[start, end)`` by streaming the whole object and keeping only the range."""
         try:
             async with self._request("GET", url, self._headers) as (target, resp):

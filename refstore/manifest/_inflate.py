@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from refstore.errors import ManifestError
 from refstore.manifest._budgets import Budgets, current
@@ -44,21 +44,18 @@ def detect(head: bytes, compression: str | None, name: str) -> str | None:
     return None
 
 
-class _Counting:
+class _Counting(io.RawIOBase):
     """A binary stream that counts the bytes read through it."""
 
     def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__()
         self.raw = raw
         self.count = 0
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.count += len(data)
-        return data
-
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
+        data = self.raw.read(len(buffer))
         buffer[: len(data)] = data
+        self.count += len(data)
         return len(data)
 
     def readable(self) -> bool:
@@ -90,7 +87,7 @@ class Inflating:
         self._out = 0
         self._errors: tuple[type[BaseException], ...] = _GZIP_ERRORS
         if kind == "gzip":
-            self._inner: Any = gzip.GzipFile(fileobj=self._source)  # type: ignore[arg-type]
+            self._inner: Any = gzip.GzipFile(fileobj=self._source, mode="rb")
         else:
             self._inner, self._errors = _zstd_reader(self._source, name, self.budget)
 
@@ -146,7 +143,7 @@ def _zstd_reader(source: _Counting, name: str, budget: Budgets) -> tuple[Any, tu
     except ImportError:
         pass
     else:
-        reader = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], source), read_across_frames=True)
         return reader, (zstandard.ZstdError,)
     try:
         from compression import zstd  # type: ignore[import-not-found]
