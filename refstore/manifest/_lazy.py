@@ -20,7 +20,8 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._model import Manifest, Reference, _check_key, check_metadata
+from refstore.manifest._keys import check_key
+from refstore.manifest._model import Manifest, Reference, check_metadata
 from refstore.manifest._parquet import Block, Partition, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
@@ -357,7 +358,7 @@ def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyPar
     manifest._parquet = source
     for key, doc in documents.items():
         try:
-            _check_key(key)
+            check_key(key)
         except ManifestError as exc:
             raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
         try:

@@ -68,8 +68,6 @@ def check_metadata(key: str, data: bytes) -> bytes:
     return data
 
 
-_check_key = check_key  # (the name ._lazy imports)
-
 #: Offsets and lengths are int64 columns: the largest value a reference may give, plus one.
 INT64_END = 1 << 63
 #: Chunk-grid cells (20 bytes each) the dense columns of a manifest may hold regardless of its size.
@@ -200,10 +198,6 @@ class Manifest:
         cells = sum(t.layout.size for p, t in self._tables.items() if not t.lazy and p != layout.prefix)
         return cells + layout.size <= budget
 
-    def _drop_table(self, prefix: str) -> None:
-        del self._tables[prefix]
-        self._reindex()
-
     def _reindex(self) -> None:
         """Rebuild the key-head index after the set of tables changed."""
         self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
@@ -313,7 +307,7 @@ class Manifest:
         ManifestError
             If the key or the reference is malformed.
         """
-        _check_key(key)
+        check_key(key)
         with self._lock:
             self._generation += 1
             self._discard(key)
