@@ -217,6 +217,9 @@ RAW = {
     "negative_shape_v3": lambda p: Manifest.from_dict({"a/zarr.json": json.dumps({
         "zarr_format": 3, "node_type": "array", "shape": [-1, 4], "data_type": "int8",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, 1]}}})}),
+    "grid_past_int64": lambda p: Manifest.from_dict({"a/.zarray": json.dumps({**ZARRAY, "shape": [2**40, 2**40], "chunks": [1, 1]})}),
+    "grid_past_int64_parquet": lambda p: Manifest.open(_zmetadata(p, "g.parq", json.dumps(
+        {"metadata": {"a/.zarray": {**ZARRAY, "shape": [10**30]}}, "record_size": 10}))),
     "directory_json": lambda p: (os.makedirs(p / "d.json"), Manifest.open(str(p / "d.json"))),
     "directory_zmetadata": lambda p: (os.makedirs(p / "z.parq" / ".zmetadata"), Manifest.open(str(p / "z.parq"))),
     "zmetadata_int": lambda p: Manifest.open(_zmetadata(p, "i.parq", "5")),
