@@ -13,7 +13,7 @@ Partitions are read and cached by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 _UNSET = object()
 _SAMPLE_TABLES = 4
+#: A scan over more partitions than this lists the array's folder and visits only existing files.
+_SCAN_ALL = 1024
 """Arrays whose first partition may be read to sample URLs (see :meth:`LazyParquetManifest._urls`)."""
 
 
@@ -150,7 +152,7 @@ class LazyChunkTable:
         else:
             edit_flats = np.zeros(0, dtype=np.int64)
             edit_set = np.zeros(0, dtype=bool)
-        for record in range(lo // rs, -(-hi // rs)):
+        for record in self._records(lo // rs, -(-hi // rs), edit_flats):
             base = record * rs
             a, b = max(lo, base), min(hi, base + rs)
             part = self.source.partition(self.layout, record, a, keep=keep)
@@ -163,6 +165,16 @@ class LazyChunkTable:
                 flats = np.union1d(flats, edit_flats[i:j][edit_set[i:j]])
             if len(flats):
                 yield flats
+
+    def _records(self, first: int, stop: int, edit_flats: np.ndarray) -> Iterable[int]:
+        """The partition numbers in ``[first, stop)`` a scan must visit: all of them, or for a
+        range of more than :data:`_SCAN_ALL` partitions, those with a file or an edit."""
+        if stop - first <= _SCAN_ALL:
+            return range(first, stop)
+        rs = self.source.record_size
+        with_file = self.source.records(self.layout.prefix)
+        edited = np.unique(edit_flats // rs).tolist()
+        return sorted({r for r in (*with_file, *edited) if first <= r < stop})
 
     def present(self) -> np.ndarray:
         """Not available: the columns of a lazy table are not in memory.

@@ -266,3 +266,25 @@ def test_malformed_input_raises_manifest_error_naming_it(tmp_path, case):
     message = str(info.value)
     assert any(name in message for name in ("key", "manifest", "gen[0]", ".zmetadata")), message
     assert zlib.crc32(message.encode())  # (a message, not an empty one)
+
+
+def test_a_huge_sparse_parquet_grid_lists_only_its_partition_files(tmp_path):
+    pytest.importorskip("pyarrow")
+    from refstore import Reference, ReferenceFileSystem
+
+    small = {".zgroup": '{"zarr_format": 2}', "a/.zarray": json.dumps({**ZARRAY, "shape": [3000]})}
+    small.update({f"a/{i}": ["s3://b/f", i, 1] for i in range(0, 3000, 7)})
+    root = tmp_path / "refs.parq"
+    Manifest.from_dict(small).save(str(root), record_size=1000)
+    meta = json.loads((root / ".zmetadata").read_text())
+    meta["metadata"]["a/.zarray"]["shape"] = [10**12]  # a billion partitions, three of them with files
+    (root / ".zmetadata").write_text(json.dumps(meta))
+    os.rename(root / "a" / "refs.2.parq", root / "a" / "refs.999999.parq")
+    m = Manifest.open(str(root))
+    m.set("a/123456789012", Reference("s3://b/g", 5, 1))  # an edit in a partition without a file
+    fs = ReferenceFileSystem(m)
+    names = _quick(lambda: fs.ls("a", detail=False), 5)
+    moved = [f"a/{999_999_000 + (i - 2000)}" for i in range(2000, 3000) if i % 7 == 0]
+    assert set(moved) <= set(names) and "a/123456789012" in names and "a/7" in names
+    assert _quick(lambda: len(m), 5) == 1 + 1 + len(range(0, 3000, 7)) + 1
+    assert m[moved[0]] == Reference("s3://b/f", int(moved[0][2:]) - 999_999_000 + 2000, 1)
