@@ -79,6 +79,10 @@ def check_span(key: str, offset: object, length: object) -> None:
 
     *length* may be None (a whole object).
     """
+    if type(offset) is int and 0 <= offset < INT64_END and (  # the common case, in one test
+        length is None or (type(length) is int and 0 <= length < INT64_END)
+    ):
+        return
     for name, n in (("offset", offset), ("length", length)):
         if n is None and name == "length":
             continue
