@@ -224,3 +224,11 @@ def test_local_prefixes_compare_resolved_paths(tmp_path):
     policy.check(os.path.join(str(tmp_path), "x", "..", "real", "f.bin"))
     with pytest.raises(URLNotAllowed):
         policy.check(str(tmp_path / "real-other" / "f.bin"))
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "memory://x/y", "ftp://127.0.0.1/x"])
+def test_redirects_never_leave_http_even_without_prefixes(site, location):
+    site.route("/ok/pub/jump.bin", redirect(location))
+    fs = _fs({"k": [f"{site.url}/ok/pub/jump.bin", 0, 4]}, URLPolicy(protocols=None))  # anything allowed
+    with pytest.raises(URLNotAllowed, match="http"):
+        fs.cat("k")
