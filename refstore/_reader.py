@@ -64,7 +64,7 @@ class Reader:
             cache_size=cache_size,
         )
         self.target = target
-        self.policy = url_policy or URLPolicy.for_manifest(self.manifest.source_is_remote)
+        self.policy = URLPolicy.coerce(url_policy) or URLPolicy.for_manifest(self.manifest.source_is_remote)
         remote_opts = _clean(remote_options)
         options: dict[str, dict[str, Any]] = {}
         filesystems: dict[str, Any] = {}

@@ -9,9 +9,12 @@ working::
     │   └── TemplateError                    a template or ``gen`` entry cannot be expanded safely
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
-    └── ReferenceNotReachable(fsspec's ReferenceNotReachable, i.e. RuntimeError)
-                                             a target could not be read: names key, URL and cause;
-                                             the original error (e.g. FileNotFoundError) is ``__cause__``
+    ├── BadResponse(OSError)                 a server answered something other than what was asked
+    │                                        (another Content-Range, more bytes than requested)
+    ├── ReferenceNotReachable(fsspec's ReferenceNotReachable, i.e. RuntimeError)
+    │                                        a target could not be read: names key, URL and cause;
+    │                                        the original error (e.g. FileNotFoundError) is ``__cause__``
+    └── RefstoreWarning(UserWarning)         issued, not raised: e.g. a server that ignores Range
 
 A *missing key* is not an error for a zarr store (it reads as the fill value);
 an *unreachable target* always is, so a broken dataset never reads as zeros.
@@ -24,10 +27,12 @@ from fsspec.implementations.reference import (
 )
 
 __all__ = [
+    "BadResponse",
     "KeyNotInManifest",
     "ManifestError",
     "ReferenceNotReachable",
     "RefstoreError",
+    "RefstoreWarning",
     "TemplateError",
     "URLNotAllowed",
 ]
@@ -79,6 +84,24 @@ class URLNotAllowed(RefstoreError, PermissionError):
 
     def __reduce__(self):  # keep the three-argument constructor picklable
         return (type(self), (self.url, self.reason, self.key))
+
+
+class BadResponse(RefstoreError, OSError):
+    """A server's answer does not match the request.
+
+    For example a ``206`` whose ``Content-Range`` is not the range asked for,
+    or a body longer than the requested length. Such an answer is never
+    sliced or retried: it would give a key another key's bytes. Readers see
+    it as the ``__cause__`` of :class:`ReferenceNotReachable`.
+    """
+
+
+class RefstoreWarning(RefstoreError, UserWarning):
+    """A warning about a target that still reads correctly, but slowly.
+
+    Issued (``warnings.warn``), not raised; for example once per URL whose
+    server ignores ``Range`` requests.
+    """
 
 
 class ReferenceNotReachable(RefstoreError, _FsspecReferenceNotReachable):

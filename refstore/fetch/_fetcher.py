@@ -19,10 +19,11 @@ from typing import Any
 
 import fsspec.asyn
 
+from refstore.fetch._http import HTTPTarget
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
 from refstore.fetch._readahead import Block, ReadAhead
-from refstore.fetch._targets import FsspecTarget, HTTPTarget, LocalTarget, TransientError
+from refstore.fetch._targets import FsspecTarget, LocalTarget, TransientError
 
 #: Default largest hole read through to join two ranges of one URL (bytes). Measured in
 #: ``benchmarks/scattered.py``: wider gaps never made zarr reads faster and raise the extra

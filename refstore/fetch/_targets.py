@@ -1,4 +1,4 @@
-"""Targets: the per-protocol readers of byte spans (local pread, aiohttp, any fsspec filesystem).
+"""Targets: the per-protocol readers of byte spans (local pread, any fsspec filesystem; HTTP in ._http).
 
 A target reads ``[start, end)`` of one object and raises ``FileNotFoundError``
 for a missing object, :class:`TransientError` for what a retry may cure, and
@@ -12,17 +12,14 @@ import asyncio
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
 #: Reads of at most this many bytes from an already open local file run in the event loop.
 _INLINE_BYTES = 256 * 1024
-_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-_MAX_REDIRECTS = 5
 
 
 class TransientError(OSError):
@@ -127,72 +124,6 @@ class LocalTarget:
             fds, self._fds = list(self._fds.values()), OrderedDict()
             for fd in fds:
                 self._drop(fd)
-
-
-class HTTPTarget:
-    """HTTP(S) range GETs over one aiohttp session.
-
-    Redirects are followed by hand so each hop can be checked against the URL
-    policy (``check_url``).
-    """
-
-    def __init__(self, options: Mapping[str, Any], check_url: Callable[[str], None]) -> None:
-        opts = dict(options)
-        self._headers = dict(opts.pop("headers", {}) or {})
-        client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
-        self._headers.update(client_kwargs.pop("headers", {}) or {})
-        timeout = client_kwargs.pop("timeout", None) or aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=30)
-        self._session = aiohttp.ClientSession(timeout=timeout, **client_kwargs)
-        self._check_url = check_url
-
-    async def _get(self, url: str, headers: dict[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
-        for _ in range(_MAX_REDIRECTS + 1):
-            async with self._session.get(url, headers=headers, allow_redirects=False) as resp:
-                if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
-                    url = str(resp.url.join(aiohttp.client.URL(resp.headers["Location"])))
-                    self._check_url(url)
-                    continue
-                return resp.status, await resp.read(), resp.headers
-        raise OSError(f"too many redirects for {url}")
-
-    async def read_one(self, url: str, start: int, end: int | None) -> bytes:
-        headers = dict(self._headers)
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
-        if end is not None and end <= start:
-            return b""
-        try:
-            status, body, _ = await self._get(url, headers)
-        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        if status == 206:
-            return body
-        if status == 200:
-            # the server ignored Range: cut the span out of the whole body
-            return body[start:] if end is None else body[start:end]
-        if status == 416:
-            return b""
-        if status in (404, 410):
-            raise FileNotFoundError(f"HTTP {status} for {url}")
-        if status in _TRANSIENT_STATUS:
-            raise TransientError(f"HTTP {status} for {url}")
-        raise OSError(f"HTTP {status} for {url}")
-
-    async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
-        if len(spans) == 1:
-            return [await self.read_one(url, *spans[0])]
-        return list(await asyncio.gather(*(self.read_one(url, s, e) for s, e in spans)))
-
-    async def size(self, url: str) -> int:
-        async with self._session.head(url, headers=self._headers, allow_redirects=True) as resp:
-            if resp.status in (404, 410):
-                raise FileNotFoundError(f"HTTP {resp.status} for {url}")
-            if resp.status >= 400 or "Content-Length" not in resp.headers:
-                return len(await self.read_one(url, 0, None))
-            return int(resp.headers["Content-Length"])
-
-    async def close(self) -> None:
-        await self._session.close()
 
 
 class FsspecTarget:

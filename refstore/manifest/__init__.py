@@ -1,6 +1,7 @@
-"""Reference manifests: the data model, kerchunk JSON and parquet, safe templates."""
+"""Reference manifests: the data model, kerchunk JSON and parquet, safe templates, budgets."""
 
+from refstore.manifest._budgets import Budgets, budgets
 from refstore.manifest._io import open_manifest, save_manifest
 from refstore.manifest._model import Manifest, Reference, is_metadata_key
 
-__all__ = ["Manifest", "Reference", "is_metadata_key", "open_manifest", "save_manifest"]
+__all__ = ["Budgets", "Manifest", "Reference", "budgets", "is_metadata_key", "open_manifest", "save_manifest"]

@@ -11,6 +11,7 @@ import fsspec
 import ujson
 
 from refstore.errors import ManifestError
+from refstore.manifest._inflate import Inflating, detect, inflate_all
 
 if TYPE_CHECKING:
     from refstore.manifest._model import Manifest
@@ -18,41 +19,28 @@ if TYPE_CHECKING:
 _PARQUET_SUFFIXES = (".parq", ".parquet", ".parq/", ".parquet/")
 
 
-def _decompress(data: bytes, url: str, compression: str | None) -> bytes:
-    if compression == "gzip" or (compression is None and data[:2] == b"\x1f\x8b"):
-        return gzip.decompress(data)
-    if compression == "zstd" or (compression is None and data[:4] == b"\x28\xb5\x2f\xfd"):
-        from numcodecs import Zstd  # zarr depends on numcodecs
-
-        return bytes(Zstd().decode(data))
-    if compression not in (None, "infer"):
-        raise ManifestError(f"manifest {url!r}: unsupported compression {compression!r}")
-    return data
-
-
 def _read_json(
     fs: Any, path: str, url: str, compression: str | None, template_overrides: Mapping[str, str] | None
 ) -> Manifest:
-    """Read a kerchunk JSON manifest, streaming it block by block where its shape allows."""
+    """Read a kerchunk JSON manifest, streaming it block by block where its shape allows.
+
+    Compressed files inflate within the budget (:mod:`._inflate`).
+    """
     from refstore.manifest._model import Manifest
     from refstore.manifest._stream import load_json_stream
 
-    if compression not in (None, "infer", "gzip", "zstd"):
-        raise ManifestError(f"manifest {url!r}: unsupported compression {compression!r}")
     with fs.open(path, "rb") as raw:
         head = raw.read(4)
         raw.seek(0)
-        stream: Any = raw
-        size_hint = getattr(raw, "size", None)
-        if compression == "gzip" or (compression in (None, "infer") and head[:2] == b"\x1f\x8b"):
-            stream, size_hint = gzip.GzipFile(fileobj=raw), None
-        elif compression == "zstd" or (compression in (None, "infer") and head == b"\x28\xb5\x2f\xfd"):
-            stream = None  # numcodecs decodes zstd frames whole
-        if stream is not None:
-            manifest = Manifest()
-            if load_json_stream(manifest, stream, size_hint=size_hint, template_overrides=template_overrides):
-                return manifest
-    data = _decompress(fs.cat_file(path), url, compression)
+        kind = detect(head, compression, url)
+        stream: Any = raw if kind is None else Inflating(raw, kind, url)
+        manifest = Manifest()
+        size_hint = getattr(raw, "size", None) if kind is None else None
+        if load_json_stream(manifest, stream, size_hint=size_hint, template_overrides=template_overrides):
+            return manifest
+    data = fs.cat_file(path)
+    if kind is not None:
+        data = inflate_all(data, kind, url)
     try:
         refs = ujson.loads(data)
     except ValueError as exc:
@@ -110,7 +98,8 @@ def open_manifest(
     FileNotFoundError
         If *fo* names a missing file.
     ManifestError
-        If the content is malformed.
+        If the content is malformed (or is a directory where a file should
+        be), or reading it would go past a budget (:mod:`._budgets`).
     """
     from refstore.manifest._model import Manifest
 
@@ -123,14 +112,22 @@ def open_manifest(
     if not isinstance(fo, str):
         raise ManifestError(f"cannot open a manifest from {type(fo).__name__}; pass a dict, path or URL")
     fs, path, compression = _fs_for(fo, target_protocol, target_options)
-    if path.rstrip("/").endswith(_PARQUET_SUFFIXES) or (
-        not path.endswith((".json", ".gz", ".zst")) and fs.isdir(path)
-    ):
-        from refstore.manifest._parquet import read_parquet
+    try:
+        if path.rstrip("/").endswith(_PARQUET_SUFFIXES) or (
+            not path.endswith((".json", ".gz", ".zst")) and fs.isdir(path)
+        ):
+            from refstore.manifest._parquet import read_parquet
 
-        manifest = read_parquet(fs, path.rstrip("/"), cache_size=cache_size)
-    else:
-        manifest = _read_json(fs, path, fo, compression, template_overrides)
+            manifest = read_parquet(fs, path.rstrip("/"), cache_size=cache_size)
+        else:
+            manifest = _read_json(fs, path, fo, compression, template_overrides)
+    except IsADirectoryError as exc:
+        raise ManifestError(
+            f"manifest {fo!r}: {exc.filename or path!r} is a directory, not a file (a parquet "
+            "manifest is a directory holding a .zmetadata file)"
+        ) from exc
+    except RecursionError:
+        raise ManifestError(f"manifest {fo!r} is nested too deeply to read") from None
     manifest.source = fo
     manifest.source_is_remote = is_remote(fo, target_protocol)
     from refstore.manifest._snapshot import mark_opened

@@ -18,6 +18,8 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
+from refstore.manifest._keys import check_key
+from refstore.manifest._model import CELL_FLOOR, check_metadata, check_span
 from refstore.manifest._table import WHOLE, ChunkTable
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -55,7 +57,10 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, dict):
-        return ujson.dumps(value).encode()
+        try:
+            return ujson.dumps(value).encode()
+        except (OverflowError, RecursionError, TypeError, ValueError) as exc:  # too deep, or not JSON
+            raise ManifestError(f"key {key!r}: the metadata object cannot be written as JSON ({exc})") from None
     if isinstance(value, (list, tuple)):
         if len(value) not in (1, 3):
             raise ManifestError(
@@ -69,9 +74,7 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
         if len(value) == 1:
             return (url, 0, WHOLE)
         offset, length = value[1], value[2]
-        for name, n in (("offset", offset), ("length", length)):
-            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-                raise ManifestError(f"key {key!r}: {name} must be an integer >= 0, got {n!r}")
+        check_span(key, offset, length)
         return (url, offset, length)
     raise ManifestError(
         f"key {key!r}: unsupported value of type {type(value).__name__}; expected text, "
@@ -135,24 +138,24 @@ def ingest(
         raise ManifestError(f"unknown reference spec version {version!r}; refstore reads 0 and 1")
 
     expand = _make_expander(templates)
-    meta_keys = [k for k in filter(_is_meta, body) if isinstance(k, str)]
+    for key in body:
+        if not isinstance(key, str):
+            check_key(key)  # raises, naming it
+    meta_keys = list(filter(_is_meta, body))
     for key in meta_keys:
         value = decode_value(key, body[key], expand)
         if not isinstance(value, bytes):
             raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
-        manifest.set(key, value)
+        manifest.set(key, check_metadata(key, value))
 
     placed = len(meta_keys)
-    # tabulate every described array unless its columns would dwarf the references
-    limit = 4 * len(body) + (1 << 20)
+    # tabulate the described arrays unless their columns together would dwarf the references
+    limit = 4 * len(body) + CELL_FLOOR
     for key in meta_keys:
         layout = manifest._layout_for(key, manifest._inline[key])
-        if layout is not None and layout.size <= limit:
+        if layout is not None and layout.prefix not in manifest._tables and manifest._room_for(layout, limit):
             manifest._add_table(layout)
     for table in list(manifest._tables.values()):
-        if table.layout.size > limit:
-            manifest._drop_table(table.layout.prefix)
-            continue
         placed += _fill_table(manifest, table, body, expand)
 
     if placed < len(body):

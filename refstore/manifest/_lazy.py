@@ -13,14 +13,15 @@ Partitions are read and cached by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._model import Manifest, Reference, _check_key
+from refstore.manifest._keys import check_key
+from refstore.manifest._model import Manifest, Reference, check_metadata
 from refstore.manifest._parquet import Block, Partition, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 _UNSET = object()
 _SAMPLE_TABLES = 4
+#: A scan over more partitions than this lists the array's folder and visits only existing files.
+_SCAN_ALL = 1024
 """Arrays whose first partition may be read to sample URLs (see :meth:`LazyParquetManifest._urls`)."""
 
 
@@ -148,7 +151,7 @@ class LazyChunkTable:
         else:
             edit_flats = np.zeros(0, dtype=np.int64)
             edit_set = np.zeros(0, dtype=bool)
-        for record in range(lo // rs, -(-hi // rs)):
+        for record in self._records(lo // rs, -(-hi // rs), edit_flats):
             base = record * rs
             a, b = max(lo, base), min(hi, base + rs)
             part = self.source.partition(self.layout, record, a, keep=keep)
@@ -161,6 +164,16 @@ class LazyChunkTable:
                 flats = np.union1d(flats, edit_flats[i:j][edit_set[i:j]])
             if len(flats):
                 yield flats
+
+    def _records(self, first: int, stop: int, edit_flats: np.ndarray) -> Iterable[int]:
+        """The partition numbers in ``[first, stop)`` a scan must visit: all of them, or for a
+        range of more than :data:`_SCAN_ALL` partitions, those with a file or an edit."""
+        if stop - first <= _SCAN_ALL:
+            return range(first, stop)
+        rs = self.source.record_size
+        with_file = self.source.records(self.layout.prefix)
+        edited = np.unique(edit_flats // rs).tolist()
+        return sorted({r for r in (*with_file, *edited) if first <= r < stop})
 
     def present(self) -> np.ndarray:
         """Not available: the columns of a lazy table are not in memory.
@@ -357,11 +370,14 @@ def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyPar
     manifest._parquet = source
     for key, doc in documents.items():
         try:
-            _check_key(key)
+            check_key(key)
         except ManifestError as exc:
             raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
-        data = doc.encode() if isinstance(doc, str) else ujson.dumps(doc, escape_forward_slashes=False).encode()
-        manifest._inline[key] = data
+        try:
+            data = doc.encode() if isinstance(doc, str) else ujson.dumps(doc, escape_forward_slashes=False).encode()
+            manifest._inline[key] = check_metadata(key, data)
+        except (ManifestError, OverflowError) as exc:  # (ujson raises OverflowError for nesting too deep)
+            raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
         layout = manifest._layout_for(key, data)
         if layout is not None:
             manifest._tables[layout.prefix] = LazyChunkTable(layout, source)  # type: ignore[assignment]

@@ -17,6 +17,7 @@ import numpy as np
 import ujson
 
 from refstore.errors import KeyNotInManifest, ManifestError
+from refstore.manifest._keys import check_key
 from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
 
 if TYPE_CHECKING:
@@ -49,12 +50,48 @@ def is_metadata_key(key: str) -> bool:
     return key.rpartition("/")[2] in METADATA_NAMES
 
 
-def _check_key(key: str) -> str:
-    if not isinstance(key, str) or not key or key.startswith("/") or key.endswith("/"):
-        raise ManifestError(f"manifest key {key!r}: keys are non-empty relative paths")
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise ManifestError(f"manifest key {key!r}: '.', '..' and empty path parts are not allowed")
-    return key
+def check_metadata(key: str, data: bytes) -> bytes:
+    """*data*, if *key* is not a metadata document or if *data* is a JSON object, as zarr requires.
+
+    The readers of manifests apply it; edits (a store's ``set``) may write any bytes.
+
+    Raises
+    ------
+    ManifestError
+        Naming the key, for a metadata document that is not a JSON object
+        (zarr would fail on it later with a bare ``TypeError``).
+    """
+    if key.rpartition("/")[2] not in METADATA_NAMES:
+        return data
+    try:
+        doc = ujson.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestError(f"key {key!r}: a metadata document must be a JSON object ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"key {key!r}: a metadata document must be a JSON object, got {type(doc).__name__}")
+    return data
+
+
+#: Offsets and lengths are int64 columns: the largest value a reference may give, plus one.
+INT64_END = 1 << 63
+#: Chunk-grid cells (20 bytes each) the dense columns of a manifest may hold regardless of its size.
+CELL_FLOOR = 1 << 20
+
+
+def check_span(key: str, offset: object, length: object) -> None:
+    """Raise :class:`ManifestError` naming *key* unless *offset* and *length* fit the columns.
+
+    *length* may be None (a whole object).
+    """
+    if type(offset) is int and 0 <= offset < INT64_END and (  # the common case, in one test
+        length is None or (type(length) is int and 0 <= length < INT64_END)
+    ):
+        return
+    for name, n in (("offset", offset), ("length", length)):
+        if n is None and name == "length":
+            continue
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < INT64_END:
+            raise ManifestError(f"key {key!r}: {name} must be an integer >= 0 and < 2**63, got {n!r}")
 
 
 class Manifest:
@@ -161,9 +198,15 @@ class Manifest:
         self._reindex()
         return table
 
-    def _drop_table(self, prefix: str) -> None:
-        del self._tables[prefix]
-        self._reindex()
+    def _room_for(self, layout: KeyLayout, budget: int) -> bool:
+        """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
+
+        The budget is for all arrays together: metadata describing many large
+        grids must not allocate columns far beyond the references it holds
+        (the keys of an array left out are kept individually instead).
+        """
+        cells = sum(t.layout.size for p, t in self._tables.items() if not t.lazy and p != layout.prefix)
+        return cells + layout.size <= budget
 
     def _reindex(self) -> None:
         """Rebuild the key-head index after the set of tables changed."""
@@ -282,13 +325,12 @@ class Manifest:
         ManifestError
             If the key or the reference is malformed.
         """
-        _check_key(key)
+        check_key(key)
         with self._lock:
             self._generation += 1
             self._discard(key)
             if isinstance(value, Reference):
-                if value.offset < 0 or (value.length is not None and value.length < 0):
-                    raise ManifestError(f"key {key!r}: offset and length must be >= 0, got {value}")
+                check_span(key, value.offset, value.length)
                 uid = self.url_id(value.url)
                 length = WHOLE if value.length is None else value.length
                 found = self._locate(key)
@@ -306,7 +348,7 @@ class Manifest:
 
     def _adopt(self, layout: KeyLayout) -> None:
         """Start a table for a newly described array, moving matching loose references into it."""
-        if layout.size > 4 * len(self._loose) + (1 << 20):
+        if not self._room_for(layout, 4 * len(self._loose) + CELL_FLOOR):
             return  # a sparse grid: keep its keys individually rather than allocate columns
         table = self._add_table(layout)
         for key in [k for k in self._loose if k.startswith(layout.head)]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
 _NOT_CACHED = object()
+_PARTITION_NAME = re.compile(r"refs\.(\d+)\.parq")
 
 
 # -- reading files from any thread -----------------------------------------------------------
@@ -94,6 +96,7 @@ class ParquetSource:
         self._cache: OrderedDict[tuple[str, int], Partition | None] = OrderedDict()
         self._lock = threading.Lock()
         self._reader: tuple[int, AbstractFileSystem] | None = None
+        self._records: dict[str, list[int]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"fs": self.fs, "root": self.root, "record_size": self.record_size, "cache_size": self.cache_size}
@@ -109,10 +112,33 @@ class ParquetSource:
         FileNotFoundError
             If the file does not exist.
         """
+        return self._twin().cat_file(fn)
+
+    def _twin(self) -> AbstractFileSystem:
         reader = self._reader
         if reader is None or reader[0] != os.getpid():
             reader = self._reader = (os.getpid(), _blocking_twin(self.fs))
-        return reader[1].cat_file(fn)
+        return reader[1]
+
+    def records(self, prefix: str) -> list[int]:
+        """Numbers of the partition files that exist for the array at *prefix*, ascending.
+
+        One directory listing per array, kept: a scan of a huge, sparse grid
+        visits these instead of every partition number the grid allows.
+        """
+        with self._lock:
+            found = self._records.get(prefix)
+        if found is None:
+            folder = partition_path(self.root, prefix, 0).rsplit("/", 1)[0]
+            try:
+                names = self._twin().ls(folder, detail=False)
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
+            numbers = (_PARTITION_NAME.fullmatch(str(n).rstrip("/").rsplit("/", 1)[-1]) for n in names)
+            found = sorted(int(m.group(1)) for m in numbers if m is not None)
+            with self._lock:
+                self._records[prefix] = found
+        return found
 
     def partition(self, layout: KeyLayout, record: int, flat: int, *, keep: bool = True) -> Partition | None:
         """Partition *record* of the array *layout*, from the cache or its file.
@@ -150,6 +176,10 @@ class ParquetSource:
             data = self.read(fn)
         except FileNotFoundError:
             part = None
+        except IsADirectoryError:
+            raise ManifestError(
+                f"key {layout.head + layout.suffix(flat)!r}: parquet partition {fn!r} is a directory, not a file"
+            ) from None
         else:
             try:
                 part = decode_partition(data, fn, layout, record, self.record_size)

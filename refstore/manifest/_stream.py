@@ -34,6 +34,8 @@ from refstore.manifest._kerchunk import (
     fill_block,
     url_ids,
 )
+from refstore.manifest._keys import check_key
+from refstore.manifest._model import CELL_FLOOR, check_metadata
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
 if TYPE_CHECKING:
@@ -73,8 +75,8 @@ class _Text:
     def skip_ws(self) -> None:
         while True:
             n = len(self.buf)
-            while self.pos < n and self.buf[self.pos] in _WS:
-                self.pos += 1
+            if self.pos < n and self.buf[self.pos] in _WS:  # runs of blanks are skipped at C speed
+                self.pos = n - len(self.buf[self.pos :].lstrip(_WS))
             if self.pos < n or not self.more():
                 return
 
@@ -96,6 +98,8 @@ class _Text:
             text = self.buf[self.pos :].decode("utf-8", "ignore")
             try:
                 value, end = decoder.raw_decode(text)
+            except RecursionError:  # nested too deep: the whole-document parser refuses it by name
+                raise _Fallback("value nested too deep") from None
             except ValueError:
                 if self.more(2 * len(self.buf)):
                     continue
@@ -196,9 +200,9 @@ class _Refs:
         self.overrides = overrides
         self.deferred = deferred  # templates come after refs: expand URLs at the end
         self.expand = _make_expander(None if deferred else resolve_templates(templates or {}, overrides))
-        # the largest grid given dense columns: about four cells per possible reference
+        # the dense cells of all arrays together: about four per possible reference
         estimate = (size_hint // 16) if size_hint else (1 << 22)
-        self.limit = 4 * estimate + (1 << 20)
+        self.limit = 4 * estimate + CELL_FLOOR
 
     def read(self, text: _Text) -> None:
         """Consume entries up to and including the closing ``}`` of the object."""
@@ -290,8 +294,11 @@ class _Refs:
             or any(filter(_is_meta, keys))
         ):
             return False  # the dict path raises for what is malformed, naming the key
-        off = np.array(offs, dtype=np.int64)
-        ln = np.array(lens, dtype=np.int64)
+        try:
+            off = np.array(offs, dtype=np.int64)
+            ln = np.array(lens, dtype=np.int64)
+        except OverflowError:  # an offset past int64: the dict path refuses it, naming the key
+            return False
         if (off < 0).any() or (ln < 0).any():
             return False
         ids = url_ids(self.manifest, self.expand, urls)
@@ -317,13 +324,14 @@ class _Refs:
         vals = list(entries.values())
         metas = set(filter(_is_meta, keys))
         for key in metas:
+            check_key(key)
             value = decode_value(key, entries[key], self.expand)
             if not isinstance(value, bytes):
                 raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
             manifest._inline.pop(key, None)
-            manifest._inline[key] = value
+            manifest._inline[key] = check_metadata(key, value)
             layout = manifest._layout_for(key, value)
-            if layout is not None and layout.size <= self.limit:
+            if layout is not None and manifest._room_for(layout, self.limit):
                 self._adopt(layout)
         i, n = 0, len(keys)
         while i < n:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from refstore.errors import ManifestError
+
 ABSENT = -1
 """``url_id`` of a chunk the table does not hold."""
 WHOLE = -1
@@ -143,6 +145,12 @@ def layout_from_metadata(prefix: str, name: str, meta: Mapping[str, Any]) -> Key
     KeyLayout or None
         None when the document is not a regular-grid array (a group, or a grid
         refstore does not tabulate); such arrays' keys are kept individually.
+
+    Raises
+    ------
+    ManifestError
+        Naming the key, for a negative shape (no array has one) or a chunk
+        grid of 2**63 cells or more (chunk indices are int64).
     """
     try:
         shape = [int(s) for s in meta["shape"]]
@@ -162,9 +170,15 @@ def layout_from_metadata(prefix: str, name: str, meta: Mapping[str, Any]) -> Key
             sep = (enc.get("configuration") or {}).get("separator", "/" if v3 else ".")
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+    if any(n < 0 for n in shape):
+        key = f"{prefix}/{name}" if prefix else name
+        raise ManifestError(f"key {key!r}: an array shape cannot be negative, got {shape}")
     if len(chunks) != len(shape) or sep not in ("/", ".") or any(c <= 0 for c in chunks):
         return None
     grid_shape = tuple(-(-s // c) for s, c in zip(shape, chunks))
+    if math.prod(grid_shape) >= 1 << 63:
+        key = f"{prefix}/{name}" if prefix else name
+        raise ManifestError(f"key {key!r}: a chunk grid of {grid_shape} has 2**63 cells or more")
     return KeyLayout(prefix, grid_shape, v3, sep)
 
 

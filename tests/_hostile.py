@@ -1,0 +1,228 @@
+"""A loopback HTTP server that misbehaves on purpose, for the adversarial tests (issue 13).
+
+:class:`ScriptedServer` runs an aiohttp app on 127.0.0.1 in a daemon thread.
+Each path is answered by a handler the test registers; requests are matched
+the way many servers match them (the path percent-decoded and its dot segments
+resolved), so a traversal that reaches the server is served. Every request is
+logged with the raw path it arrived with. Nothing here imports refstore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+
+HOST = "127.0.0.1"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    raw_path: str
+    path: str
+    range: str | None
+
+
+def resolved(raw_path: str) -> str:
+    """The path a lenient server serves for *raw_path*: decoded, dot segments resolved."""
+    path = posixpath.normpath(unquote(raw_path.split("?", 1)[0]))
+    return "/" + path.lstrip("/")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Inclusive ``(first, last)`` of a single ``bytes=a-b`` or ``bytes=a-`` header, clamped to *size*."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].partition("-")
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    return start, end
+
+
+class ScriptedServer:
+    """An HTTP server whose answers are scripted per path (see the module docstring).
+
+    Attributes
+    ----------
+    log
+        Every request, in order.
+    sent
+        Body bytes the handlers managed to write, per resolved path (for streamed bodies).
+    """
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Handler] = {}
+        self.log: list[Seen] = []
+        self.sent: dict[str, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL without a trailing slash."""
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> ScriptedServer:
+        """Start serving; returns self once connections are accepted."""
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self._setup())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="ScriptedServer", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    async def _setup(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, HOST, 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread."""
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+    def route(self, path: str, handler: Handler) -> str:
+        """Answer requests for *path* (as resolved by :func:`resolved`) with *handler*; return its URL."""
+        self.routes[path] = handler
+        return self.url + path
+
+    def reached(self, path: str) -> bool:
+        """True if any request resolved to *path*."""
+        return any(seen.path == path for seen in self.log)
+
+    def count(self, path: str, method: str = "GET") -> int:
+        """Requests of *method* that resolved to *path*."""
+        return sum(1 for seen in self.log if seen.path == path and seen.method == method)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = resolved(request.raw_path)
+        self.log.append(Seen(request.method, request.raw_path, path, request.headers.get("Range")))
+        handler = self.routes.get(path)
+        if handler is None:
+            return web.Response(status=404, text="not found")
+        return await handler(request)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+def honest(data: bytes) -> Handler:
+    """Serve *data* with correct 206 answers to single ranges, and HEAD."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        span = parse_range(request.headers.get("Range"), len(data))
+        if span is None:
+            return web.Response(body=data)
+        first, last = span
+        return web.Response(
+            status=206, body=data[first : last + 1],
+            headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"},
+        )
+
+    return handler
+
+
+def wrong_range(data: bytes, kind: str) -> Handler:
+    """A 206 that lies: ``"from0"`` sends bytes from 0 (with a matching Content-Range),
+    ``"whole"`` the whole body, ``"none"`` no Content-Range, ``"claims"`` the right
+    Content-Range over bytes from 0."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        span = parse_range(request.headers.get("Range"), len(data))
+        assert span is not None
+        first, last = span
+        n = last - first + 1
+        if kind == "from0":
+            return web.Response(status=206, body=data[:n], headers={"Content-Range": f"bytes 0-{n - 1}/{len(data)}"})
+        if kind == "whole":
+            return web.Response(
+                status=206, body=data, headers={"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"}
+            )
+        if kind == "none":
+            return web.Response(status=206, body=data[first : last + 1])
+        return web.Response(status=206, body=data[:n], headers={"Content-Range": f"bytes {first}-{last}/{len(data)}"})
+
+    return handler
+
+
+def ignores_range(data: bytes, declare_length: bool = True) -> Handler:
+    """Answer every GET with 200 and the whole body (``Range`` ignored)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(data))})
+        if declare_length:
+            return web.Response(body=data)
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(data), 1 << 16):
+            await resp.write(data[i : i + (1 << 16)])
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def flood(server: ScriptedServer, path: str, total: int, status: int = 206) -> Handler:
+    """Promise a small range (``Content-Range`` of the bytes asked for) but stream *total* bytes,
+    chunked; the bytes actually written are counted in ``server.sent[path]``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        span = parse_range(request.headers.get("Range"), total)
+        headers = {}
+        if status == 206 and span is not None:
+            headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{total}"
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        block = b"z" * (1 << 20)
+        server.sent[path] = 0
+        try:
+            while server.sent[path] < total:
+                await resp.write(block)
+                server.sent[path] += len(block)
+        except (ConnectionError, RuntimeError):
+            return resp  # the client hung up
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+def redirect(location: str, status: int = 302) -> Handler:
+    """Answer GET and HEAD with a redirect to *location* (sent as written)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, headers={"Location": location})
+
+    return handler
