@@ -464,7 +464,7 @@ class Fetcher:
             except TransientError:
                 if attempt == self.retries:
                     raise
-            except (ConnectionError, asyncio.TimeoutError) as exc:
+            except (ConnectionError, TimeoutError) as exc:  # (asyncio.TimeoutError is TimeoutError)
                 if attempt == self.retries:
                     raise TransientError(f"{type(exc).__name__}: {exc}") from exc
             await asyncio.sleep(self.backoff * (2**attempt))

@@ -207,9 +207,12 @@ def fill_block(
     ManifestError
         Naming the key, for a malformed value.
     """
-    if set(map(type, vals)) == {list} and set(map(len, vals)) == {3}:
-        if _fill_fast(manifest, table, start, vals, expand):
-            return len(vals)
+    if (
+        set(map(type, vals)) == {list}
+        and set(map(len, vals)) == {3}
+        and _fill_fast(manifest, table, start, vals, expand)
+    ):
+        return len(vals)
     placed = 0
     for j, value in enumerate(vals):
         if value is None:

@@ -58,7 +58,7 @@ class LazyChunkTable:
     partitions, by chunk index.
     """
 
-    __slots__ = ("layout", "source", "edits", "_count")
+    __slots__ = ("_count", "edits", "layout", "source")
 
     lazy: ClassVar[bool] = True
 

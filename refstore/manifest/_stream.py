@@ -217,9 +217,8 @@ class _Refs:
             if cut is not None:
                 text.pos += cut + 1
                 continue
-            if not text.eof:
-                if text.more(2 * len(window)):
-                    continue
+            if not text.eof and text.more(2 * len(window)):
+                continue
             end = self._parse_until_close(window)
             text.pos += end + 1
             return

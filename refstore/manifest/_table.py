@@ -190,7 +190,7 @@ class ChunkTable:
     ``WHOLE`` for a whole-object reference).
     """
 
-    __slots__ = ("layout", "url_id", "offset", "length", "count")
+    __slots__ = ("count", "layout", "length", "offset", "url_id")
 
     lazy: ClassVar[bool] = False
     """False: the columns are in memory (a lazy parquet table, :mod:`._lazy`, says True)."""
