@@ -207,7 +207,11 @@ def fill_block(
     ManifestError
         Naming the key, for a malformed value.
     """
-    if set(map(type, vals)) == {list} and set(map(len, vals)) == {3} and _fill_fast(manifest, table, start, vals, expand):
+    if (
+        set(map(type, vals)) == {list}
+        and set(map(len, vals)) == {3}
+        and _fill_fast(manifest, table, start, vals, expand)
+    ):
         return len(vals)
     placed = 0
     for j, value in enumerate(vals):
