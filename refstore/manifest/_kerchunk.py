@@ -47,15 +47,17 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     ManifestError
         Naming *key*, when the value has an unsupported shape or type.
     """
-    if isinstance(value, str):
-        if value.startswith("base64:"):
+    if not isinstance(value, (str, bytes, bytearray)) and callable(getattr(value, "to_bytes", None)):
+        value = value.to_bytes()  # a zarr Buffer, as zarr writes through a mapper
+    if isinstance(value, (str, bytes, bytearray)):
+        # kerchunk's inline form: text, or "base64:..." as str or bytes (do_inline writes bytes)
+        prefix = "base64:" if isinstance(value, str) else b"base64:"
+        if value.startswith(prefix):  # type: ignore[arg-type]
             try:
                 return base64.b64decode(value[7:], validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise ManifestError(f"key {key!r}: invalid base64 data ({exc})") from None
-        return value.encode("utf-8")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
+        return value.encode("utf-8") if isinstance(value, str) else bytes(value)
     if isinstance(value, dict):
         try:
             return ujson.dumps(value).encode()
