@@ -3,6 +3,7 @@ the URL policy and the mapping of failures to refstore's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -64,7 +65,6 @@ class Reader:
             cache_size=cache_size,
         )
         self.target = target
-        self.policy = URLPolicy.coerce(url_policy) or URLPolicy.for_manifest(self.manifest.source_is_remote)
         remote_opts = _clean(remote_options)
         options: dict[str, dict[str, Any]] = {}
         filesystems: dict[str, Any] = {}
@@ -86,6 +86,11 @@ class Reader:
                 filesystems[split_url(proto + "://")[0]] = fs
         self.remote_protocol = remote_protocol
         self._default = self._default_protocol(remote_protocol)
+        self.policy = URLPolicy.coerce(url_policy) or _default_policy(
+            self.manifest.source_is_remote,
+            # protocols the caller names (not the manifest) are the caller's choice, as in fsspec
+            _named_protocols(remote_protocol, fs, self._default),
+        )
         self.fetcher = Fetcher(
             options=options,
             filesystems=filesystems,
@@ -269,6 +274,24 @@ class Reader:
 
     async def close(self) -> None:
         await self.fetcher.close()
+
+
+def _named_protocols(remote_protocol: str | None, fs: Any, default: str) -> set[str]:
+    """The protocols the caller configured by name: ``remote_protocol`` and ``fs``."""
+    named = {split_url(remote_protocol + "://")[0]} if remote_protocol else set()
+    if isinstance(fs, Mapping):
+        named |= {split_url((p or default) + "://")[0] for p, v in fs.items() if v is not None}
+    elif fs is not None:
+        named |= {split_url(p + "://")[0] for p in _protocols_of(fs)}
+    return named
+
+
+def _default_policy(source_is_remote: bool, named: set[str]) -> URLPolicy:
+    """The default policy, also allowing the protocols given by ``remote_protocol`` or ``fs``."""
+    policy = URLPolicy.for_manifest(source_is_remote)
+    if policy.protocols is None or named <= policy.protocols:
+        return policy
+    return dataclasses.replace(policy, protocols=policy.protocols | frozenset(named))
 
 
 async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) -> bytes | BaseException:

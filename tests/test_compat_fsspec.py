@@ -37,3 +37,17 @@ def test_values_with_to_bytes_are_inline_data() -> None:
     """A zarr Buffer (what zarr hands a mapper) is accepted as inline bytes."""
     fs = _fs({"k": default_buffer_prototype().buffer.from_bytes(b"abc")})
     assert fs.cat("k") == b"abc"
+
+
+def test_a_protocol_the_caller_configures_is_allowed() -> None:
+    """``remote_protocol="memory"`` or ``fs={"memory": ...}`` is the caller's choice (fsspec reads it);
+    a manifest that names ``memory://`` on its own stays refused (tests/fetch/test_url_probes.py)."""
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/refstore-compat/data", b"0123456789")
+    try:
+        for kwargs in ({"remote_protocol": "memory"}, {"fs": {"memory": mem}}, {"fs": mem}):
+            fs = fsspec.filesystem("reference", fo={"k": ["memory://refstore-compat/data", 2, 3]},
+                                   skip_instance_cache=True, **kwargs)
+            assert fs.cat("k") == b"234"
+    finally:
+        mem.rm_file("/refstore-compat/data")
