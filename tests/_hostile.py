@@ -9,16 +9,13 @@ logged with the raw path it arrived with. Nothing here imports refstore.
 
 from __future__ import annotations
 
-import asyncio
 import posixpath
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from _servers import LoopbackServer
 from aiohttp import web
-
-HOST = "127.0.0.1"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,7 +46,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackServer):
     """An HTTP server whose answers are scripted per path (see the module docstring).
 
     Attributes
@@ -61,52 +58,10 @@ class ScriptedServer:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.routes: dict[str, Handler] = {}
         self.log: list[Seen] = []
         self.sent: dict[str, int] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        """Base URL without a trailing slash."""
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> ScriptedServer:
-        """Start serving; returns self once connections are accepted."""
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self._setup())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="ScriptedServer", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    async def _setup(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
-
-    def stop(self) -> None:
-        """Stop the loop and join the thread."""
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._loop = None
 
     def route(self, path: str, handler: Handler) -> str:
         """Answer requests for *path* (as resolved by :func:`resolved`) with *handler*; return its URL."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -59,38 +59,23 @@ class RequestRecord:
     status: int
 
 
-class RangeHTTPServer:
-    """Static-file HTTP server with single-range support and fault injection.
+class LoopbackServer:
+    """An aiohttp app on 127.0.0.1 (free port) in a daemon thread; subclasses answer in ``_handle``."""
 
-    Attributes settable from tests (thread-safe enough: plain container ops):
-      * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
-      * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
-      * ``delay``: seconds to sleep before answering every request.
-    Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``.
-    ``reset()`` clears counters and fault settings.
-    """
+    backlog = 128
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.fail_paths: set[str] = set()
-        self.flaky: dict[str, int] = {}
-        self.delay: float = 0.0
-        self.log: list[RequestRecord] = []
-        self.get_counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.port: int = 0
 
-    # -- lifecycle
     @property
     def url(self) -> str:
         """Base URL without trailing slash, e.g. ``http://127.0.0.1:PORT``."""
         return f"http://{HOST}:{self.port}"
 
-    def start(self) -> RangeHTTPServer:
+    def start(self) -> Self:
         """Start the server thread; returns self once it accepts connections."""
         ready = threading.Event()
         errors: list[BaseException] = []
@@ -110,7 +95,7 @@ class RangeHTTPServer:
             loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
             loop.close()
 
-        self._thread = threading.Thread(target=run, name="RangeHTTPServer", daemon=True)
+        self._thread = threading.Thread(target=run, name=type(self).__name__, daemon=True)
         self._thread.start()
         ready.wait(10)
         if errors:
@@ -122,9 +107,12 @@ class RangeHTTPServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0, backlog=1024)
+        site = web.TCPSite(self._runner, HOST, 0, backlog=self.backlog)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
 
     def stop(self) -> None:
         """Stop the loop and join the thread."""
@@ -132,6 +120,31 @@ class RangeHTTPServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop = None
+
+
+class RangeHTTPServer(LoopbackServer):
+    """Static-file HTTP server with single-range support and fault injection.
+
+    Attributes settable from tests (thread-safe enough: plain container ops):
+      * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
+      * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
+      * ``delay``: seconds to sleep before answering every request.
+    Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``.
+    ``reset()`` clears counters and fault settings.
+    """
+
+    backlog = 1024
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fail_paths: set[str] = set()
+        self.flaky: dict[str, int] = {}
+        self.delay: float = 0.0
+        self.log: list[RequestRecord] = []
+        self.get_counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     # -- test helpers
     def reset(self) -> None:
