@@ -33,6 +33,8 @@ from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
 if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, BufferPrototype
 
+    from refstore.fetch import URLPolicy
+
 
 def to_range(byte_range: ByteRequest | None) -> tuple[int | None, int | None]:
     """zarr's byte request as fsspec-style ``(start, end)`` (negative start: a suffix)."""
@@ -248,6 +250,16 @@ class EngineStore(Store):
     def manifest(self) -> Manifest:
         """The engine's manifest."""
         return self.engine.manifest
+
+    @property
+    def url_policy(self) -> URLPolicy:
+        """The :class:`refstore.URLPolicy` every reference URL is checked against."""
+        return self.engine.reader.policy
+
+    @property
+    def serves_virtual_arrays(self) -> bool:
+        """True if the manifest defines virtual arrays (their chunk keys are listed here too)."""
+        return self.engine.virtual is not None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EngineStore) and other.engine is self.engine

@@ -11,8 +11,6 @@ if TYPE_CHECKING:
     from zarr.abc.store import ByteRequest
     from zarr.core.buffer import Buffer, BufferPrototype
 
-    from refstore.fetch import URLPolicy
-
 
 class ReferenceStore(EngineStore):
     """A zarr 3 store whose keys are the entries of a reference manifest.
@@ -51,16 +49,6 @@ class ReferenceStore(EngineStore):
     def __init__(self, fo: Any, *, read_only: bool = True, **kwargs: Any) -> None:
         engine = kwargs.pop("_engine", None) or Engine(fo, **kwargs)
         super().__init__(engine, read_only=read_only)
-
-    @property
-    def url_policy(self) -> URLPolicy:
-        """The :class:`refstore.URLPolicy` every reference URL is checked against."""
-        return self.engine.reader.policy
-
-    @property
-    def serves_virtual_arrays(self) -> bool:
-        """True if the manifest defines virtual arrays (their chunk keys are listed here too)."""
-        return self.engine.virtual is not None
 
     def with_read_only(self, read_only: bool = False) -> ReferenceStore:
         # docstring inherited

@@ -35,3 +35,22 @@ def test_errors_pickle():
     assert str(back) == str(err) and "a/0" in str(back) and "s3://b/k" in str(back)
     refused = errors.URLNotAllowed("/etc/passwd", "no local files", key="k")
     assert str(pickle.loads(pickle.dumps(refused))) == str(refused)
+
+
+def test_lower_layers_never_import_a_layer_above() -> None:
+    """Arrows point down (shared DESIGN.md): manifest, fetch, codecs and virtual never import the engine
+    or a face, not even lazily inside a function."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "refstore"
+    above = ("refstore.store", "refstore.fs", "refstore._engine", "refstore._reader", "refstore.pipeline",
+             "refstore.cli", "refstore.build")
+    found = []
+    for layer in ("manifest", "fetch", "codecs", "virtual"):
+        for path in sorted((root / layer).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith(above) or n == "refstore"]
+    assert found == []

@@ -11,9 +11,9 @@ from refstore.errors import ManifestError
 def _arrays(fo: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     import zarr
 
-    from refstore.store import ReferenceStore
+    from refstore.virtual._spec import open_manifest_store
 
-    group = zarr.open_group(ReferenceStore(fo, **options), mode="r")
+    group = zarr.open_group(open_manifest_store(fo, **options), mode="r")
     return {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
 
 

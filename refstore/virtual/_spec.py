@@ -116,6 +116,19 @@ def _map_from_json(m: Any, where: str) -> SourceDim:
 default_manifest_opener: Callable[..., Any] | None = None
 
 
+def open_manifest_store(fo: Any, **options: Any) -> Any:
+    """A read-only zarr store over the manifest *fo*, serving its virtual arrays (the registered opener).
+
+    Raises
+    ------
+    RuntimeError
+        If no opener is registered (``refstore`` itself registers one on import).
+    """
+    if default_manifest_opener is None:
+        raise RuntimeError("no manifest opener registered; import refstore first")
+    return default_manifest_opener(fo, **options)
+
+
 def open_source(ref: dict[str, Any], root: Any = None, **options: Any) -> ZarrSource:
     """A lazily opened :class:`ZarrSource` for a JSON source reference.
 

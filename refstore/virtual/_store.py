@@ -381,10 +381,10 @@ def open_virtual(fo: Any, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **o
     for ``{"manifest": ...}`` sources); ``decoded_cache_bytes`` to :class:`VirtualResolver`.
     Open with ``zarr.open_group(store, mode="r")``.
     """
-    from refstore.store import ReferenceStore  # this convenience opener stands above the faces
+    from refstore.virtual._spec import open_manifest_store
 
-    store = ReferenceStore(fo, **options)
+    store = open_manifest_store(fo, **options)
     return VirtualStore(
-        store, decoded_cache_bytes=decoded_cache_bytes, open_manifest=ReferenceStore,
+        store, decoded_cache_bytes=decoded_cache_bytes, open_manifest=open_manifest_store,
         **{**options, "url_policy": store.url_policy},
     )
