@@ -66,6 +66,9 @@ class Reader:
         )
         self.target = target
         remote_opts = _clean(remote_options)
+        if fs is not None and not isinstance(fs, Mapping) and not remote_protocol:
+            # like fsspec: a single filesystem instance also reads URLs that name no protocol
+            remote_protocol = _protocols_of(fs)[0]
         options: dict[str, dict[str, Any]] = {}
         filesystems: dict[str, Any] = {}
         if remote_protocol:

@@ -7,7 +7,7 @@ import io
 import os
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,10 @@ from fsspec.asyn import AsyncFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._engine import Engine
-from refstore.errors import KeyNotInManifest
+from refstore.errors import ReferenceNotReachable
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest
+from refstore.manifest._mapping import ReferenceMapping
 
 _HANDLES: weakref.WeakValueDictionary[str, Manifest] = weakref.WeakValueDictionary()
 _HANDLE_KEY = "refstore_manifest_handle"
@@ -126,6 +127,10 @@ class ReferenceFileSystem(AsyncFileSystem):
             cache_size=cache_size,
             url_policy=url_policy,
         )
+        if isinstance(fo, MutableMapping) and not isinstance(fo, dict):
+            # a mapping of the caller's own (fsspec's LazyReferenceMapper) also receives the
+            # edits, as fsspec's class writes into it
+            self.manifest.mirror = fo
         self.target = target
         self.max_gap = max_gap
         self.max_block = max_block
@@ -233,27 +238,37 @@ class ReferenceFileSystem(AsyncFileSystem):
         return results
 
     async def _cat(self, path: Any, recursive: bool = False, on_error: str = "raise", batch_size: int | None = None, **kwargs: Any) -> Any:
-        paths = await self._expand_path(path, recursive=recursive)
-        expanded = recursive or isinstance(path, list) or _has_magic(path)
-        if expanded:  # drop directories
-            keys = [p for p in paths if p in self.manifest or await self._engine.exists(p)]
+        """fsspec's ``cat``: the bytes of one path, or ``{path: bytes}`` for a list, a glob or
+        ``recursive``. A missing path raises ``FileNotFoundError`` with ``on_error="raise"``,
+        is left out with ``"omit"`` and is given as the exception otherwise, as fsspec does
+        (also for a single path: then the exception is returned, not raised).
+        """
+        if recursive or _has_magic(path) or (isinstance(path, list) and any(map(_has_magic, path))):
+            # expanded paths: directories are dropped (an extension: fsspec refuses these)
+            found = await self._expand_path(path, recursive=recursive)
+            keys = [p for p in found if p in self.manifest or await self._engine.exists(p)]
+            as_dict = True
         else:
-            keys = paths
+            keys = [self._strip_protocol(p) for p in (path if isinstance(path, list) else [path])]
+            as_dict = isinstance(path, list)
         results = _absent_as_error(keys, await self._engine.get_many([(k, None, None) for k in keys]))
         if on_error == "raise":
             for res in results:
                 if isinstance(res, BaseException):
                     raise res
         out = {k: r for k, r in zip(keys, results) if not (on_error == "omit" and isinstance(r, BaseException))}
-        if len(paths) > 1 or isinstance(path, list) or paths[0] != self._strip_protocol(path):
+        if as_dict:
             return out
-        return results[0]
+        return out[keys[0]] if out else {}
 
     def cat(self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:
         # the mirrored sync method is replaced so its signature matches fsspec's
         from fsspec.asyn import sync
 
-        return sync(self.loop, self._cat, path, recursive=recursive, on_error=on_error, **kwargs)
+        async def boxed() -> tuple[Any]:  # sync() raises an exception it is handed back; fsspec returns it
+            return (await self._cat(path, recursive=recursive, on_error=on_error, **kwargs),)
+
+        return sync(self.loop, boxed)[0]
 
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         key = self._strip_protocol(path)
@@ -264,13 +279,23 @@ class ReferenceFileSystem(AsyncFileSystem):
             elif entry.length is not None:
                 size = entry.length
             else:
-                size = await self._engine.size(key)
+                size = await self._whole_size(key)
             return {"name": key, "size": size, "type": "file"}
         if key and await self._engine.exists(key):  # a virtual array's chunk
             return {"name": key, "size": await self._engine.size(key), "type": "file"}
         if not key or await self._engine.is_dir(key):
             return {"name": key, "size": 0, "type": "directory"}
         raise FileNotFoundError(key)
+
+    async def _whole_size(self, key: str) -> int:
+        """The size of a whole-object reference's target; ``FileNotFoundError`` if it is missing,
+        as fsspec's ``info`` gives (a read of it still raises ``ReferenceNotReachable``)."""
+        try:
+            return await self._engine.size(key)
+        except ReferenceNotReachable as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise FileNotFoundError(f"{key}: the target {exc.target} does not exist") from exc
+            raise
 
     async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         key = self._strip_protocol(path)
@@ -328,16 +353,17 @@ class ReferenceFileSystem(AsyncFileSystem):
     # -- in-memory edits -------------------------------------------------------------------------
 
     async def _pipe_file(self, path: str, value: Any, mode: str = "overwrite", **kwargs: Any) -> None:
-        data = value.to_bytes() if hasattr(value, "to_bytes") else bytes(value)
+        """Add or replace a key: *value* is bytes, or any kerchunk value (a reference list too), as
+        fsspec's class takes it."""
         key = self._strip_protocol(path)
         if mode == "create" and key in self.manifest:
             raise FileExistsError(key)
-        self.manifest.set(key, data)
+        self.references[key] = value
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
         try:
-            self.manifest.delete(self._strip_protocol(path))
-        except KeyNotInManifest:
+            del self.references[self._strip_protocol(path)]
+        except KeyError:
             raise FileNotFoundError(path) from None
 
     async def _put_file(self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any) -> None:
@@ -349,11 +375,10 @@ class ReferenceFileSystem(AsyncFileSystem):
         self.manifest.save(url, storage_options=storage_options)
 
     @property
-    def references(self) -> dict[str, Any]:
-        """The manifest as a kerchunk ``refs`` dict (a copy; edit with ``pipe``/``rm``)."""
-        from refstore.manifest._kerchunk import to_refs
-
-        return to_refs(self.manifest.load())
+    def references(self) -> ReferenceMapping:
+        """The manifest as kerchunk's live ``refs`` mapping: writes and ``update`` go into the
+        manifest (and into the caller's ``LazyReferenceMapper``, if that was ``fo``)."""
+        return ReferenceMapping(self.manifest)
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, cache_options: Any = None, **kwargs: Any) -> Any:
         if mode != "rb":

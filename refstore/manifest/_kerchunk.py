@@ -19,7 +19,7 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._model import CELL_FLOOR, check_metadata, check_span
+from refstore.manifest._model import CELL_FLOOR, as_int, check_metadata, check_span
 from refstore.manifest._table import WHOLE, ChunkTable
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -75,7 +75,7 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
             url = expand(url, key)
         if len(value) == 1:
             return (url, 0, WHOLE)
-        offset, length = value[1], value[2]
+        offset, length = as_int(value[1]), as_int(value[2])
         check_span(key, offset, length)
         return (url, offset, length)
     raise ManifestError(
@@ -145,15 +145,16 @@ def ingest(
             check_key(key)  # raises, naming it
     meta_keys = list(filter(_is_meta, body))
     for key in meta_keys:
-        value = decode_value(key, body[key], expand)
-        if not isinstance(value, bytes):
-            raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
-        manifest.set(key, check_metadata(key, value))
+        # a metadata document given as a reference (kerchunk's single_zarr writes them) is read
+        # like any other reference; its array's chunk keys are then kept individually
+        _place(manifest, key, _checked_meta(key, decode_value(key, body[key], expand)))
 
     placed = len(meta_keys)
     # tabulate the described arrays unless their columns together would dwarf the references
     limit = 4 * len(body) + CELL_FLOOR
     for key in meta_keys:
+        if key not in manifest._inline:
+            continue
         layout = manifest._layout_for(key, manifest._inline[key])
         if layout is not None and layout.prefix not in manifest._tables and manifest._room_for(layout, limit):
             manifest._add_table(layout)
@@ -173,6 +174,11 @@ def ingest(
 
     for key, url, offset, length in expand_gen(gens, templates):
         _place(manifest, key, (url, offset if offset is not None else 0, WHOLE if length is None else length))
+
+
+def _checked_meta(key: str, entry: bytes | tuple[str | None, int, int]) -> bytes | tuple[str | None, int, int]:
+    """A metadata entry: inline bytes must be a JSON object; a reference is taken as is."""
+    return check_metadata(key, entry) if isinstance(entry, bytes) else entry
 
 
 def _place(manifest: Manifest, key: str, entry: bytes | tuple[str | None, int, int]) -> None:

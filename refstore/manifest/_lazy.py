@@ -21,7 +21,7 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._model import Manifest, Reference, check_metadata
+from refstore.manifest._model import Manifest, Reference, check_metadata, is_metadata_key
 from refstore.manifest._parquet import Block, Partition, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
@@ -293,6 +293,19 @@ class LazyParquetManifest(Manifest):
                 for url in protocols.values():
                     self.url_id(url)
                 return
+
+    def get(self, key: str) -> bytes | Reference | None:
+        """As :meth:`Manifest.get`; also answers ``.zmetadata`` (when no entry has that key)
+        with the documents as consolidated zarr 2 metadata, as fsspec's lazy mapper serves the
+        directory's own ``.zmetadata``, so ``consolidated=True`` opens it. That answer is not
+        one of the manifest's keys: it is not listed, saved or counted.
+        """
+        entry = super().get(key)
+        if entry is None and key == ".zmetadata":
+            documents = {k: ujson.loads(v) for k, v in self._inline.items() if is_metadata_key(k)}
+            consolidated = {"metadata": documents, "zarr_consolidated_format": 1}
+            return ujson.dumps(consolidated, escape_forward_slashes=False).encode()
+        return entry
 
     # -- edits mark the manifest (pickles then carry the in-memory state) ----------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
@@ -78,6 +78,11 @@ INT64_END = 1 << 63
 CELL_FLOOR = 1 << 20
 
 
+def as_int(n: Any) -> Any:
+    """*n* as a Python int if it is a numpy integer (as kerchunk's scanners may write), else as is."""
+    return int(n) if isinstance(n, np.integer) else n
+
+
 def check_span(key: str, offset: object, length: object) -> None:
     """Raise :class:`ManifestError` naming *key* unless *offset* and *length* fit the columns.
 
@@ -119,6 +124,9 @@ class Manifest:
         """Where the manifest was read from (a URL or path), if anywhere."""
         self.source_is_remote = False
         """True if it was read from a remote URL (the default URL policy then refuses local files)."""
+        self.mirror: MutableMapping[str, Any] | None = None
+        """A mapping of the caller's that also receives the edits made through
+        :class:`~refstore.manifest._mapping.ReferenceMapping` (fsspec's ``LazyReferenceMapper``)."""
         self._uid = uuid.uuid4().hex
         self._generation = 0  # bumped by every edit (see ._snapshot)
         self._open_args: dict[str, Any] = {}  # how to open it again from .source (see ._snapshot)
@@ -330,6 +338,7 @@ class Manifest:
             self._generation += 1
             self._discard(key)
             if isinstance(value, Reference):
+                value = Reference(value.url, as_int(value.offset), as_int(value.length))
                 check_span(key, value.offset, value.length)
                 uid = self.url_id(value.url)
                 length = WHOLE if value.length is None else value.length

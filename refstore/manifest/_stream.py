@@ -326,8 +326,9 @@ class _Refs:
         for key in metas:
             check_key(key)
             value = decode_value(key, entries[key], self.expand)
-            if not isinstance(value, bytes):
-                raise ManifestError(f"key {key!r}: metadata must be inline JSON, not a reference")
+            if not isinstance(value, bytes):  # a metadata document given as a reference
+                _place(manifest, key, value)
+                continue
             manifest._inline.pop(key, None)
             manifest._inline[key] = check_metadata(key, value)
             layout = manifest._layout_for(key, value)
