@@ -13,6 +13,7 @@ from typing import Any
 
 import fsspec.asyn
 from fsspec.asyn import AsyncFileSystem
+from fsspec.dircache import DirCache
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._engine import Engine
@@ -379,6 +380,12 @@ class ReferenceFileSystem(AsyncFileSystem):
         """The manifest as kerchunk's live ``refs`` mapping: writes and ``update`` go into the
         manifest (and into the caller's ``LazyReferenceMapper``, if that was ``fo``)."""
         return ReferenceMapping(self.manifest)
+
+    def _dircache_from_items(self) -> None:
+        """fsspec's hook to rebuild its listing cache after ``references`` changed (kerchunk's
+        MultiZarrToZarr calls it): refstore lists from the manifest itself, so this only resets
+        ``dircache``."""
+        self.dircache = DirCache()
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, cache_options: Any = None, **kwargs: Any) -> Any:
         if mode != "rb":
