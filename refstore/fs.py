@@ -20,7 +20,7 @@ from refstore._engine import Engine
 from refstore.errors import ReferenceNotReachable
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest
-from refstore.manifest._mapping import ReferenceMapping
+from refstore.manifest._mapping import ReferenceDict, put, references_of, remove
 
 _HANDLES: weakref.WeakValueDictionary[str, Manifest] = weakref.WeakValueDictionary()
 _HANDLE_KEY = "refstore_manifest_handle"
@@ -128,6 +128,10 @@ class ReferenceFileSystem(AsyncFileSystem):
             cache_size=cache_size,
             url_policy=url_policy,
         )
+        self._fss_args = (fs, remote_options)
+        self._refs: Any = None  # the dict handed out as .references, built on first use
+        self._given = fo if isinstance(fo, dict) else None  # fsspec keeps its values as given
+        self._given_generation = self.manifest._generation
         if isinstance(fo, MutableMapping) and not isinstance(fo, dict):
             # a mapping of the caller's own (fsspec's LazyReferenceMapper) also receives the
             # edits, as fsspec's class writes into it
@@ -359,11 +363,20 @@ class ReferenceFileSystem(AsyncFileSystem):
         key = self._strip_protocol(path)
         if mode == "create" and key in self.manifest:
             raise FileExistsError(key)
-        self.references[key] = value
+        refs = self._refs
+        if isinstance(refs, ReferenceDict) and refs.generation == self.manifest._generation:
+            refs[key] = value  # keeps the dict handed out earlier in step
+        else:
+            put(self.manifest, key, value)
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
+        key = self._strip_protocol(path)
+        refs = self._refs
         try:
-            del self.references[self._strip_protocol(path)]
+            if isinstance(refs, ReferenceDict) and refs.generation == self.manifest._generation:
+                del refs[key]
+            else:
+                remove(self.manifest, key)
         except KeyError:
             raise FileNotFoundError(path) from None
 
@@ -376,10 +389,44 @@ class ReferenceFileSystem(AsyncFileSystem):
         self.manifest.save(url, storage_options=storage_options)
 
     @property
-    def references(self) -> ReferenceMapping:
-        """The manifest as kerchunk's live ``refs`` mapping: writes and ``update`` go into the
-        manifest (and into the caller's ``LazyReferenceMapper``, if that was ``fo``)."""
-        return ReferenceMapping(self.manifest)
+    def references(self) -> Any:
+        """The manifest as kerchunk's live ``refs``, as fsspec gives it: a ``dict`` (for a
+        manifest from a dict or JSON) whose edits (``[k] = v``, ``update``, ``del``) go into
+        the manifest; for parquet references, a mapping writing through fsspec's
+        ``LazyReferenceMapper`` (``fs.references.flush()`` writes the edits to the directory).
+        Building the dict costs what fsspec's class spends at open; it is built on first use.
+        """
+        unedited = self._given is not None and self.manifest._generation == self._given_generation
+        self._refs = references_of(self.manifest, self._given if unedited else None, self._refs)
+        return self._refs
+
+    @property
+    def fss(self) -> dict[str | None, Any]:
+        """fsspec's ``fss``: a filesystem per protocol the manifest names, and ``None`` for URLs
+        that name none, made as fsspec's class makes them (the instances given as ``fs``, sync
+        ones wrapped to be async as fsspec wraps them).
+
+        For code that reads targets itself; refstore's own reads do not go through these
+        (they use its fetcher, under the URL policy).
+        """
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        fs, remote_options = self._fss_args
+        reader = self._engine.reader
+        if isinstance(fs, Mapping):
+            out: dict[str | None, Any] = {
+                k: fsspec.filesystem(k.split(":", 1)[0], **v) if isinstance(v, Mapping) else v
+                for k, v in fs.items()
+            }
+            out.setdefault(None, fsspec.filesystem("file"))
+            return out
+        out = {}
+        default = reader._default
+        for proto in {*reader._protocols_in_manifest(), default} - {"file"}:
+            out[proto] = fs if fs is not None and proto in _protocol_names(fs) else fsspec.filesystem(
+                proto, **reader.fetcher.options.get(proto, dict(remote_options or {})))
+        out[None] = fs if fs is not None else out.get(default) or fsspec.filesystem("file")
+        return {k: v if v.async_impl else AsyncFileSystemWrapper(v) for k, v in out.items()}
 
     def _dircache_from_items(self) -> None:
         """fsspec's hook to rebuild its listing cache after ``references`` changed (kerchunk's
@@ -410,6 +457,10 @@ class _ReferenceFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self.fs.cat_file(self.path, start=start, end=end)
+
+
+def _protocol_names(fs: Any) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
 def _has_magic(path: Any) -> bool:

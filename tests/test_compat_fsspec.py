@@ -49,7 +49,8 @@ def test_values_with_to_bytes_are_inline_data() -> None:
 
 def test_a_protocol_the_caller_configures_is_allowed() -> None:
     """``remote_protocol="memory"`` or ``fs={"memory": ...}`` is the caller's choice (fsspec reads it);
-    a manifest that names ``memory://`` on its own stays refused (tests/fetch/test_url_probes.py)."""
+    a manifest from a remote URL that names ``memory://`` on its own stays refused
+    (tests/fetch/test_url_probes.py)."""
     mem = fsspec.filesystem("memory")
     mem.pipe_file("/refstore-compat/data", b"0123456789")
     try:
@@ -242,3 +243,94 @@ def test_parquet_references_open_consolidated(tmp_path: Path) -> None:
     ds = xr.open_zarr("reference://", consolidated=True, zarr_format=2,
                       storage_options={"fo": str(tmp_path / "refs.parq"), "skip_instance_cache": True})
     np.testing.assert_array_equal(ds["x"].values, data)
+
+
+@BOTH
+def test_the_callers_own_manifest_names_any_protocol(cls: type) -> None:
+    """A dict manifest naming ``memory://`` reads it, as fsspec does (the caller's own manifest)."""
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/refstore-compat-own", b"0123456789")
+    try:
+        fs = cls(fo={"k": ["memory://refstore-compat-own", 1, 3]}, skip_instance_cache=True)
+        assert fs.cat("k") == b"123"
+    finally:
+        mem.rm_file("/refstore-compat-own")
+
+
+@BOTH
+def test_references_is_a_dict_holding_values_as_given(cls: type) -> None:
+    """kerchunk checks ``isinstance(out, dict)`` and compares ``fs.references`` with its input."""
+    given = {".zgroup": b'{"zarr_format": 2}', "a/.zarray": ZARRAY, "a/.zattrs": {"foo": "bar"},
+             "a/0": b"\x01\x00\x02\x00", "a/1": "base64:AwAEAA=="}
+    fs = cls(fo=given, skip_instance_cache=True)
+    refs = fs.references
+    assert isinstance(refs, dict)
+    assert list(refs) == list(given)
+    assert {k: v for k, v in refs.items() if k != "a/.zattrs"} == {k: v for k, v in given.items() if k != "a/.zattrs"}
+    assert json.loads(refs["a/.zattrs"]) == {"foo": "bar"}  # a JSON object is kept as its text
+    import copy
+
+    deep = copy.deepcopy(refs)
+    assert type(deep) is dict and deep == refs
+    deep["a/0"] = b"changed"  # a copy is the caller's own: the filesystem does not change
+    assert fs.cat("a/0") == b"\x01\x00\x02\x00"
+
+
+@BOTH
+def test_references_follow_pipe_and_rm(cls: type) -> None:
+    fs = cls(fo={"a": "x"}, skip_instance_cache=True)
+    refs = fs.references
+    fs.pipe_file("b", b"y")
+    assert fs.references["b"] == b"y"
+    fs.rm("b")
+    assert "b" not in fs.references
+    assert refs == fs.references == {"a": "x"}
+
+
+@BOTH
+def test_references_expand_templates(cls: type) -> None:
+    fs = cls(fo={"version": 1, "templates": {"u": "http://h/d"}, "refs": {"k": ["{{u}}/f", 1, 2]}},
+             skip_instance_cache=True)
+    assert fs.references["k"] == ["http://h/d/f", 1, 2]
+
+
+def test_parquet_references_flush_what_zarr_wrote(tmp_path: Path) -> None:
+    """``fo`` naming a parquet directory: zarr writes through ``reference://`` and
+    ``fs.references.flush()`` writes them there, as fsspec's ``LazyReferenceMapper`` does."""
+    pytest.importorskip("fastparquet")
+    root = str(tmp_path / "out.parq")
+    LazyReferenceMapper.create(root)
+    group = zarr.open_group("reference://", mode="w", zarr_format=2, storage_options={"fo": root})
+    group.create_group("g").create_array("one", shape=(3,), dtype="int64")[:] = [1, 2, 3]
+    group.store.fs.references.flush()
+    assert (tmp_path / "out.parq" / "g" / "one" / "refs.0.parq").exists()
+    assert "g/one/.zarray" in LazyReferenceMapper(root).zmetadata
+    back = zarr.open_group("reference://", mode="r", zarr_format=2,
+                           storage_options={"fo": root, "skip_instance_cache": True})
+    assert back["g"]["one"][:].tolist() == [1, 2, 3]
+
+
+def test_function_templates_are_refused_naming_the_rule() -> None:
+    """fsspec renders ``"f": "{{c}}"`` as a jinja function (``{{f(c='text')}}``); refstore runs
+    no template code and says so, naming the key and the template."""
+    from refstore import TemplateError
+
+    refs = {"version": 1, "templates": {"u": "h/p", "f": "{{c}}"},
+            "refs": {"key2": ["http://{{u}}", 1, 2], "key3": ["http://{{f(c='text')}}", 1, 2]}}
+    with pytest.raises(TemplateError, match=r"key 'key3'.*template 'f' is a function template.*never runs template code"):
+        ReferenceFileSystem(refs)
+    del refs["refs"]["key3"]  # (a function template nobody uses is harmless)
+    assert ReferenceFileSystem(refs).references == {"key2": ["http://h/p", 1, 2]}
+
+
+@BOTH
+def test_fss(cls: type) -> None:
+    mem = fsspec.filesystem("memory")
+    assert None in cls(fo={}, skip_instance_cache=True).fss
+    fs = cls(fo={}, remote_protocol="memory", skip_instance_cache=True)
+    assert fs.fss[None].protocol == fs.fss["memory"].protocol == "memory"
+    assert cls(fo={}, fs=mem, skip_instance_cache=True).fss[None].sync_fs is mem
+    fs = cls(fo={}, fs={"memory": mem}, skip_instance_cache=True)
+    assert fs.fss["memory"] is mem and fs.fss[None].protocol == ("file", "local")
+    fs = cls(fo={"key": ["memory://a"], "blah": ["path"]}, skip_instance_cache=True)
+    assert fs.fss[None] == fs.fss["memory"]

@@ -88,10 +88,13 @@ class URLPolicy(Mapping[str, Any]):
 
     Notes
     -----
-    :meth:`for_manifest` gives the default: every allowed protocol for a
-    manifest built in memory or read from a local file, all but local files
-    for a manifest read from a remote URL. The policy checks every URL as it
-    will be sent, and every redirect hop of an HTTP read.
+    :meth:`for_manifest` gives the default. A manifest built in memory or read
+    from a local file (or ``memory://``) is the caller's own: it may name any
+    protocol, as with fsspec's class (it can read local files already, the most
+    sensitive target there is). A manifest read from a remote URL is a
+    stranger's: only :data:`DEFAULT_PROTOCOLS` and no local files. The policy
+    checks every URL as it will be sent, and every redirect hop of an HTTP read
+    (redirects never leave HTTP).
     """
 
     protocols: frozenset[str] | None = DEFAULT_PROTOCOLS
@@ -135,8 +138,9 @@ class URLPolicy(Mapping[str, Any]):
 
     @classmethod
     def for_manifest(cls, source_is_remote: bool) -> URLPolicy:
-        """The default policy: a manifest read from a remote URL cannot reach local files."""
-        return cls(allow_local=not source_is_remote)
+        """The default policy: any protocol for the caller's own manifest; for one read from a
+        remote URL, :data:`DEFAULT_PROTOCOLS` and no local files."""
+        return cls(allow_local=False) if source_is_remote else cls(protocols=None)
 
     # -- JSON ---------------------------------------------------------------------------
 

@@ -61,11 +61,12 @@ def _fs_for(url: str, target_protocol: str | None, target_options: Mapping[str, 
 
 
 def is_remote(url: str, target_protocol: str | None = None) -> bool:
-    """True if *url* (read with *target_protocol*) is not on the local filesystem."""
+    """True if *url* (read with *target_protocol*) is neither a local file nor in this
+    process's memory (``memory://``): the manifests the default URL policy holds to less."""
     protocol = target_protocol or (url.split("://", 1)[0] if "://" in url else "file")
     if "::" in url:
         protocol = url.split("::")[-1].split("://", 1)[0] if "://" in url.split("::")[-1] else "file"
-    return protocol not in ("file", "local")
+    return protocol not in ("file", "local", "memory")
 
 
 def open_manifest(

@@ -26,6 +26,22 @@ from refstore.manifest._budgets import Budgets, current
 
 _PLACEHOLDER = re.compile(r"{{(.*?)}}", re.DOTALL)
 _NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
+_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+
+
+class FunctionTemplate(str):
+    """A template whose value has placeholders of its own that name no template (``"f":
+    "{{c}}"``): fsspec makes it a jinja function, called as ``{{f(c='text')}}``. refstore
+    never runs template code, so using one raises :class:`TemplateError`."""
+
+
+def _function_template_error(where: str, name: str, value: str) -> TemplateError:
+    return TemplateError(
+        f"{where}: template {name!r} is a function template ({value[:80]!r}, which fsspec renders "
+        "with jinja); refstore never runs template code, so it cannot be used. Write the URLs out "
+        "in the manifest (or pass template_overrides={...: plain text})"
+    )
+
 #: One ``%`` conversion: its width and precision are groups 1 and 2.
 _FORMAT = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(?:[a-zA-Z%]|$)")
 
@@ -100,6 +116,8 @@ def _eval_node(node: ast.AST, names: Mapping[str, Any], where: str, budget: Budg
     if isinstance(node, ast.Name):
         if node.id not in names:
             raise TemplateError(f"{where}: unknown template variable {node.id!r}")
+        if isinstance(names[node.id], FunctionTemplate):
+            raise _function_template_error(where, node.id, names[node.id])
         return _check_value(names[node.id], where, budget)
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left = _eval_node(node.left, names, where, budget, depth)
@@ -166,7 +184,11 @@ def render(text: str, names: Mapping[str, Any], where: str, *, expressions: bool
             name = simple.group(1)
             if name not in names:
                 raise TemplateError(f"{where}: unknown template {name!r} in {text[:200]!r}")
+            if isinstance(names[name], FunctionTemplate):
+                raise _function_template_error(where, name, names[name])
             out = str(names[name])
+        elif (call := _CALL.match(inner)) is not None and isinstance(names.get(call.group(1)), FunctionTemplate):
+            raise _function_template_error(where, call.group(1), names[call.group(1)])
         elif not expressions:
             raise TemplateError(
                 f"{where}: template placeholder {{{{{inner[:80]}}}}} in {text[:200]!r} is not a plain name"
@@ -209,9 +231,17 @@ def resolve_templates(
         if not isinstance(value, str):
             raise TemplateError(f"template {name!r}: value must be text, got {type(value).__name__}")
         out[name] = value
-    # one extra pass lets templates refer to earlier templates; cycles stay unexpanded
-    return {name: render(v, out, f"template {name!r}", expressions=False) if "{{" in v else v
-            for name, v in out.items()}
+    # one extra pass lets templates refer to earlier templates; cycles stay unexpanded. A value
+    # naming no template is fsspec's function template: kept, and refused where it is used
+    resolved: dict[str, str] = {}
+    for name, v in out.items():
+        if "{{" not in v:
+            resolved[name] = v
+        elif all(m is not None and m.group(1) in out for m in map(_NAME.fullmatch, _PLACEHOLDER.findall(v))):
+            resolved[name] = render(v, out, f"template {name!r}", expressions=False)
+        else:
+            resolved[name] = FunctionTemplate(v)
+    return resolved
 
 
 def _dimension_values(name: str, spec: Any, where: str) -> list[Any] | range:

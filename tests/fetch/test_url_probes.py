@@ -168,22 +168,33 @@ def test_symlinks_cannot_lead_out_of_an_allowed_directory(tmp_path):
     assert fs.cat("a") == fs.cat("b") == PUBLIC[:4]
 
 
-def test_unknown_protocols_are_refused_unless_allowed():
+def test_a_remote_manifest_may_name_only_the_default_protocols(hostile, tmp_path):
+    """A manifest read from a remote URL is a stranger's: ``memory://`` (this process's memory)
+    and other unknown protocols are refused unless allowed. The caller's own manifest (a dict,
+    a local file) names what it likes, as with fsspec's class (issue 12)."""
     mem = fsspec.filesystem("memory")
     mem.pipe_file("/refstore-issue13/data.bin", PUBLIC)
     refs = {"k": ["memory://refstore-issue13/data.bin", 0, 6]}
-    with pytest.raises(URLNotAllowed, match="protocol 'memory'"):
-        ReferenceFileSystem(refs).cat("k")
-    with pytest.raises(URLNotAllowed, match="protocol 'memory'"):
-        ReferenceStore(refs).get_sync("k")
-    for policy in (
-        URLPolicy(protocols=DEFAULT_PROTOCOLS | {"memory"}),
-        URLPolicy.allow("memory://refstore-issue13/"),
-        URLPolicy(protocols=None),
-    ):
-        assert ReferenceFileSystem(refs, url_policy=policy).cat("k") == PUBLIC[:6]
-    assert "memory" not in DEFAULT_PROTOCOLS and {"file", "https", "s3", "gs"} <= DEFAULT_PROTOCOLS
-    mem.rm_file("/refstore-issue13/data.bin")
+    hostile.route("/refs.json", honest(json.dumps(refs).encode()))
+    remote = f"{hostile.url}/refs.json"
+    try:
+        with pytest.raises(URLNotAllowed, match="protocol 'memory'"):
+            ReferenceFileSystem(remote).cat("k")
+        with pytest.raises(URLNotAllowed, match="protocol 'memory'"):
+            ReferenceStore(remote).get_sync("k")
+        for policy in (
+            URLPolicy(protocols=DEFAULT_PROTOCOLS | {"memory"}, allow_local=False),
+            URLPolicy.allow("memory://refstore-issue13/"),
+            URLPolicy(protocols=None),
+        ):
+            assert ReferenceFileSystem(remote, url_policy=policy).cat("k") == PUBLIC[:6]
+        (tmp_path / "refs.json").write_text(json.dumps(refs))
+        for own in (refs, str(tmp_path / "refs.json")):
+            assert ReferenceFileSystem(own).cat("k") == PUBLIC[:6]
+            assert ReferenceStore(own).get_sync("k").to_bytes() == PUBLIC[:6]
+        assert "memory" not in DEFAULT_PROTOCOLS and {"file", "https", "s3", "gs"} <= DEFAULT_PROTOCOLS
+    finally:
+        mem.rm_file("/refstore-issue13/data.bin")
 
 
 def test_the_policy_round_trips_through_json(site, tmp_path):
