@@ -228,14 +228,14 @@ def trickle(data: bytes, every: float) -> Handler:
     return handler
 
 
-def failing(then: Handler, n: int, status: int = 503, headers: dict[str, str] | None = None,
+def failing(then: Handler | None, n: int, status: int = 503, headers: dict[str, str] | None = None,
             body: bytes = b"busy", content_type: str = "text/plain") -> Handler:
     """Answer the first *n* requests with *status* (and *headers*), the rest with *then*;
-    ``n < 0`` fails every request."""
+    ``n < 0`` (or no *then*) fails every request."""
     left = [n]
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if left[0] != 0:
+        if left[0] != 0 or then is None:
             left[0] -= 1
             return web.Response(status=status, headers=headers, body=body, content_type=content_type)
         return await then(request)

@@ -209,10 +209,14 @@ class FsspecTarget:
                 lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
             )
         except Exception as exc:
-            transient = as_transient(exc)
+            transient = as_transient(exc, self._own_deadlines())
             if transient is None or transient is exc:
                 raise
             raise transient from exc
+
+    def _own_deadlines(self) -> Deadlines | None:
+        """The deadlines the filesystem was built with (None for a filesystem given by the caller)."""
+        return self._deadlines if self._given is None else None
 
     async def size(self, url: str) -> int:
         """Size in bytes of the object at *url*; raises as :meth:`read`."""
@@ -223,7 +227,7 @@ class FsspecTarget:
                 return int((await fs._info(path))["size"])
             return int((await asyncio.to_thread(fs.info, path))["size"])
         except Exception as exc:
-            transient = as_transient(exc)
+            transient = as_transient(exc, self._own_deadlines())
             if transient is None or transient is exc:
                 raise
             raise transient from exc
@@ -339,14 +343,15 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def as_transient(exc: BaseException) -> TransientError | None:
+def as_transient(exc: BaseException, deadlines: Deadlines | None = None) -> TransientError | None:
     """The :class:`TransientError` a failure of a filesystem stands for, or None if a retry would not cure it.
 
     Transient: the statuses of :data:`TRANSIENT_STATUS` (from botocore,
     gcsfs or aiohttp errors, found along the chain of causes, as s3fs
     translates botocore's), S3's throttling codes, and the connection and
     timeout errors of aiohttp, botocore and requests. A ``Retry-After`` that
-    came with the answer is kept.
+    came with the answer is kept. With the *deadlines* the filesystem was
+    built with, a connect or read timeout names the deadline that ran out.
     """
     if isinstance(exc, TransientError):
         return exc
@@ -363,6 +368,19 @@ def as_transient(exc: BaseException) -> TransientError | None:
             return None
         if isinstance(err, network):
             if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
-                return FetchTimeout(f"{type(err).__name__}: {err}")
+                return FetchTimeout(_which_deadline(err, deadlines) + f"{type(err).__name__}: {err}")
             return TransientError(f"{type(err).__name__}: {err}")
     return None
+
+
+def _which_deadline(err: BaseException, deadlines: Deadlines | None) -> str:
+    """``"no byte for 20 s (the first_byte deadline): "`` or the like, for a timeout of a client
+    that was given *deadlines*; empty if that cannot be told."""
+    if deadlines is None:
+        return ""
+    name = type(err).__name__
+    if ("ConnectTimeout" in name or "ConnectionTimeout" in name) and deadlines.connect is not None:
+        return f"no connection within {deadlines.connect:g} s (the connect deadline): "
+    if ("ReadTimeout" in name or "SocketTimeout" in name) and deadlines.first_byte is not None:
+        return f"no byte for {deadlines.first_byte:g} s (the first_byte deadline): "
+    return ""
