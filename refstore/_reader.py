@@ -10,7 +10,13 @@ from typing import Any
 
 import fsspec.asyn
 
-from refstore.errors import DeadlineExceeded, KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
+from refstore.errors import (
+    DeadlineExceeded,
+    KeyNotInManifest,
+    ManifestError,
+    ReferenceNotReachable,
+    URLNotAllowed,
+)
 from refstore.fetch import Deadlines, Fetcher, URLPolicy, split_url
 from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD

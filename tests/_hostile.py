@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 import aiohttp
-
 from _servers import LoopbackServer
 from aiohttp import web
 

@@ -92,9 +92,9 @@ class Deadlines(Mapping[str, Any]):
 
     Notes
     -----
-    With the defaults a read ends within :attr:`bound`, 85 s (3 × 25 s plus at
+    With the defaults a read ends within :attr:`bound`, 85 s (3 x 25 s plus at
     most two waits of 5 s): about 61 s for a server that never answers
-    (3 × 20 s), about 76 s for one that trickles its bytes (3 × 25 s). Time
+    (3 x 20 s), about 76 s for one that trickles its bytes (3 x 25 s). Time
     spent waiting for a free slot among ``max_concurrency`` reads in flight
     is not counted. A read that fails on time raises
     :class:`refstore.errors.DeadlineExceeded` (a ``TimeoutError``).
@@ -124,7 +124,7 @@ class Deadlines(Mapping[str, Any]):
 
     @property
     def bound(self) -> float | None:
-        """The longest a read can take: ``attempts × total + (attempts − 1) × backoff_max`` (None without a total)."""
+        """The longest a read can take: ``attempts x total + (attempts - 1) x backoff_max`` (None without a total)."""
         if self.total is None:
             return None
         return self.attempts * self.total + (self.attempts - 1) * self.backoff_max
@@ -176,7 +176,7 @@ class Deadlines(Mapping[str, Any]):
 def backoff_delay(failed: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after the *failed*-th failed attempt (1 for the first).
 
-    ``min(cap, base × 2 ** (failed − 1))`` scaled by a random factor in
+    ``min(cap, base x 2 ** (failed - 1))`` scaled by a random factor in
     ``[0.5, 1]`` ("equal jitter"): never more than *cap*, never less than half
     the exponential step, and different for clients that failed together.
     """
@@ -225,15 +225,17 @@ async def call_with_retries(
     """
     attempts = deadlines.attempts
     for attempt in range(1, attempts + 1):
-        deadline = asyncio.timeout(deadlines.total)
+        deadline: asyncio.Timeout | None = None
         try:
             async with slot if slot is not None else nullcontext():
+                # made once the slot is held: asyncio.timeout() fixes its deadline when called
+                deadline = asyncio.timeout(deadlines.total)
                 async with deadline:
                     return await call()
         except TransientError as exc:
             failure: TransientError = exc
         except (TimeoutError, ConnectionError) as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
                 failure = FetchTimeout(f"deadline {deadlines.total:g} s exceeded")
             elif isinstance(exc, TimeoutError):
                 failure = FetchTimeout(f"{type(exc).__name__}: {exc}")

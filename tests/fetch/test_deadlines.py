@@ -2,7 +2,7 @@
 
 Every case runs against a real loopback server that misbehaves on purpose
 (``tests/_hostile.py``), with small deadlines so a case takes a second or two;
-each asserts the read failed (or succeeded) within ``attempts × total`` plus
+each asserts the read failed (or succeeded) within ``attempts x total`` plus
 the waits, and counts the requests the server saw.
 """
 
@@ -20,12 +20,18 @@ import zarr
 from _hostile import failing, honest, silent, trickle
 
 import refstore
-from refstore import DeadlineExceeded, Deadlines, ReferenceFileSystem, ReferenceNotReachable, ReferenceStore
+from refstore import (
+    DeadlineExceeded,
+    Deadlines,
+    ReferenceFileSystem,
+    ReferenceNotReachable,
+    ReferenceStore,
+)
 from refstore.fetch import FetchTimeout, TransientError
 from refstore.fetch._deadlines import backoff_delay, call_with_retries, retry_after
 
 DATA = np.random.default_rng(13).bytes(10_000)
-#: Small deadlines for the hostile cases: a silent server costs 2 × 0.5 s.
+#: Small deadlines for the hostile cases: a silent server costs 2 x 0.5 s.
 FAST = Deadlines(connect=1.0, first_byte=0.5, total=1.0, attempts=2, backoff=0.05, backoff_max=0.2)
 #: Slack for a loaded machine (two shared cores).
 SLACK = 3.0
@@ -35,7 +41,7 @@ def _timed(fn):
     start = time.perf_counter()
     try:
         return fn(), time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001 - returned for the assertions
+    except Exception as exc:  # returned for the assertions
         return exc, time.perf_counter() - start
 
 
@@ -111,6 +117,21 @@ def test_call_with_retries_counts_and_gives_up():
     assert len(calls) == 5 and "HTTP 503 for u; gave up after 5 attempts" in str(err)
     assert not isinstance(err, TimeoutError)
     assert len(waits) == 4 and all(w <= 3 for w in waits) and 0.5 <= waits[0] <= 1 and waits[3] >= 1.5
+
+
+def test_the_wait_for_a_slot_is_not_counted_in_the_deadline():
+    async def go() -> bytes:
+        slot = asyncio.Semaphore(1)
+        await slot.acquire()  # another read holds the only slot for 0.3 s
+        asyncio.get_running_loop().call_later(0.3, slot.release)
+
+        async def quick() -> bytes:
+            await asyncio.sleep(0.05)
+            return b"ok"
+
+        return await call_with_retries(quick, Deadlines(total=0.2, attempts=1), slot=slot)
+
+    assert asyncio.run(go()) == b"ok"
 
 
 # -- HTTP: a server that never answers, or trickles ---------------------------------------------

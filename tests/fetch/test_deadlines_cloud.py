@@ -3,7 +3,7 @@
 The endpoint is the hostile loopback server (``tests/_hostile.py``): alone it
 answers 503 or nothing at all; in front of moto or the GCS emulator it is a
 proxy that fails the first requests and then forwards the rest. Before,
-s3fs (5 tries) × botocore (5 tries) sent 25 requests over 43 s for a
+s3fs (5 tries) x botocore (5 tries) sent 25 requests over 43 s for a
 persistent 503, and gcsfs 6 over 33 s.
 """
 
@@ -44,7 +44,7 @@ def _timed(fn):
     start = time.perf_counter()
     try:
         return fn(), time.perf_counter() - start
-    except Exception as exc:  # noqa: BLE001 - returned for the assertions
+    except Exception as exc:  # returned for the assertions
         return exc, time.perf_counter() - start
 
 
@@ -56,7 +56,7 @@ def test_a_persistent_503_is_tried_as_often_as_the_deadlines_say(hostile, protoc
     err, took = _timed(lambda: fs.cat("k"))
     assert isinstance(err, ReferenceNotReachable) and not isinstance(err, TimeoutError), err
     assert "503" in str(err) and "gave up after 3 attempts" in str(err), err
-    assert len(hostile.log) == 3, hostile.log  # not 25 (s3fs × botocore) nor 6 (gcsfs)
+    assert len(hostile.log) == 3, hostile.log  # not 25 (s3fs x botocore) nor 6 (gcsfs)
     assert took < 2 * 0.1 + SLACK, took
 
 
