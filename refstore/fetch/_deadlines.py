@@ -54,6 +54,15 @@ class FetchTimeout(TransientError, TimeoutError):
     """A request ran past one of its :class:`Deadlines` (connect, first byte or total)."""
 
 
+class SlowAnswer(FetchTimeout):
+    """The answer did not all arrive within the total deadline: the server answers, slowly.
+
+    A smaller read of the same server may still succeed, so a request waiting
+    on a failed read-ahead block reads its own range after this failure (and
+    not after the others).
+    """
+
+
 @dataclass(frozen=True)
 class Deadlines(Mapping[str, Any]):
     """How long one remote request may take, and how often a failed one is tried.
@@ -236,7 +245,7 @@ async def call_with_retries(
             failure: TransientError = exc
         except (TimeoutError, ConnectionError) as exc:
             if deadline is not None and deadline.expired():
-                failure = FetchTimeout(f"deadline {deadlines.total:g} s exceeded")
+                failure = SlowAnswer(f"deadline {deadlines.total:g} s exceeded")
             elif isinstance(exc, TimeoutError):
                 failure = FetchTimeout(f"{type(exc).__name__}: {exc}")
             else:
@@ -259,7 +268,10 @@ async def call_with_retries(
 
 
 def _gave_up(failure: TransientError, why: str) -> TransientError:
-    cls = FetchTimeout if isinstance(failure, TimeoutError) else TransientError
+    """The error that ends the retries: of the kind of the last *failure*, saying *why*."""
+    cls = type(failure) if isinstance(failure, FetchTimeout) else (
+        FetchTimeout if isinstance(failure, TimeoutError) else TransientError
+    )
     err = cls(f"{failure}; {why}", retry_after=failure.retry_after)
     err.__cause__ = failure
     return err

@@ -22,7 +22,13 @@ from typing import Any
 
 import fsspec.asyn
 
-from refstore.fetch._deadlines import Deadlines, TransientError, call_with_retries, run_sync
+from refstore.fetch._deadlines import (
+    Deadlines,
+    SlowAnswer,
+    TransientError,
+    call_with_retries,
+    run_sync,
+)
 from refstore.fetch._http import HTTPTarget
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
@@ -438,7 +444,9 @@ class Fetcher:
                 piece = cut(data, blk.start, pos, e) if blk.start <= pos else b""
                 pieces.append(piece)
                 pos += len(piece)
-        except TransientError as exc:  # the block's read gave up on time or retries: so would this one
+        except SlowAnswer:  # the (larger) block did not arrive in time: this range alone may
+            pos = -1
+        except TransientError as exc:  # no answer, or failures on every attempt: so would this range
             batch.set(i, exc)
             return
         except Exception:  # noqa: BLE001 - a block's read failed otherwise: read this range alone

@@ -27,7 +27,7 @@ from refstore import (
     ReferenceNotReachable,
     ReferenceStore,
 )
-from refstore.fetch import FetchTimeout, TransientError
+from refstore.fetch import Fetcher, FetchTimeout, TransientError
 from refstore.fetch._deadlines import backoff_delay, call_with_retries, retry_after
 
 DATA = np.random.default_rng(13).bytes(10_000)
@@ -199,6 +199,42 @@ def test_size_of_a_whole_object_reference_has_the_deadline_too(hostile):
     assert isinstance(err, DeadlineExceeded) and "gave up after 2 attempts" in str(err), err
     assert hostile.count("/silent-head.bin", "HEAD") == 2
     assert took <= FAST.bound + SLACK  # type: ignore[operator]
+
+
+def test_requests_waiting_on_a_read_ahead_block_of_a_silent_server_fail_with_it(hostile):
+    """A scan whose read-ahead block meets a server gone silent: the requests waiting on the
+    block get its failure, rather than a second round of attempts of their own."""
+    big = np.random.default_rng(7).bytes(4 << 20)
+    answered = [0]
+
+    async def goes_silent(request):
+        if answered[0] < 3:  # two direct reads and the first read-ahead block, then nothing
+            answered[0] += 1
+            return await honest(big)(request)
+        return await silent()(request)
+
+    url = hostile.route("/scan.bin", goes_silent)
+
+    async def scan() -> tuple[list[object], float]:
+        fetcher = Fetcher(deadlines=FAST, read_ahead=1 << 20)
+        out: list[object] = []
+        start = time.perf_counter()
+        try:
+            for offset in range(0, 2 << 20, 64 << 10):
+                try:
+                    out.append(await fetcher.get(url, offset, offset + (64 << 10), exact=True))
+                except Exception as exc:  # kept for the assertions
+                    out.append(exc)
+                    break
+        finally:
+            await fetcher.close()
+        return out, time.perf_counter() - start
+
+    out, took = asyncio.run(scan())
+    assert all(piece == big[i * (64 << 10) : (i + 1) * (64 << 10)] for i, piece in enumerate(out[:-1]))
+    assert isinstance(out[-1], FetchTimeout) and "gave up after 2 attempts" in str(out[-1]), out[-1]
+    assert hostile.count("/scan.bin") == 3 + FAST.attempts, hostile.log  # the block's attempts only
+    assert took <= FAST.bound + SLACK, took  # type: ignore[operator]
 
 
 # -- HTTP: 503 bursts, 429 with Retry-After -----------------------------------------------------
