@@ -290,24 +290,19 @@ def _no_own_retries(fs: Any) -> None:
     if package == "s3fs" and isinstance(getattr(fs, "retries", None), int):
         fs.retries = 1
     elif package == "gcsfs":
-        unwrapped = getattr(type(fs).__dict__.get("_request"), "__wrapped__", None)
-        if unwrapped is None:
-            for klass in type(fs).__mro__:
-                unwrapped = getattr(klass.__dict__.get("_request"), "__wrapped__", None)
-                if unwrapped is not None:
-                    break
+        unwrapped = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)
         if unwrapped is not None:
             fs._request = types.MethodType(unwrapped, fs)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """*exc* and the exceptions it was raised from (``__cause__``, else ``__context__``), at most eight."""
+    """*exc* and the exceptions it was raised from (``__cause__``), at most eight."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen and len(seen) < 8:
         seen.add(id(cur))
         yield cur
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__
 
 
 def _status_of(exc: BaseException) -> tuple[int | None, str | None, dict[str, Any]]:

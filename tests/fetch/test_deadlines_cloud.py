@@ -112,6 +112,23 @@ def test_gcs_503_burst_then_success_through_a_proxy_to_the_emulator(hostile, gcs
     assert len(hostile.log) == 3
 
 
+def test_what_no_retry_cures_is_tried_once(hostile, s3_server):
+    hostile.fallback = proxy(s3_server.endpoint_url)
+    s3_server.ensure_bucket("deadlines")
+    fs = _fs("s3", hostile.url, Deadlines(attempts=3), path="deadlines/missing")
+    with pytest.raises(ReferenceNotReachable) as info:
+        fs.cat("k")
+    assert isinstance(info.value.__cause__, FileNotFoundError), info.value.__cause__
+    assert len(hostile.log) == 1, hostile.log
+    hostile.log.clear()
+    denied = b"<?xml version='1.0'?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    hostile.fallback = failing(None, -1, 403, body=denied, content_type="application/xml")
+    with pytest.raises(ReferenceNotReachable) as info:
+        _fs("s3", hostile.url, Deadlines(attempts=3)).cat("k")
+    assert isinstance(info.value.__cause__, PermissionError), info.value.__cause__
+    assert len(hostile.log) == 1, hostile.log
+
+
 def test_the_filesystems_refstore_builds_try_each_call_once():
     async def built(protocol: str, options: dict[str, Any]) -> Any:
         target = FsspecTarget(protocol, options, deadlines=Deadlines(connect=3, first_byte=7))
