@@ -2,6 +2,7 @@
 
 from refstore import build, multiscale
 from refstore.errors import (
+    DeadlineExceeded,
     KeyNotInManifest,
     ManifestError,
     ReferenceNotReachable,
@@ -9,7 +10,7 @@ from refstore.errors import (
     TemplateError,
     URLNotAllowed,
 )
-from refstore.fetch import URLPolicy
+from refstore.fetch import Deadlines, URLPolicy
 from refstore.fs import ReferenceFileSystem
 from refstore.manifest import Manifest, Reference
 from refstore.store import ReferenceStore
@@ -18,6 +19,8 @@ from refstore.virtual import VirtualArray, concat, open_virtual, pad, save_virtu
 __version__ = "0.1.0"
 
 __all__ = [
+    "DeadlineExceeded",
+    "Deadlines",
     "KeyNotInManifest",
     "Manifest",
     "ManifestError",

@@ -25,6 +25,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from refstore._reader import KeyRange, Reader
 from refstore.errors import KeyNotInManifest
+from refstore.fetch._deadlines import run_sync
 from refstore.manifest import Manifest
 from refstore.virtual import _spec
 from refstore.virtual._cache import DEFAULT_CACHE_BYTES
@@ -156,7 +157,7 @@ class Engine:
         arrays on fsspec's IO loop (so not from that loop's thread).
         """
         if self.virtual is not None:
-            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.get, key, start, end)
+            return run_sync(fsspec.asyn.get_loop(), self.get, key, start, end)
         try:
             return self.reader.read_sync(key, start, end)
         except KeyNotInManifest:

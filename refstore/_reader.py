@@ -10,8 +10,15 @@ from typing import Any
 
 import fsspec.asyn
 
-from refstore.errors import KeyNotInManifest, ManifestError, ReferenceNotReachable, URLNotAllowed
-from refstore.fetch import Fetcher, URLPolicy, split_url
+from refstore.errors import (
+    DeadlineExceeded,
+    KeyNotInManifest,
+    ManifestError,
+    ReferenceNotReachable,
+    URLNotAllowed,
+)
+from refstore.fetch import Deadlines, Fetcher, URLPolicy, split_url
+from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
@@ -53,9 +60,10 @@ class Reader:
         max_block: int = DEFAULT_MAX_BLOCK,
         max_concurrency: int = 64,
         read_ahead: int = DEFAULT_READ_AHEAD,
-        retries: int = 3,
+        retries: int | None = None,
         cache_size: int = 128,
         url_policy: URLPolicy | None = None,
+        deadlines: Deadlines | Mapping[str, Any] | None = None,
     ) -> None:
         self.manifest: Manifest = open_manifest(
             fo,
@@ -101,7 +109,7 @@ class Reader:
             max_block=max_block,
             max_concurrency=max_concurrency,
             read_ahead=read_ahead,
-            retries=retries,
+            deadlines=Deadlines.coerce(deadlines).with_retries(retries),
             check_url=self.policy.check,
         )
         self._resolved: dict[str | None, str] = {}
@@ -170,7 +178,8 @@ class Reader:
         try:
             return max(await self.fetcher.size(url) - entry.offset, 0)
         except Exception as exc:
-            raise ReferenceNotReachable(key, url, exc) from exc
+            kind = DeadlineExceeded if isinstance(exc, TimeoutError) else ReferenceNotReachable
+            raise kind(key, url, exc) from exc
 
     async def read(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of *key* (fsspec ``cat_file`` semantics).
@@ -197,7 +206,7 @@ class Reader:
         """
         plan = self._plan(key, start, end)
         if plan is None:  # a suffix of an object of unknown size: ask for the size first
-            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.read, key, start, end)
+            return run_sync(fsspec.asyn.get_loop(), self.read, key, start, end)
         if isinstance(plan, bytes):
             return plan
         url, lo, hi, exact = plan
@@ -305,9 +314,11 @@ async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) 
 
 
 def _wrap(res: bytes | BaseException, key: str, url: str) -> bytes | BaseException:
+    """*res*, or the failure as the :class:`ReferenceNotReachable` (:class:`DeadlineExceeded`
+    for a timeout) naming *key* and *url*, with the failure as its cause."""
     if not isinstance(res, BaseException) or isinstance(res, (URLNotAllowed, ReferenceNotReachable)):
         return res
-    err = ReferenceNotReachable(key, url, res)
+    err = (DeadlineExceeded if isinstance(res, TimeoutError) else ReferenceNotReachable)(key, url, res)
     err.__cause__ = res
     return err
 

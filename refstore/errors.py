@@ -12,8 +12,9 @@ working::
     ├── BadResponse(OSError)                 a server answered something other than what was asked
     │                                        (another Content-Range, more bytes than requested)
     ├── ReferenceNotReachable(fsspec's ReferenceNotReachable, i.e. RuntimeError)
-    │                                        a target could not be read: names key, URL and cause;
-    │                                        the original error (e.g. FileNotFoundError) is ``__cause__``
+    │   │                                    a target could not be read: names key, URL and cause;
+    │   │                                    the original error (e.g. FileNotFoundError) is ``__cause__``
+    │   └── DeadlineExceeded(TimeoutError)   every attempt timed out (``refstore.Deadlines``)
     └── RefstoreWarning(UserWarning)         issued, not raised: e.g. a server that ignores Range
 
 A *missing key* is not an error for a zarr store (it reads as the fill value);
@@ -28,6 +29,7 @@ from fsspec.implementations.reference import (
 
 __all__ = [
     "BadResponse",
+    "DeadlineExceeded",
     "KeyNotInManifest",
     "ManifestError",
     "ReferenceNotReachable",
@@ -130,3 +132,14 @@ class ReferenceNotReachable(RefstoreError, _FsspecReferenceNotReachable):
 
     def __reduce__(self):  # keep the three-argument constructor picklable
         return (type(self), (self.reference, self.target, self.detail))
+
+
+class DeadlineExceeded(ReferenceNotReachable, TimeoutError):
+    """Every attempt to read a reference's target ran out of time.
+
+    Raised instead of :class:`ReferenceNotReachable` when the last attempt
+    failed by a deadline of :class:`refstore.Deadlines` (no connection, no
+    first byte, or the whole answer not in time), so ``except TimeoutError``
+    catches it as well. The message names key, URL and the deadline, e.g.
+    ``deadline 25 s exceeded; gave up after 3 attempts``.
+    """

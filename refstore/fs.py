@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import io
 import os
 import uuid
@@ -18,6 +20,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from refstore._engine import Engine
 from refstore.errors import ReferenceNotReachable
+from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest
 from refstore.manifest._mapping import ReferenceDict, put, references_of, remove
@@ -65,8 +68,16 @@ class ReferenceFileSystem(AsyncFileSystem):
         URL (negative disables merging), and the largest merged read.
     cache_size
         Parquet partitions kept in memory.
-    max_concurrency, retries
-        Reads in flight per event loop; retries of transient failures.
+    max_concurrency
+        Reads in flight per event loop.
+    deadlines
+        A :class:`refstore.Deadlines` (or a dict of its fields): the connect,
+        first-byte and total deadlines of each remote request and its retries.
+        The defaults end a read of a server that never answers, or trickles,
+        within 85 s, attempts included.
+    retries
+        Attempts after the first for a transient failure; overrides
+        ``deadlines.attempts`` (``retries + 1``) when given.
     read_ahead
         Largest read-ahead window (bytes) when a remote object is read in
         order; 0 or a negative ``max_gap`` disables read-ahead. Blocks kept for it are bounded by four
@@ -86,6 +97,7 @@ class ReferenceFileSystem(AsyncFileSystem):
     protocol = ("reference", "refstore")
     root_marker = ""
     cachable = False  # tokenising a large reference dict costs more than parsing it
+    mirror_sync_methods = False  # done in __init__, then re-wrapped by _keep_timeouts
 
     def __init__(
         self,
@@ -104,11 +116,14 @@ class ReferenceFileSystem(AsyncFileSystem):
         cache_size: int = 128,
         max_concurrency: int = 64,
         read_ahead: int = DEFAULT_READ_AHEAD,
-        retries: int = 3,
+        retries: int | None = None,
         url_policy: Any = None,
+        deadlines: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{k: v for k, v in kwargs.items() if k in ("asynchronous", "loop", "batch_size")})
+        fsspec.asyn.mirror_sync_methods(self)  # here, not after __init__: see _keep_timeouts
+        self._keep_timeouts()
         if isinstance(fo, Mapping) and set(fo) >= {_HANDLE_KEY}:
             fo = _from_handle(fo)
         self._engine = Engine(
@@ -127,6 +142,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             retries=retries,
             cache_size=cache_size,
             url_policy=url_policy,
+            deadlines=deadlines,
         )
         self._fss_args = (fs, remote_options)
         self._refs: Any = None  # the dict handed out as .references, built on first use
@@ -139,6 +155,15 @@ class ReferenceFileSystem(AsyncFileSystem):
         self.target = target
         self.max_gap = max_gap
         self.max_block = max_block
+
+    def _keep_timeouts(self) -> None:
+        """Re-wrap the sync methods fsspec mirrored from the async ones with :func:`run_sync`, so a
+        :class:`refstore.DeadlineExceeded` reaches the caller as itself (naming key, URL and
+        deadline) rather than as fsspec's bare ``FSTimeoutError``."""
+        for name, attr in list(vars(self).items()):
+            inner = getattr(attr, "__wrapped__", None)
+            if getattr(inner, "__self__", None) is self and inspect.iscoroutinefunction(inner):
+                setattr(self, name, _sync_method(self, inner))
 
     @property
     def loop(self) -> Any:
@@ -268,12 +293,10 @@ class ReferenceFileSystem(AsyncFileSystem):
 
     def cat(self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:
         # the mirrored sync method is replaced so its signature matches fsspec's
-        from fsspec.asyn import sync
-
         async def boxed() -> tuple[Any]:  # sync() raises an exception it is handed back; fsspec returns it
             return (await self._cat(path, recursive=recursive, on_error=on_error, **kwargs),)
 
-        return sync(self.loop, boxed)[0]
+        return run_sync(self.loop, boxed)[0]
 
     async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         key = self._strip_protocol(path)
@@ -461,6 +484,16 @@ class _ReferenceFile(AbstractBufferedFile):
 
 def _protocol_names(fs: Any) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def _sync_method(fs: ReferenceFileSystem, coro: Any) -> Any:
+    """The blocking form of the bound coroutine method *coro*, run on ``fs.loop`` by :func:`run_sync`."""
+
+    @functools.wraps(coro)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        return run_sync(fs.loop, coro, *args, **kwargs)
+
+    return method
 
 
 def _has_magic(path: Any) -> bool:

@@ -30,7 +30,8 @@ class ReferenceStore(EngineStore):
         ``remote_protocol``, ``remote_options``, ``fs``,
         ``template_overrides``, ``max_gap``, ``max_block``,
         ``max_concurrency``, ``read_ahead``, ``retries``, ``cache_size``,
-        ``url_policy``; and ``decoded_cache_bytes``, the budget of decoded
+        ``url_policy``, ``deadlines`` (a :class:`refstore.Deadlines`: the
+        deadlines and retries of remote reads); and ``decoded_cache_bytes``, the budget of decoded
         source chunks shared by assembled virtual-array chunks
         (:class:`refstore.virtual.VirtualResolver`).
 

@@ -9,11 +9,14 @@ logged with the raw path it arrived with. Nothing here imports refstore.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+import aiohttp
 from _servers import LoopbackServer
 from aiohttp import web
 
@@ -28,6 +31,8 @@ class Seen:
     raw_path: str
     path: str
     range: str | None
+    at: float = field(default_factory=time.monotonic, compare=False)
+    """``time.monotonic()`` when it arrived."""
 
 
 def resolved(raw_path: str) -> str:
@@ -55,11 +60,14 @@ class ScriptedServer(LoopbackServer):
         Every request, in order.
     sent
         Body bytes the handlers managed to write, per resolved path (for streamed bodies).
+    fallback
+        The handler of paths without a route (404 if None): an S3 or GCS endpoint is one handler.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.routes: dict[str, Handler] = {}
+        self.fallback: Handler | None = None
         self.log: list[Seen] = []
         self.sent: dict[str, int] = {}
 
@@ -79,7 +87,7 @@ class ScriptedServer(LoopbackServer):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = resolved(request.raw_path)
         self.log.append(Seen(request.method, request.raw_path, path, request.headers.get("Range")))
-        handler = self.routes.get(path)
+        handler = self.routes.get(path, self.fallback)
         if handler is None:
             return web.Response(status=404, text="not found")
         return await handler(request)
@@ -181,3 +189,78 @@ def redirect(location: str, status: int = 302) -> Handler:
         return web.Response(status=status, headers={"Location": location})
 
     return handler
+
+
+def silent() -> Handler:
+    """Accept the request and never answer (until the client hangs up)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        for _ in range(36_000):  # an hour at most; ends as soon as the client hangs up
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            await asyncio.sleep(0.1)
+        return web.Response(status=500)
+
+    return handler
+
+
+def trickle(data: bytes, every: float) -> Handler:
+    """Answer a range with honest headers, then send its body one byte every *every* seconds."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        span = parse_range(request.headers.get("Range"), len(data))
+        first, last = span if span is not None else (0, len(data) - 1)
+        resp = web.StreamResponse(status=206 if span else 200, headers={
+            "Content-Length": str(last - first + 1),
+            **({"Content-Range": f"bytes {first}-{last}/{len(data)}"} if span else {}),
+        })
+        await resp.prepare(request)
+        try:
+            for i in range(first, last + 1):
+                await resp.write(data[i : i + 1])
+                await asyncio.sleep(every)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up
+        return resp
+
+    return handler
+
+
+def failing(then: Handler | None, n: int, status: int = 503, headers: dict[str, str] | None = None,
+            body: bytes = b"busy", content_type: str = "text/plain") -> Handler:
+    """Answer the first *n* requests with *status* (and *headers*), the rest with *then*;
+    ``n < 0`` (or no *then*) fails every request."""
+    left = [n]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if left[0] != 0 or then is None:
+            left[0] -= 1
+            return web.Response(status=status, headers=headers, body=body, content_type=content_type)
+        return await then(request)
+
+    return handler
+
+
+def proxy(upstream: str) -> Handler:
+    """Forward the request as it came (method, path and query, headers, body) to *upstream*."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with aiohttp.ClientSession(auto_decompress=False) as session, session.request(
+            request.method, upstream + request.raw_path, headers=headers, data=await request.read(),
+            allow_redirects=False,
+        ) as resp:
+            body = await resp.read()
+            keep = {k: v for k, v in resp.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
+            return web.Response(status=resp.status, headers=keep, body=body)
+
+    return handler
+
+
+#: The body of S3's 503 SlowDown answer.
+S3_SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                b"<Message>Please reduce your request rate.</Message></Error>")
+#: The body of a GCS JSON API 503 answer.
+GCS_UNAVAILABLE = b'{"error": {"code": 503, "message": "Backend Error"}}'

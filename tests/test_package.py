@@ -25,6 +25,8 @@ def test_error_tree():
     assert issubclass(errors.URLNotAllowed, PermissionError)
     assert issubclass(errors.ReferenceNotReachable, fsspec_reference.ReferenceNotReachable)
     assert issubclass(errors.ReferenceNotReachable, RuntimeError)
+    assert issubclass(errors.DeadlineExceeded, errors.ReferenceNotReachable)
+    assert issubclass(errors.DeadlineExceeded, TimeoutError)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.RefstoreError)
 

@@ -3,7 +3,9 @@
 Requests made with :meth:`Fetcher.get` in the same event-loop tick are
 collected into one batch; requests for one URL are merged into spans
 (:func:`merge_ranges`), spans are read through the target for the URL's
-protocol, and every request gets exactly its own bytes back.
+protocol, and every request gets exactly its own bytes back. Each remote
+read is held to its :class:`~refstore.fetch.Deadlines` and retried by them
+(:func:`~refstore.fetch._deadlines.call_with_retries`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import dataclasses
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -19,11 +22,18 @@ from typing import Any
 
 import fsspec.asyn
 
+from refstore.fetch._deadlines import (
+    Deadlines,
+    SlowAnswer,
+    TransientError,
+    call_with_retries,
+    run_sync,
+)
 from refstore.fetch._http import HTTPTarget
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
 from refstore.fetch._readahead import Block, ReadAhead
-from refstore.fetch._targets import FsspecTarget, LocalTarget, TransientError
+from refstore.fetch._targets import FsspecTarget, LocalTarget
 
 #: Default largest hole read through to join two ranges of one URL (bytes). Measured in
 #: ``benchmarks/scattered.py``: wider gaps never made zarr reads faster and raise the extra
@@ -126,8 +136,11 @@ class Fetcher:
         Largest read-ahead window for sequential reads of remote objects, in
         bytes; 0 (or a negative ``max_gap``) disables it (see
         :mod:`refstore.fetch._readahead`).
-    retries
-        Attempts after the first for a transient failure, with exponential backoff.
+    deadlines
+        Deadlines and retries of each remote read (:class:`~refstore.fetch.Deadlines`,
+        or a dict of its fields); the defaults when None.
+    retries, backoff
+        Override ``deadlines.attempts`` (``retries + 1``) and ``deadlines.backoff``.
     check_url
         Called with every redirect target (the URL policy).
     """
@@ -141,8 +154,9 @@ class Fetcher:
         max_block: int = DEFAULT_MAX_BLOCK,
         max_concurrency: int = 64,
         read_ahead: int = DEFAULT_READ_AHEAD,
-        retries: int = 3,
-        backoff: float = 0.05,
+        retries: int | None = None,
+        backoff: float | None = None,
+        deadlines: Deadlines | Mapping[str, Any] | None = None,
         check_url: Any = None,
     ) -> None:
         self.options = {k: dict(v) for k, v in (options or {}).items()}
@@ -151,8 +165,8 @@ class Fetcher:
         self.max_block = max_block
         self.max_concurrency = max_concurrency
         self.read_ahead = read_ahead
-        self.retries = retries
-        self.backoff = backoff
+        chosen = Deadlines.coerce(deadlines).with_retries(retries)
+        self.deadlines = chosen if backoff is None else dataclasses.replace(chosen, backoff=backoff)
         self.check_url = check_url or (lambda url: None)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
@@ -225,9 +239,9 @@ class Fetcher:
             opts = self.options.get(protocol, {})
             given = self.filesystems.get(protocol)
             if given is None and protocol in ("http", "https"):
-                target = HTTPTarget(opts, self.check_url)
+                target = HTTPTarget(opts, self.check_url, deadlines=self.deadlines)
             else:
-                target = FsspecTarget(protocol, opts, given)
+                target = FsspecTarget(protocol, opts, given, deadlines=self.deadlines)
             state.targets[protocol] = target
         return target
 
@@ -291,7 +305,7 @@ class Fetcher:
             If a remote URL is read from the thread of fsspec's IO loop.
         """
         if not self.reads_in_thread(url):
-            return fsspec.asyn.sync(fsspec.asyn.get_loop(), self.get, url, start, end, exact)
+            return run_sync(fsspec.asyn.get_loop(), self.get, url, start, end, exact)
         data = self._local_target().read_sync(split_url(url)[1], [(start, end)])[0]
         if exact and not isinstance(result := _checked(url, data, start, end), bytes):
             raise result
@@ -430,7 +444,12 @@ class Fetcher:
                 piece = cut(data, blk.start, pos, e) if blk.start <= pos else b""
                 pieces.append(piece)
                 pos += len(piece)
-        except Exception:  # noqa: BLE001 - a block's read failed: read this range alone
+        except SlowAnswer:  # the (larger) block did not arrive in time: this range alone may
+            pos = -1
+        except TransientError as exc:  # no answer, or failures on every attempt: so would this range
+            batch.set(i, exc)
+            return
+        except Exception:  # noqa: BLE001 - a block's read failed otherwise: read this range alone
             pos = -1
         if pos != e and not (pos >= 0 and len(blocks) == 1):
             # a failed block, or blocks that ended early (end of object) and left a hole
@@ -473,29 +492,28 @@ class Fetcher:
                 batch.deliver(url, sp.start, data, idx[m])
 
     async def _read_retrying(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        """Read *spans* of *url*: a local file once, a remote object under the deadlines and retries."""
         protocol, rest = split_url(url)
         target = self._target(protocol)
-        path = rest if isinstance(target, LocalTarget) else url
         state = self._state()
         assert state.semaphore is not None
-        for attempt in range(self.retries + 1):
-            try:
-                async with state.semaphore:
-                    return await target.read(path, spans)
-            except TransientError:
-                if attempt == self.retries:
-                    raise
-            except (TimeoutError, ConnectionError) as exc:
-                if attempt == self.retries:
-                    raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-            await asyncio.sleep(self.backoff * (2**attempt))
-        raise AssertionError("unreachable")
+        if isinstance(target, LocalTarget):
+            async with state.semaphore:
+                return await target.read(rest, spans)
+        return await call_with_retries(lambda: target.read(url, spans), self.deadlines, slot=state.semaphore)
 
     async def size(self, url: str) -> int:
-        """Size in bytes of the object at *url*."""
+        """Size in bytes of the object at *url* (a remote one under the deadlines and retries)."""
         protocol, rest = split_url(url)
         target = self._target(protocol)
-        return await target.size(rest if isinstance(target, LocalTarget) else url)
+        if isinstance(target, LocalTarget):
+            return await target.size(rest)
+        return await call_with_retries(lambda: target.size(url), self.deadlines)
+
+    @property
+    def retries(self) -> int:
+        """Attempts after the first (``deadlines.attempts - 1``)."""
+        return self.deadlines.attempts - 1
 
 
 def _close_soon(states: Mapping[asyncio.AbstractEventLoop, _LoopState]) -> None:

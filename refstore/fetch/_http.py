@@ -12,6 +12,10 @@
   is read whole once per URL and kept, within :data:`WHOLE_CACHE_BYTES` for
   all such URLs, and a :class:`~refstore.errors.RefstoreWarning` says so; an
   object too large to keep is streamed for each range, keeping only the range.
+- The connect and first-byte deadlines of :class:`~refstore.fetch.Deadlines`
+  are aiohttp's ``sock_connect`` and ``sock_read``; the fetcher holds each
+  attempt to the total and retries. A ``Retry-After`` on 429/503 travels with
+  the :class:`~refstore.fetch.TransientError` to the fetcher.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import aiohttp
 from yarl import URL
 
 from refstore.errors import BadResponse, RefstoreWarning
-from refstore.fetch._targets import TransientError
+from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+from refstore.fetch._targets import TRANSIENT_STATUS
 from refstore.fetch._urls import canonical_http, join
 
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+__all__ = ["TRANSIENT_STATUS", "WHOLE_CACHE_BYTES", "HTTPTarget"]
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*\Z", re.IGNORECASE)
@@ -47,12 +52,16 @@ class HTTPTarget:
     Parameters
     ----------
     options
-        ``headers`` and ``client_kwargs`` (as fsspec's HTTP filesystem takes them).
+        ``headers`` and ``client_kwargs`` (as fsspec's HTTP filesystem takes them);
+        a ``client_kwargs["timeout"]`` (an ``aiohttp.ClientTimeout``) replaces
+        the connect and first-byte deadlines.
     check_url
         The URL policy's check, called for every redirect hop; raises
         :class:`~refstore.errors.URLNotAllowed`.
     whole_cache_bytes
         Bound on the whole objects kept for servers that ignore ``Range``.
+    deadlines
+        The connect and first-byte deadlines (the total is the fetcher's).
     """
 
     def __init__(
@@ -60,12 +69,16 @@ class HTTPTarget:
         options: Mapping[str, Any],
         check_url: Callable[[str], None],
         whole_cache_bytes: int = WHOLE_CACHE_BYTES,
+        deadlines: Deadlines | None = None,
     ) -> None:
         opts = dict(options)
         self._headers = dict(opts.pop("headers", {}) or {})
         client_kwargs = dict(opts.pop("client_kwargs", {}) or {})
         self._headers.update(client_kwargs.pop("headers", {}) or {})
-        timeout = client_kwargs.pop("timeout", None) or aiohttp.ClientTimeout(total=None, sock_read=60, sock_connect=30)
+        self._deadlines = deadlines or Deadlines()
+        timeout = client_kwargs.pop("timeout", None) or aiohttp.ClientTimeout(
+            total=None, sock_connect=self._deadlines.connect, sock_read=self._deadlines.first_byte
+        )
         self._session = aiohttp.ClientSession(timeout=timeout, **client_kwargs)
         self._check_url = check_url
         self._whole: OrderedDict[str, bytes] = OrderedDict()
@@ -139,10 +152,21 @@ class HTTPTarget:
                     return await self._range_ignored(url, target, resp, start, end)
                 if resp.status == 416:
                     return b""
-                _raise_for(resp.status, target)
+                _raise_for(resp, target)
         except _NETWORK_ERRORS as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+            raise self._transient(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transient(self, exc: BaseException) -> TransientError:
+        """The :class:`TransientError` for a network failure, naming the deadline that ran out."""
+        timeout = self._session.timeout
+        if isinstance(exc, aiohttp.ConnectionTimeoutError) and timeout.sock_connect is not None:
+            return FetchTimeout(f"no connection within {timeout.sock_connect:g} s (the connect deadline)")
+        if isinstance(exc, aiohttp.SocketTimeoutError) and timeout.sock_read is not None:
+            return FetchTimeout(f"no byte for {timeout.sock_read:g} s (the first_byte deadline)")
+        if isinstance(exc, asyncio.TimeoutError):
+            return FetchTimeout(f"{type(exc).__name__}: {exc}")
+        return TransientError(f"{type(exc).__name__}: {exc}")
 
     async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         if len(spans) == 1:
@@ -159,8 +183,8 @@ class HTTPTarget:
             return len(whole)
         try:
             async with self._request("HEAD", url, self._headers) as (target, resp):
-                if resp.status in (404, 410):
-                    raise FileNotFoundError(f"HTTP {resp.status} for {target}")
+                if resp.status in (404, 410) or resp.status in TRANSIENT_STATUS:
+                    _raise_for(resp, target)
                 length = resp.headers.get("Content-Length", "")
                 if resp.status < 300 and length.isdigit():
                     return int(length)
@@ -177,9 +201,9 @@ class HTTPTarget:
                     return 0
                 if resp.status == 200:
                     return len(await self._range_ignored(url, target, resp, 0, None))
-                _raise_for(resp.status, target)
+                _raise_for(resp, target)
         except _NETWORK_ERRORS as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+            raise self._transient(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
@@ -244,10 +268,10 @@ class HTTPTarget:
         try:
             async with self._request("GET", url, self._headers) as (target, resp):
                 if resp.status != 200:
-                    _raise_for(resp.status, target)
+                    _raise_for(resp, target)
                 return (await _stream_slice(resp, start, end, 0))[0]
         except _NETWORK_ERRORS as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+            raise self._transient(exc) from exc
 
     def _keep(self, url: str, whole: bytes) -> None:
         if len(whole) > self._whole_cap:
@@ -261,12 +285,15 @@ class HTTPTarget:
             self._whole_bytes -= len(self._whole.popitem(last=False)[1])
 
 
-def _raise_for(status: int, target: str) -> None:
-    """Raise the error an unexpected HTTP *status* stands for."""
+def _raise_for(resp: aiohttp.ClientResponse, target: str) -> None:
+    """Raise the error an unexpected HTTP status stands for (with the ``Retry-After`` of a transient one)."""
+    status = resp.status
     if status in (404, 410):
         raise FileNotFoundError(f"HTTP {status} for {target}")
     if status in TRANSIENT_STATUS:
-        raise TransientError(f"HTTP {status} for {target}")
+        wait = retry_after(resp.headers.get("Retry-After"))
+        asked = "" if wait is None else f" (Retry-After: {resp.headers.get('Retry-After')})"
+        raise TransientError(f"HTTP {status} for {target}{asked}", retry_after=wait)
     raise OSError(f"HTTP {status} for {target}")
 
 

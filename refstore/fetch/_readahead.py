@@ -12,8 +12,10 @@ background, so a sequential scan overlaps transfer and decoding.
 Blocks hold bytes at absolute offsets of their URL, and every answer is cut out
 of a block by offset, so a block never answers with another range's bytes. The
 cache is bounded by ``max_cached`` bytes (least recently used blocks go first);
-a failed background read just drops its block and the waiting requests read
-directly.
+a failed background read just drops its block, and the waiting requests read
+directly, unless the fetcher's retries gave up on a server that does not
+answer or keeps failing (then they fail the same way, rather than wait for
+another round of attempts).
 """
 
 from __future__ import annotations

@@ -3,27 +3,39 @@
 A target reads ``[start, end)`` of one object and raises ``FileNotFoundError``
 for a missing object, :class:`TransientError` for what a retry may cure, and
 any other ``OSError`` for the rest. Targets are created inside the event loop
-that uses them, since aiohttp and fsspec sessions belong to one loop.
+that uses them, since aiohttp and fsspec sessions belong to one loop. The
+fetcher retries (:mod:`._deadlines`); the S3 and GCS filesystems a target builds
+are told the deadlines and not to retry on their own, so retries do not stack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
+import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import aiohttp
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
+from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+
+__all__ = ["TRANSIENT_STATUS", "FsspecTarget", "LocalTarget", "TransientError", "as_transient"]
+
 #: Reads of at most this many bytes from an already open local file run in the event loop.
 _INLINE_BYTES = 256 * 1024
-
-
-class TransientError(OSError):
-    """A failure a retry may cure (HTTP 5xx/429, a dropped connection, a timeout)."""
+#: HTTP statuses a retry may cure, whatever the protocol that reports them.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: S3 error codes a retry may cure (besides those sent with a status above).
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequestsException",
+})
 
 
 class LocalTarget:
@@ -134,12 +146,19 @@ class FsspecTarget:
     fs
         A filesystem instance given by the user, or None to build one for
         *protocol* with *options* inside the running loop.
+    deadlines
+        The connect and first-byte deadlines given to the S3 and GCS
+        filesystems built here (whose own retries are turned off); a given
+        filesystem is used as it is.
     """
 
-    def __init__(self, protocol: str, options: Mapping[str, Any], fs: Any = None) -> None:
+    def __init__(
+        self, protocol: str, options: Mapping[str, Any], fs: Any = None, deadlines: Deadlines | None = None
+    ) -> None:
         self.protocol = protocol
         self._given = fs
         self._options = dict(options)
+        self._deadlines = deadlines or Deadlines()
         self._fs: Any = None
         self._native = False  # True when awaiting fs's coroutines in this loop is safe
 
@@ -149,15 +168,18 @@ class FsspecTarget:
         fs = self._given
         if fs is None:
             cls = fsspec.get_filesystem_class(self.protocol)
+            options = _tuned_options(cls, self._options, self._deadlines)
             if issubclass(cls, AsyncFileSystem):
-                opts = {**self._options, "asynchronous": True, "skip_instance_cache": True}
+                opts = {**options, "asynchronous": True, "skip_instance_cache": True}
                 opts.setdefault("loop", asyncio.get_running_loop())
                 fs = cls(**opts)
+                _no_own_retries(fs)
                 if hasattr(fs, "set_session"):
                     await fs.set_session()
                 self._native = True
             else:
-                fs = cls(**self._options)
+                fs = cls(**options)
+                _no_own_retries(fs)
         elif isinstance(fs, AsyncFileSystem) and getattr(fs, "asynchronous", False):
             self._native = getattr(fs, "_loop", None) in (None, asyncio.get_running_loop())
         self._fs = fs
@@ -167,22 +189,48 @@ class FsspecTarget:
         return fs._strip_protocol(url) if "://" in url else url
 
     async def read(self, url: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
+        """Bytes of each ``[start, end)`` span of *url*.
+
+        Raises
+        ------
+        TransientError
+            For a failure a retry may cure (:func:`as_transient`).
+        OSError
+            For the others, as the filesystem raised them.
+        """
         fs = await self._ensure()
         path = self._full(fs, url)
-        if self._native:
-            if len(spans) == 1:
-                return [await fs._cat_file(path, start=spans[0][0], end=spans[0][1])]
-            return list(await asyncio.gather(*(fs._cat_file(path, start=s, end=e) for s, e in spans)))
-        return await asyncio.to_thread(
-            lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
-        )
+        try:
+            if self._native:
+                if len(spans) == 1:
+                    return [await fs._cat_file(path, start=spans[0][0], end=spans[0][1])]
+                return list(await asyncio.gather(*(fs._cat_file(path, start=s, end=e) for s, e in spans)))
+            return await asyncio.to_thread(
+                lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
+            )
+        except Exception as exc:
+            transient = as_transient(exc, self._own_deadlines())
+            if transient is None or transient is exc:
+                raise
+            raise transient from exc
+
+    def _own_deadlines(self) -> Deadlines | None:
+        """The deadlines the filesystem was built with (None for a filesystem given by the caller)."""
+        return self._deadlines if self._given is None else None
 
     async def size(self, url: str) -> int:
+        """Size in bytes of the object at *url*; raises as :meth:`read`."""
         fs = await self._ensure()
         path = self._full(fs, url)
-        if self._native:
-            return int((await fs._info(path))["size"])
-        return int((await asyncio.to_thread(fs.info, path))["size"])
+        try:
+            if self._native:
+                return int((await fs._info(path))["size"])
+            return int((await asyncio.to_thread(fs.info, path))["size"])
+        except Exception as exc:
+            transient = as_transient(exc, self._own_deadlines())
+            if transient is None or transient is exc:
+                raise
+            raise transient from exc
 
     async def close(self) -> None:
         fs, self._fs = self._fs, None
@@ -202,3 +250,132 @@ class FsspecTarget:
                         await result
         except Exception:  # closing is best effort  # noqa: BLE001
             pass
+
+
+# -- S3 and GCS: deadlines in, own retries out -----------------------------------------------
+
+
+def _package(cls: type) -> str:
+    return cls.__module__.partition(".")[0]
+
+
+def _tuned_options(cls: type, options: Mapping[str, Any], deadlines: Deadlines) -> dict[str, Any]:
+    """*options* for building *cls*, with the connect and first-byte deadlines and one try per
+    call for s3fs (botocore) and gcsfs; what the caller set explicitly is kept."""
+    opts = dict(options)
+    package = _package(cls)
+    if package == "s3fs":
+        config = dict(opts.get("config_kwargs") or {})
+        if deadlines.connect is not None:
+            config.setdefault("connect_timeout", deadlines.connect)
+        if deadlines.first_byte is not None:
+            config.setdefault("read_timeout", deadlines.first_byte)
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
+        opts["config_kwargs"] = config
+    elif package == "gcsfs" and opts.get("requests_timeout") is None:
+        opts["requests_timeout"] = aiohttp.ClientTimeout(
+            total=None, sock_connect=deadlines.connect, sock_read=deadlines.first_byte
+        )
+    return opts
+
+
+def _no_own_retries(fs: Any) -> None:
+    """Make an s3fs or gcsfs instance try each call once: refstore's fetcher retries.
+
+    s3fs retries ``retries`` times (an attribute, 5 by default); gcsfs wraps
+    ``_request`` in a retrying decorator (6 tries), bypassed here through the
+    ``__wrapped__`` function the decorator keeps.
+    """
+    package = _package(type(fs))
+    if package == "s3fs" and isinstance(getattr(fs, "retries", None), int):
+        fs.retries = 1
+    elif package == "gcsfs":
+        unwrapped = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)
+        if unwrapped is not None:
+            fs._request = types.MethodType(unwrapped, fs)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """*exc* and the exceptions it was raised from (``__cause__``), at most eight."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(seen) < 8:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__
+
+
+def _status_of(exc: BaseException) -> tuple[int | None, str | None, dict[str, Any]]:
+    """``(HTTP status, error code, headers)`` an exception of botocore, gcsfs or aiohttp carries."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):  # botocore ClientError
+        meta = response.get("ResponseMetadata") or {}
+        error = response.get("Error") or {}
+        status = meta.get("HTTPStatusCode")
+        return (status if isinstance(status, int) else None, error.get("Code"), dict(meta.get("HTTPHeaders") or {}))
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status, None, dict(exc.headers or {})
+    code = getattr(exc, "code", None)  # gcsfs HttpError
+    if type(exc).__name__ == "HttpError" and _package(type(exc)) == "gcsfs":
+        try:
+            return int(code), None, {}  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None, None, {}
+    return None, None, {}
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of the client libraries already imported (none is imported here)."""
+    found: list[type[BaseException]] = [
+        TimeoutError, ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+    ]
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        found += [botocore.HTTPClientError, botocore.ConnectionError]
+    requests = sys.modules.get("requests.exceptions")
+    if requests is not None:
+        found += [requests.ConnectionError, requests.Timeout, requests.ChunkedEncodingError]
+    return tuple(found)
+
+
+def as_transient(exc: BaseException, deadlines: Deadlines | None = None) -> TransientError | None:
+    """The :class:`TransientError` a failure of a filesystem stands for, or None if a retry would not cure it.
+
+    Transient: the statuses of :data:`TRANSIENT_STATUS` (from botocore,
+    gcsfs or aiohttp errors, found along the chain of causes, as s3fs
+    translates botocore's), S3's throttling codes, and the connection and
+    timeout errors of aiohttp, botocore and requests. A ``Retry-After`` that
+    came with the answer is kept. With the *deadlines* the filesystem was
+    built with, a connect or read timeout names the deadline that ran out.
+    """
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return None
+    network = _network_errors()
+    for err in _chain(exc):
+        status, code, headers = _status_of(err)
+        if status is not None or code is not None:
+            if status in TRANSIENT_STATUS or code in _TRANSIENT_CODES:
+                wait = retry_after(next((str(v) for k, v in headers.items() if k.lower() == "retry-after"), None))
+                what = f"HTTP {status}" + (f" ({code})" if code else "")
+                return TransientError(f"{what}: {exc}", retry_after=wait)
+            return None
+        if isinstance(err, network):
+            if isinstance(err, TimeoutError) or "Timeout" in type(err).__name__:
+                return FetchTimeout(_which_deadline(err, deadlines) + f"{type(err).__name__}: {err}")
+            return TransientError(f"{type(err).__name__}: {err}")
+    return None
+
+
+def _which_deadline(err: BaseException, deadlines: Deadlines | None) -> str:
+    """``"no byte for 20 s (the first_byte deadline): "`` or the like, for a timeout of a client
+    that was given *deadlines*; empty if that cannot be told."""
+    if deadlines is None:
+        return ""
+    name = type(err).__name__
+    if ("ConnectTimeout" in name or "ConnectionTimeout" in name) and deadlines.connect is not None:
+        return f"no connection within {deadlines.connect:g} s (the connect deadline): "
+    if ("ReadTimeout" in name or "SocketTimeout" in name) and deadlines.first_byte is not None:
+        return f"no byte for {deadlines.first_byte:g} s (the first_byte deadline): "
+    return ""

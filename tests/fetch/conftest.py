@@ -20,8 +20,10 @@ def hostile_server() -> Iterator[ScriptedServer]:
 def hostile(hostile_server: ScriptedServer) -> Iterator[ScriptedServer]:
     """The scripted server with no routes and an empty log, before and after the test."""
     hostile_server.routes.clear()
+    hostile_server.fallback = None
     hostile_server.log.clear()
     hostile_server.sent.clear()
     yield hostile_server
     hostile_server.routes.clear()
+    hostile_server.fallback = None
     hostile_server.log.clear()
