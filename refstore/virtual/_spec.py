@@ -18,6 +18,8 @@ SourceRef = Callable[[ZarrSource], dict[str, Any]]
 
 
 def _parse_fill(value: Any, dtype: np.dtype[Any]) -> Any:
+    if value is None:  # zarr 2 null: no fill value declared
+        return None
     if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
         value = float(value.replace("Infinity", "inf"))
     if isinstance(value, list) and dtype.kind == "c":
@@ -67,7 +69,7 @@ def to_dict(v: Any, source_ref: SourceRef | None = None) -> dict[str, Any]:
         "shape": list(v.shape),
         "dtype": v.dtype.str,
         "chunks": list(v.chunks),
-        "fill_value": json_fill(v.fill_value),
+        "fill_value": None if v.no_fill else json_fill(v.fill_value),
         "attributes": v.attrs,
         "dimension_names": list(v.dimension_names) if v.dimension_names is not None else None,
         "layers": layers,
