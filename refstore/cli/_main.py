@@ -38,7 +38,7 @@ def _combine(args: argparse.Namespace) -> int:
 
     combine(
         args.inputs, args.concat_dim, args.output, flatten=args.flatten, new_dim=args.new_dim,
-        keep_order=args.keep_order, combine_attrs=args.combine_attrs,
+        keep_order=args.keep_order, combine_attrs=args.combine_attrs, zarr_format=args.zarr_format,
     )
     print(f"wrote {args.output}")
     return 0
@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--combine-attrs", choices=COMBINE_ATTRS, default="override",
                    help="global and variable attributes that differ between inputs, as xarray's combine_attrs "
                         "(default: override, the first input's)")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=None,
+                   help="metadata format of the result (default: the inputs')")
     p.set_defaults(func=_combine)
 
     from refstore.build._cli import add_build_parser

@@ -16,13 +16,19 @@ from refstore.virtual._source import DIMENSIONS_ATTR, dimension_names_of, same_v
 #: xarray's ``combine_attrs`` choices, for global attributes and those of concatenated variables.
 COMBINE_ATTRS = ("override", "drop", "identical", "no_conflicts", "drop_conflicts")
 
-#: Attributes xarray decodes values with (CF masking and packing, time units); they must
-#: be equal in every input, and are kept whatever ``combine_attrs`` says.
+#: Attributes xarray decodes values with (CF masking and packing; ``units`` and ``calendar``
+#: of times): they must be equal in every input, and are kept whatever ``combine_attrs``
+#: says, since xarray keeps them in the encoding.
 DECODING_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset", "_Unsigned", "units", "calendar")
 
-#: Further attributes compared between inputs: they change what the values mean.
+#: Attributes compared between inputs: they change what the values mean.
 CHECKED_ATTRS = (*DECODING_ATTRS, "valid_min", "valid_max", "valid_range")
 
+
+def _decoding(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes of ``attrs`` that xarray decodes with (``units``/``calendar`` only of times)."""
+    is_time = " since " in str(attrs.get("units", ""))
+    return {k: v for k, v in attrs.items() if k in DECODING_ATTRS and (is_time or k not in ("units", "calendar"))}
 
 @dataclass
 class _Dataset:
@@ -62,6 +68,7 @@ def combine(
     keep_order: bool = False,
     combine_attrs: str = "override",
     flatten: bool = False,
+    zarr_format: int | None = None,
     **options: Any,
 ) -> Any:
     """Combine datasets given as reference manifests along dimension ``concat_dim``, as xarray would.
@@ -108,6 +115,12 @@ def combine(
         (:data:`DECODING_ATTRS`) are always kept, as they are in xarray's encoding.
     flatten
         Write a plain kerchunk manifest (only when every chunk aligns).
+    zarr_format
+        The metadata format of the result; None (the default) keeps the inputs'. zarr 2
+        inputs (kerchunk's scans) written as zarr 3 get a ``_FillValue`` attribute as
+        xarray writes it where they declare a fill value (xarray masks with the zarr 2
+        ``fill_value``, but in zarr 3 only with ``_FillValue``), and 0 where they declare
+        ``null`` (nothing masked); variables without ``concat_dim`` are then virtual too.
     **options
         :class:`refstore.ReferenceStore` options for reading the inputs.
 
@@ -167,9 +180,27 @@ def combine(
             arrays[name].attrs = _merge_attrs([a.attrs for a in column], datasets, combine_attrs, f"variable {name!r}")
         else:
             _check_identical(name, datasets, concat_dim)
-            arrays[name] = arr  # copied as it is, references and all (xarray: the first's attributes)
+            # copied as it is, references and all; its attributes combine as xarray's merge does
+            merged = _merge_attrs([a.attrs for a in column], datasets, combine_attrs, f"variable {name!r}")
+            arrays[name] = _with_attrs(arr, merged)
     attrs = _merge_attrs([ds.attrs for ds in datasets], datasets, combine_attrs, "global attributes", decoding=False)
-    return save_virtual(arrays, out, flatten=flatten, zarr_format=first.zarr_format, attrs=attrs)
+    fmt = zarr_format or first.zarr_format
+    return save_virtual(arrays, out, flatten=flatten, zarr_format=fmt, attrs=attrs)
+
+
+def _with_attrs(arr: Any, attrs: dict[str, Any]) -> Any:
+    """``arr`` (same store, same chunks) with metadata attributes ``attrs``."""
+    import zarr
+    from zarr.core.array import AsyncArray
+
+    meta = arr.metadata
+    names = dimension_names_of(arr)
+    if meta.zarr_format == 2 and names is not None:
+        attrs = {**attrs, DIMENSIONS_ATTR: list(names)}
+    if attrs == dict(arr.attrs):
+        return arr
+    meta = type(meta).from_dict({**meta.to_dict(), "attributes": attrs})
+    return zarr.Array(AsyncArray(meta, arr.store_path))
 
 
 def _differ(ds: _Dataset, first: _Dataset, what: str, field: str, theirs: Any, ours: Any) -> InputsDiffer:
@@ -305,7 +336,7 @@ def _merge_attrs(
     dimension names).
     """
     dicts = [{k: v for k, v in d.items() if k != DIMENSIONS_ATTR} for d in dicts]
-    keep = {k: v for k, v in dicts[0].items() if decoding and k in DECODING_ATTRS}
+    keep = _decoding(dicts[0]) if decoding else {}
     if mode == "override":
         return dict(dicts[0])
     if mode == "drop":

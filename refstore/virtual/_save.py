@@ -83,10 +83,19 @@ def _is_zarr_array(a: Any) -> bool:
 
 
 def _plain_docs(array: Any) -> dict[str, bytes]:
-    """The metadata documents of a zarr array, as its store holds them."""
+    """The metadata documents of a zarr array, from its metadata (which may differ from its store's)."""
+    proto = default_buffer_prototype()
+    return {k: b.to_bytes() for k, b in array.metadata.to_buffer_dict(proto).items()}
+
+
+def _put_plain(manifest: Any, name: str, array: Any, docs: Mapping[str, bytes]) -> None:
+    """A plain zarr array under ``name``: ``docs`` and the entries of its stored chunks."""
     from zarr.core.sync import sync
 
-    return {rel: entry for rel, entry in sync(_entries(array)) if rel in _METADATA}
+    _put_docs(manifest, name, docs)
+    for rel, entry in sync(_entries(array)):
+        if rel.rsplit("/", 1)[-1] not in _METADATA:
+            manifest.set(f"{name}/{rel}", entry)
 
 
 def save_virtual(
@@ -144,8 +153,7 @@ def save_virtual(
     _put_groups(manifest, arrays, fmt, attrs)
     for name, v in arrays.items():
         if _is_zarr_array(v):
-            for rel, entry in sync(_entries(v)):
-                manifest.set(f"{name}/{rel}", entry)
+            _put_plain(manifest, name, v, all_docs[name])
             continue
         embedded: dict[int, str] = {}
 
@@ -284,8 +292,7 @@ def flatten(
     _put_groups(manifest, arrays, _format_of(next(iter(all_docs.values()))) if all_docs else 3, attrs)
     for name, v in arrays.items():
         if _is_zarr_array(v):
-            for rel, entry in sync(_entries(v)):
-                manifest.set(f"{name}/{rel}", entry)
+            _put_plain(manifest, name, v, all_docs[name])
             continue
         docs = all_docs[name]
         arr = sync(_open_meta(docs))
