@@ -325,7 +325,13 @@ class _Input:
     """The metadata of one input, however it was given."""
 
     def __init__(self, src: Any, index: int) -> None:
+        from refstore.virtual._spec import served_virtual
+
         self.index = index
+        if not isinstance(src, VirtualArray):
+            arr = (src if isinstance(src, ZarrSource) else ZarrSource(src)).array
+            # a virtual array its store serves: join its layers, not the view (which cannot be embedded)
+            src = (served_virtual(arr) if hasattr(arr, "store_path") else None) or src
         if isinstance(src, VirtualArray):
             self.virtual: VirtualArray | None = src
             self.layers = list(src.layers)

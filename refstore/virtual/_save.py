@@ -232,24 +232,17 @@ def _zarr_array(v: Any) -> Any:
 
 
 def _as_savable(name: str, v: Any) -> Any:
-    """A VirtualArray as it is; a zarr array as a ``zarr.Array``, or wrapped if it is itself virtual.
+    """A VirtualArray as it is; a zarr array as a ``zarr.Array``, or as the virtual array its store serves.
 
     A zarr array served as a virtual array by its store has a definition whose sources
-    are named relative to that store: it is read through its store instead of copied.
+    are named relative to that store: its layers are saved (sources embedded), not its keys.
     """
-    from zarr.core.sync import sync
-
-    from refstore.virtual._array import concat
+    from refstore.virtual._spec import served_virtual
 
     if isinstance(v, VirtualArray):
         return v
     arr = _zarr_array(v)
-    path = arr.store_path.path
-    if sync(arr.store_path.store.exists(f"{path}/{DEFINITION_NAME}" if path else DEFINITION_NAME)):
-        if not arr.ndim:
-            raise ManifestError(f"save_virtual: zero-dimensional virtual array {name!r} cannot be saved again")
-        return concat([arr], axis=0)
-    return arr
+    return served_virtual(arr) or arr
 
 
 def _put_groups(

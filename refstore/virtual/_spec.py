@@ -12,6 +12,8 @@ from refstore.virtual._index import Blocked, Layer, SourceDim
 from refstore.virtual._source import ZarrSource, json_fill
 
 FORMAT_VERSION = 1
+#: The manifest key (under an array's prefix) that holds its virtual definition.
+DEFINITION_NAME = "refstore.virtual.json"
 
 #: Given a :class:`ZarrSource`, return its JSON source reference.
 SourceRef = Callable[[ZarrSource], dict[str, Any]]
@@ -227,3 +229,24 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
         shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
         attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
     )
+
+
+def served_virtual(array: Any) -> Any:
+    """The :class:`~refstore.virtual.VirtualArray` that ``array``'s store defines at its path, or None.
+
+    A zarr array opened from a manifest written by :func:`~refstore.virtual.save_virtual`
+    (through a store that serves virtual arrays) is such a view; loaded here over the same
+    store, its layers can be joined directly instead of read through the view.
+    """
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store, path = array.store_path.store, array.store_path.path
+    buf = sync(store.get(f"{path}/{DEFINITION_NAME}" if path else DEFINITION_NAME, default_buffer_prototype()))
+    if buf is None:
+        return None
+    policy = getattr(store, "url_policy", None)
+    options = {"url_policy": policy} if policy is not None else {}
+    return from_dict(json.loads(buf.to_bytes()), root=store, **options)

@@ -226,6 +226,22 @@ def test_combine_attrs_as_xarray(tmp_path: Path, years: Any, combine_attrs: str)
         assert "comment" not in got.tas.attrs and got.tas.attrs["units"] == "K"
 
 
+def test_combining_combined_results(tmp_path: Path, years: Any) -> None:
+    """A tree reduction: (2003 + 2004) + 2005. The combined input's virtual arrays are joined layer by layer
+    (their sources embedded again), not read through the view; this crashed before."""
+    files, manifests = years
+    first = str(tmp_path / "first.json")
+    refstore.combine(manifests[:2], "time", first)
+    out = str(tmp_path / "tree.json")
+    refstore.combine([manifests[2], first], "time", out)
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        assert_same_as_xarray(open_combined(out, "reference://"), expected)
+    refs = json.loads(Path(out).read_text())
+    refs = refs.get("refs", refs)
+    assert {k for k in refs if k.startswith("tas/.sources/") and k.endswith(".zarray")} == {
+        f"tas/.sources/{k}/.zarray" for k in range(3)}
+
+
 def test_misaligned_and_differently_chunked_inputs(tmp_path: Path) -> None:
     """2004 chunked by 20 days, the others by 30 (and by 365 for time): chunks are assembled where
     they do not align, and xarray sees the same."""
