@@ -235,7 +235,8 @@ def served_virtual(array: Any) -> Any:
     """The :class:`~refstore.virtual.VirtualArray` that ``array``'s store defines at its path, or None.
 
     A zarr array opened from a manifest written by :func:`~refstore.virtual.save_virtual`
-    (through a store that serves virtual arrays) is such a view; loaded here over the same
+    through a store that serves virtual arrays (its ``serves_virtual_arrays`` is true:
+    ``ReferenceStore``, :class:`~refstore.virtual.VirtualStore`) is such a view; loaded here over the same
     store, its layers can be joined directly instead of read through the view.
     """
     import json
@@ -244,6 +245,8 @@ def served_virtual(array: Any) -> Any:
     from zarr.core.sync import sync
 
     store, path = array.store_path.store, array.store_path.path
+    if not getattr(store, "serves_virtual_arrays", False):  # no request to stores that cannot hold one
+        return None
     buf = sync(store.get(f"{path}/{DEFINITION_NAME}" if path else DEFINITION_NAME, default_buffer_prototype()))
     if buf is None:
         return None

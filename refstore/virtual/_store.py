@@ -303,6 +303,8 @@ class VirtualStore(Store):
     supports_deletes: bool = False
     supports_partial_writes = False
     supports_listing = True
+    #: It serves (and lists) virtual arrays, as a ``ReferenceStore`` of a manifest holding definitions does.
+    serves_virtual_arrays = True
 
     def __init__(self, store: Store, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **options: Any) -> None:
         super().__init__(read_only=True)

@@ -385,3 +385,7 @@ def test_save_virtual_takes_plain_zarr_arrays(tmp_path: Path, years: Any) -> Non
     v3 = zarr.open_group(refstore.ReferenceStore(refstore.save_virtual({"lat": g["lat"]}, zarr_format=3).to_dict()), mode="r")
     assert v3.metadata.zarr_format == 3 and v3["lat"].metadata.dimension_names == ("lat",)
     np.testing.assert_array_equal(v3["lat"][:], g["lat"][:])
+    # an array its store serves as a virtual array is saved by its layers (sources embedded again)
+    combined = zarr.open_group(refstore.open_virtual(refstore.combine(manifests, "time").to_dict()), mode="r")
+    again = zarr.open_group(refstore.ReferenceStore(refstore.save_virtual({"t": combined["tas"]}).to_dict()), mode="r")
+    np.testing.assert_array_equal(again["t"][:], combined["tas"][:])
