@@ -328,8 +328,10 @@ class _Input:
         from refstore.virtual._spec import served_virtual
 
         self.index = index
+        source = None
         if not isinstance(src, VirtualArray):
-            arr = (src if isinstance(src, ZarrSource) else ZarrSource(src)).array
+            source = src if isinstance(src, ZarrSource) else ZarrSource(src)
+            arr = source.array
             # a virtual array its store serves: join its layers, not the view (which cannot be embedded)
             src = (served_virtual(arr) if hasattr(arr, "store_path") else None) or src
         if isinstance(src, VirtualArray):
@@ -338,8 +340,7 @@ class _Input:
             self.shape, self.dtype, self.chunks = src.shape, src.dtype, src.chunks
             self.fill, self.attrs, self.names = src.declared_fill, src.attrs, src.dimension_names
             return
-        source = src if isinstance(src, ZarrSource) else ZarrSource(src)
-        arr = source.array
+        assert source is not None
         if not hasattr(arr, "metadata") or not hasattr(arr, "chunks"):
             raise TypeError(f"input {index}: expected a zarr array or VirtualArray, got {type(src).__name__}")
         self.virtual = None

@@ -199,7 +199,7 @@ def _all_docs(
         _check_name(name)
         if not (_is_zarr_array(v) or isinstance(v, VirtualArray)):
             raise TypeError(f"save_virtual: array {name!r} must be a VirtualArray or a zarr array, got {type(v).__name__}")
-    arrays = {name: _as_savable(name, v) for name, v in arrays.items()}
+    arrays = {name: _as_savable(v) for name, v in arrays.items()}
 
     def docs_of(v: Any, fmt: int | None) -> dict[str, bytes]:
         if _is_zarr_array(v):
@@ -231,7 +231,7 @@ def _zarr_array(v: Any) -> Any:
     return v if isinstance(v, zarr.Array) else zarr.Array(v)
 
 
-def _as_savable(name: str, v: Any) -> Any:
+def _as_savable(v: Any) -> Any:
     """A VirtualArray as it is; a zarr array as a ``zarr.Array``, or as the virtual array its store serves.
 
     A zarr array served as a virtual array by its store has a definition whose sources
