@@ -14,7 +14,7 @@ from refstore.fetch import Deadlines, URLPolicy
 from refstore.fs import ReferenceFileSystem
 from refstore.manifest import Manifest, Reference
 from refstore.store import ReferenceStore
-from refstore.virtual import VirtualArray, concat, open_virtual, pad, save_virtual, stack
+from refstore.virtual import VirtualArray, combine, concat, open_virtual, pad, save_virtual, stack
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "URLPolicy",
     "VirtualArray",
     "build",
+    "combine",
     "concat",
     "multiscale",
     "open_virtual",

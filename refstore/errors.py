@@ -6,7 +6,14 @@ working::
 
     RefstoreError
     ├── ManifestError(ValueError)            a manifest is malformed: names the key and the problem
-    │   └── TemplateError                    a template or ``gen`` entry cannot be expanded safely
+    │   ├── TemplateError                    a template or ``gen`` entry cannot be expanded safely
+    │   ├── IncompatibleSources              inputs of concat/stack disagree on a field that must match
+    │   └── CombineError                     ``combine`` refuses its inputs: names the input, the variable
+    │       │                                and the field; nothing is written
+    │       ├── UnknownDimension             the concat dimension is none of the inputs' (lists those present)
+    │       ├── CoordinateOrderError         the concat coordinate is not monotonic, or inputs overlap
+    │       └── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
+    │                                        or CF attribute differs between inputs
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
     ├── BadResponse(OSError)                 a server answered something other than what was asked
@@ -29,7 +36,11 @@ from fsspec.implementations.reference import (
 
 __all__ = [
     "BadResponse",
+    "CombineError",
+    "CoordinateOrderError",
     "DeadlineExceeded",
+    "IncompatibleSources",
+    "InputsDiffer",
     "KeyNotInManifest",
     "ManifestError",
     "ReferenceNotReachable",
@@ -37,6 +48,7 @@ __all__ = [
     "RefstoreWarning",
     "TemplateError",
     "URLNotAllowed",
+    "UnknownDimension",
 ]
 
 
@@ -56,6 +68,48 @@ class TemplateError(ManifestError):
 
     Raised for unknown template names and for expressions outside the small
     arithmetic subset refstore evaluates (templates never execute code).
+    """
+
+
+class IncompatibleSources(ManifestError):
+    """Inputs of :func:`refstore.concat` / :func:`refstore.stack` disagree on a field that must match.
+
+    The message names the input index and the field, with both values.
+    """
+
+
+class CombineError(ManifestError):
+    """:func:`refstore.combine` cannot combine its inputs as asked.
+
+    Raised before anything is written; the message names the input (file), the
+    variable and the field, and what to do about it.
+    """
+
+
+class UnknownDimension(CombineError):
+    """The dimension to concatenate along is no dimension of the inputs.
+
+    The message lists the dimensions present (a typo would otherwise stack the
+    inputs along a new dimension); stacking along a new one is asked for explicitly.
+    """
+
+
+class CoordinateOrderError(CombineError):
+    """The inputs cannot be put in order by their concat coordinate.
+
+    An input's coordinate is not strictly monotonic, the inputs run in different
+    directions, or two inputs overlap or repeat a value. The message names the
+    inputs and the values.
+    """
+
+
+class InputsDiffer(CombineError, IncompatibleSources):
+    """A variable differs between inputs in a field that changes what its values mean.
+
+    dtype, shape off the concat dimension, dimension names, fill value, zarr format,
+    ``units``, ``calendar``, ``scale_factor``, ``add_offset``, ``_FillValue``,
+    ``missing_value`` and the other CF decoding attributes; or, for variables
+    without the concat dimension, the values themselves.
     """
 
 

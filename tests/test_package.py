@@ -21,6 +21,10 @@ def test_all_is_sorted_and_complete():
 def test_error_tree():
     assert issubclass(errors.ManifestError, ValueError)
     assert issubclass(errors.TemplateError, errors.ManifestError)
+    for combine_error in (errors.UnknownDimension, errors.CoordinateOrderError, errors.InputsDiffer):
+        assert issubclass(combine_error, errors.CombineError) and issubclass(combine_error, ValueError)
+    assert issubclass(errors.InputsDiffer, errors.IncompatibleSources)
+    assert refstore.virtual.IncompatibleSources is errors.IncompatibleSources
     assert issubclass(errors.KeyNotInManifest, FileNotFoundError)
     assert issubclass(errors.URLNotAllowed, PermissionError)
     assert issubclass(errors.ReferenceNotReachable, fsspec_reference.ReferenceNotReachable)

@@ -36,7 +36,10 @@ def _convert(args: argparse.Namespace) -> int:
 def _combine(args: argparse.Namespace) -> int:
     from refstore.virtual._combine import combine
 
-    combine(args.inputs, args.concat_dim, args.output, flatten=args.flatten)
+    combine(
+        args.inputs, args.concat_dim, args.output, flatten=args.flatten, new_dim=args.new_dim,
+        keep_order=args.keep_order, combine_attrs=args.combine_attrs, zarr_format=args.zarr_format,
+    )
     print(f"wrote {args.output}")
     return 0
 
@@ -68,9 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("combine", help="join manifests along a dimension into one virtual manifest")
     p.add_argument("inputs", nargs="+", help="reference manifests (JSON or parquet) of datasets with the same variables")
-    p.add_argument("--concat-dim", required=True, help="the dimension to concatenate along")
+    p.add_argument("--concat-dim", required=True, help="the dimension to concatenate along (one the inputs have)")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--flatten", action="store_true", help="write plain kerchunk references (aligned inputs only)")
+    p.add_argument("--new-dim", action="store_true",
+                   help="--concat-dim is a new dimension: stack the inputs along it, in the order given")
+    p.add_argument("--keep-order", action="store_true",
+                   help="concatenate in the order given, not by the concat coordinate (xarray's combine='nested')")
+    from refstore.virtual._combine import COMBINE_ATTRS
+
+    p.add_argument("--combine-attrs", choices=COMBINE_ATTRS, default="override",
+                   help="global and variable attributes that differ between inputs, as xarray's combine_attrs "
+                        "(default: override, the first input's)")
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=None,
+                   help="metadata format of the result (default: the inputs')")
     p.set_defaults(func=_combine)
 
     from refstore.build._cli import add_build_parser

@@ -1,6 +1,8 @@
 """Virtual arrays: concatenate, stack, pad and crop zarr arrays without copying their chunks."""
 
-from refstore.virtual._array import IncompatibleSources, VirtualArray, concat, pad, stack
+from refstore.errors import IncompatibleSources
+from refstore.virtual._array import VirtualArray, concat, pad, stack
+from refstore.virtual._combine import combine
 from refstore.virtual._save import flatten, save_virtual
 from refstore.virtual._store import VirtualResolver, VirtualStore, open_virtual
 
@@ -9,6 +11,7 @@ __all__ = [
     "VirtualArray",
     "VirtualResolver",
     "VirtualStore",
+    "combine",
     "concat",
     "flatten",
     "open_virtual",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from refstore.errors import ManifestError
+from refstore.errors import IncompatibleSources, ManifestError
 from refstore.virtual._cache import DecodedChunkCache, read_cached
 from refstore.virtual._index import (
     Item,
@@ -18,14 +18,15 @@ from refstore.virtual._index import (
     shift_layer,
     view_layer,
 )
-from refstore.virtual._source import CF_ATTRS, ZarrSource, dimension_names_of, fill_of, same_value
-
-
-class IncompatibleSources(ManifestError):
-    """Inputs of :func:`concat` / :func:`stack` disagree on a field that must match.
-
-    The message names the input index and the field, with both values.
-    """
+from refstore.virtual._source import (
+    CF_ATTRS,
+    DIMENSIONS_ATTR,
+    ZarrSource,
+    dimension_names_of,
+    fill_of,
+    same_value,
+    xarray_fill_attr,
+)
 
 
 class VirtualArray:
@@ -43,7 +44,9 @@ class VirtualArray:
     ----------
     shape, dtype, chunks, fill_value
         The virtual array's own shape, dtype, chunk grid and fill value (read where
-        no layer covers).
+        no layer covers). A fill value of None is zarr 2's ``null``: reads give 0 where
+        nothing is stored, and zarr 2 metadata says ``null`` (xarray then masks nothing;
+        zarr 3 metadata, which needs a value, says 0). :attr:`no_fill` tells which.
     layers
         Later layers win where they overlap earlier ones.
     attrs, dimension_names
@@ -69,9 +72,12 @@ class VirtualArray:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.chunks = tuple(int(c) for c in chunks)
+        #: True when the array declares no fill value (zarr 2 ``null``); ``fill_value`` is then 0
+        self.no_fill = fill_value is None
         self.fill_value = np.asarray(0 if fill_value is None else fill_value).astype(self.dtype)[()]
         self.layers = tuple(layers)
-        self.attrs = dict(attrs or {})
+        # dimension names live in dimension_names; zarr 2 metadata adds _ARRAY_DIMENSIONS back
+        self.attrs = {k: v for k, v in (attrs or {}).items() if k != DIMENSIONS_ATTR}
         self.dimension_names = tuple(dimension_names) if dimension_names is not None else None
         self._encoding = encoding
         if len(self.chunks) != len(self.shape):
@@ -122,9 +128,14 @@ class VirtualArray:
             names.append(self.dimension_names[d] if self.dimension_names else None)
         layers = [v for v in (view_layer(layer, sel) for layer in self.layers) if v is not None]
         return VirtualArray(
-            shape, self.dtype, chunks, self.fill_value, layers, attrs=self.attrs,
+            shape, self.dtype, chunks, self.declared_fill, layers, attrs=self.attrs,
             dimension_names=names if self.dimension_names else None,
         )
+
+    @property
+    def declared_fill(self) -> Any:
+        """The fill value as the metadata declares it: None for zarr 2 ``null``, else :attr:`fill_value`."""
+        return None if self.no_fill else self.fill_value
 
     def read(self, index: Any = Ellipsis) -> np.ndarray:
         """Read ``index`` (default: everything) as a numpy array."""
@@ -177,7 +188,10 @@ class VirtualArray:
         Parameters
         ----------
         zarr_format
-            The metadata format; None keeps the copied encoding's, else 3.
+            The metadata format; None keeps the copied encoding's, else 3. Written as
+            zarr 3 from zarr 2 sources that declare a fill value, the array also gets the
+            ``_FillValue`` attribute as xarray writes it: xarray masks with a zarr 2
+            ``fill_value``, but in zarr 3 only with ``_FillValue``.
         copy_encoding
             True: copy the first source's encoding (codecs, compressor, filters, order)
             when every leaf source shares it, so aligned chunks pass through as stored
@@ -202,9 +216,15 @@ class VirtualArray:
                 like = None
             if like is not None and copy_encoding is None and _mostly_assembled(self):
                 like = None
+        attrs = dict(self.attrs)
+        fmt = like.metadata.zarr_format if like is not None else (zarr_format or 3)
+        if fmt == 3 and not self.no_fill and "_FillValue" not in attrs and leaves and all(
+            s.array.metadata.zarr_format == 2 for s in leaves
+        ):
+            attrs["_FillValue"] = xarray_fill_attr(self.fill_value)
         return metadata_docs(
-            like, shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.fill_value,
-            attributes=self.attrs, dimension_names=self.dimension_names, zarr_format=zarr_format or 3,
+            like, shape=self.shape, chunks=self.chunks, dtype=self.dtype, fill_value=self.declared_fill,
+            attributes=attrs, dimension_names=self.dimension_names, zarr_format=fmt,
         )
 
     # -- definitions ---------------------------------------------------------------------------
@@ -305,20 +325,29 @@ class _Input:
     """The metadata of one input, however it was given."""
 
     def __init__(self, src: Any, index: int) -> None:
+        from refstore.virtual._spec import served_virtual
+
         self.index = index
+        source = None
+        if not isinstance(src, VirtualArray):
+            source = src if isinstance(src, ZarrSource) else ZarrSource(src)
+            arr = source.array
+            # a virtual array its store serves: join its layers, not the view (which cannot be embedded)
+            src = (served_virtual(arr) if hasattr(arr, "store_path") else None) or src
         if isinstance(src, VirtualArray):
             self.virtual: VirtualArray | None = src
             self.layers = list(src.layers)
             self.shape, self.dtype, self.chunks = src.shape, src.dtype, src.chunks
-            self.fill, self.attrs, self.names = src.fill_value, src.attrs, src.dimension_names
+            self.fill, self.attrs, self.names = src.declared_fill, src.attrs, src.dimension_names
             return
-        source = src if isinstance(src, ZarrSource) else ZarrSource(src)
-        arr = source.array
+        assert source is not None
         if not hasattr(arr, "metadata") or not hasattr(arr, "chunks"):
             raise TypeError(f"input {index}: expected a zarr array or VirtualArray, got {type(src).__name__}")
         self.virtual = None
         self.shape, self.dtype, self.chunks = tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks)
-        self.fill, self.attrs, self.names = fill_of(arr), dict(arr.attrs), dimension_names_of(arr)
+        self.fill = None if arr.metadata.fill_value is None else fill_of(arr)  # None: zarr 2 null
+        self.names = dimension_names_of(arr)
+        self.attrs = {k: v for k, v in arr.attrs.items() if k != DIMENSIONS_ATTR}
         ndim = len(self.shape)
         self.layers = [Layer(source, (0,) * ndim, self.shape, tuple((d, 0, 1) for d in range(ndim)))]
 
@@ -429,5 +458,5 @@ def pad(source: Any, pad_width: Any, fill_value: Any = None) -> VirtualArray:
     offset = tuple(int(w) for w in widths[:, 0])
     shape = tuple(int(n + b + a) for n, (b, a) in zip(inp.shape, widths))
     layers = [shift_layer(layer, offset) for layer in inp.layers]
-    fill = inp.fill if fill_value is None else fill_value
+    fill = inp.fill if fill_value is None else fill_value  # a source without one pads with 0
     return VirtualArray(shape, inp.dtype, inp.chunks, fill, layers, attrs=inp.attrs, dimension_names=inp.names)

@@ -67,25 +67,54 @@ def _put_docs(manifest: Any, name: str, docs: Mapping[str, bytes]) -> None:
         manifest.set(f"{name}/{k}", b)
 
 
-def _root_docs(zarr_format: int) -> dict[str, bytes]:
+def _group_docs(zarr_format: int, attrs: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     if zarr_format == 2:
-        return {".zgroup": b'{"zarr_format": 2}'}
-    return {"zarr.json": json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()}
+        docs = {".zgroup": b'{"zarr_format": 2}'}
+        if attrs:
+            docs[".zattrs"] = json.dumps(dict(attrs)).encode()
+        return docs
+    return {"zarr.json": json.dumps({"zarr_format": 3, "node_type": "group", "attributes": dict(attrs or {})}).encode()}
+
+
+def _is_zarr_array(a: Any) -> bool:
+    import zarr
+
+    return isinstance(a, (zarr.Array, zarr.AsyncArray))
+
+
+def _plain_docs(array: Any) -> dict[str, bytes]:
+    """The metadata documents of a zarr array, from its metadata (which may differ from its store's)."""
+    proto = default_buffer_prototype()
+    return {k: b.to_bytes() for k, b in array.metadata.to_buffer_dict(proto).items()}
+
+
+def _put_plain(manifest: Any, name: str, array: Any, docs: Mapping[str, bytes]) -> None:
+    """A plain zarr array under ``name``: ``docs`` and the entries of its stored chunks."""
+    from zarr.core.sync import sync
+
+    _put_docs(manifest, name, docs)
+    for rel, entry in sync(_entries(array)):
+        if rel.rsplit("/", 1)[-1] not in _METADATA:
+            manifest.set(f"{name}/{rel}", entry)
 
 
 def save_virtual(
-    arrays: Mapping[str, VirtualArray],
+    arrays: Mapping[str, Any],
     out: str | None = None,
     *,
     flatten: bool = False,
     zarr_format: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
 ) -> Any:
     """Write virtual arrays into one reference manifest: a zarr group with one array per name.
 
     Parameters
     ----------
     arrays
-        ``{name: VirtualArray}``.
+        ``{name: VirtualArray or zarr.Array}``. A plain zarr array is saved as itself:
+        its metadata and its chunks' references (see Notes), with no definition; one in
+        another zarr format than the others is saved as a virtual array over it, so
+        its metadata can be converted.
     out
         Where to save the manifest (``.json`` or parquet, see :meth:`refstore.Manifest.save`);
         None only returns it.
@@ -93,8 +122,10 @@ def save_virtual(
         Write plain kerchunk references (no definition), readable by any kerchunk reader;
         raises :class:`refstore.ManifestError` if some chunk would need assembling.
     zarr_format
-        Metadata format of the virtual arrays; None keeps the sources' when they share one
-        encoding, else 3.
+        Metadata format of the arrays; None keeps the sources' when they all share one,
+        else 3.
+    attrs
+        Attributes of the root group (e.g. a dataset's global attributes).
 
     Returns
     -------
@@ -115,12 +146,15 @@ def save_virtual(
     from refstore.manifest import Manifest
 
     if flatten:
-        return _finish(globals()["flatten"](arrays, zarr_format=zarr_format), out)
-    all_docs = _all_docs(arrays, zarr_format)
+        return _finish(globals()["flatten"](arrays, zarr_format=zarr_format, attrs=attrs), out)
+    arrays, all_docs = _all_docs(arrays, zarr_format)
     fmt = _format_of(next(iter(all_docs.values()))) if all_docs else (zarr_format or 3)
     manifest = Manifest()
-    _put_groups(manifest, arrays, fmt)
+    _put_groups(manifest, arrays, fmt, attrs)
     for name, v in arrays.items():
+        if _is_zarr_array(v):
+            _put_plain(manifest, name, v, all_docs[name])
+            continue
         embedded: dict[int, str] = {}
 
         def ref(src: ZarrSource, name: str = name, embedded: dict[int, str] = embedded) -> dict[str, Any]:
@@ -150,28 +184,77 @@ def _format_of(docs: Mapping[str, bytes]) -> int:
 
 
 def _all_docs(
-    arrays: Mapping[str, VirtualArray], zarr_format: int | None, copy_encoding: bool | None = None
-) -> dict[str, dict[str, bytes]]:
-    """Metadata documents per array, all in one zarr format (3 when the sources' formats differ).
+    arrays: Mapping[str, Any], zarr_format: int | None, copy_encoding: bool | None = None
+) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
+    """The arrays to save and their metadata documents, all in one zarr format.
 
+    The format is ``zarr_format``, else the arrays' when they all share one, else 3.
+    A plain zarr array in another format is replaced by a virtual array over it (whose
+    metadata is converted); a zero-dimensional one cannot be, and is refused.
     ``copy_encoding`` is that of :meth:`VirtualArray.encoding_docs`.
     """
-    for name in arrays:
+    from refstore.virtual._array import concat
+
+    for name, v in arrays.items():
         _check_name(name)
-    docs = {name: v.encoding_docs(zarr_format, copy_encoding=copy_encoding) for name, v in arrays.items()}
-    if len({_format_of(d) for d in docs.values()}) > 1:
-        docs = {name: v.encoding_docs(3, copy_encoding=copy_encoding) for name, v in arrays.items()}
-    return docs
+        if not (_is_zarr_array(v) or isinstance(v, VirtualArray)):
+            raise TypeError(f"save_virtual: array {name!r} must be a VirtualArray or a zarr array, got {type(v).__name__}")
+    arrays = {name: _as_savable(v) for name, v in arrays.items()}
+
+    def docs_of(v: Any, fmt: int | None) -> dict[str, bytes]:
+        if _is_zarr_array(v):
+            return _plain_docs(v)
+        return v.encoding_docs(fmt, copy_encoding=copy_encoding)
+
+    docs = {name: docs_of(v, zarr_format) for name, v in arrays.items()}
+    formats = {_format_of(d) for d in docs.values()}
+    if len(formats) > 1 or (zarr_format is not None and formats != {zarr_format}):
+        target = zarr_format or 3
+        converted: dict[str, Any] = {}
+        for name, v in arrays.items():
+            if _is_zarr_array(v) and _format_of(docs[name]) != target:
+                if not v.ndim:
+                    raise ManifestError(
+                        f"save_virtual: zero-dimensional array {name!r} is zarr {_format_of(docs[name])} and "
+                        f"cannot be converted to zarr {target}; pass zarr_format={_format_of(docs[name])}"
+                    )
+                v = concat([_zarr_array(v)], axis=0)
+            converted[name] = v
+        arrays = converted
+        docs = {name: docs_of(v, target) for name, v in arrays.items()}
+    return dict(arrays), docs
 
 
-def _put_groups(manifest: Any, arrays: Mapping[str, Any], zarr_format: int) -> None:
-    """Group metadata for the root and every parent of the array names."""
+def _zarr_array(v: Any) -> Any:
+    import zarr
+
+    return v if isinstance(v, zarr.Array) else zarr.Array(v)
+
+
+def _as_savable(v: Any) -> Any:
+    """A VirtualArray as it is; a zarr array as a ``zarr.Array``, or as the virtual array its store serves.
+
+    A zarr array served as a virtual array by its store has a definition whose sources
+    are named relative to that store: its layers are saved (sources embedded), not its keys.
+    """
+    from refstore.virtual._spec import served_virtual
+
+    if isinstance(v, VirtualArray):
+        return v
+    arr = _zarr_array(v)
+    return served_virtual(arr) or arr
+
+
+def _put_groups(
+    manifest: Any, arrays: Mapping[str, Any], zarr_format: int, attrs: Mapping[str, Any] | None = None
+) -> None:
+    """Group metadata for the root (with ``attrs``) and every parent of the array names."""
     groups = {""}
     for name in arrays:
         parts = name.split("/")
         groups.update("/".join(parts[:k]) for k in range(1, len(parts)))
     for g in sorted(groups):
-        for k, b in _root_docs(zarr_format).items():
+        for k, b in _group_docs(zarr_format, attrs if not g else None).items():
             manifest.set(f"{g}/{k}" if g else k, b)
 
 
@@ -180,8 +263,13 @@ def _check_name(name: str) -> None:
         raise ManifestError(f"save_virtual: invalid array name {name!r}")
 
 
-def flatten(arrays: Mapping[str, VirtualArray], zarr_format: int | None = None) -> Any:
+def flatten(
+    arrays: Mapping[str, Any], zarr_format: int | None = None, attrs: Mapping[str, Any] | None = None
+) -> Any:
     """A plain kerchunk :class:`refstore.Manifest` for virtual arrays whose chunks all pass through.
+
+    Plain zarr arrays among ``arrays`` are copied as they are (see :func:`save_virtual`);
+    ``attrs`` are the root group's attributes.
 
     Raises
     ------
@@ -192,10 +280,13 @@ def flatten(arrays: Mapping[str, VirtualArray], zarr_format: int | None = None) 
 
     from refstore.manifest import Manifest
 
-    all_docs = _all_docs(arrays, zarr_format, copy_encoding=True)
+    arrays, all_docs = _all_docs(arrays, zarr_format, copy_encoding=True)
     manifest = Manifest()
-    _put_groups(manifest, arrays, _format_of(next(iter(all_docs.values()))) if all_docs else 3)
+    _put_groups(manifest, arrays, _format_of(next(iter(all_docs.values()))) if all_docs else 3, attrs)
     for name, v in arrays.items():
+        if _is_zarr_array(v):
+            _put_plain(manifest, name, v, all_docs[name])
+            continue
         docs = all_docs[name]
         arr = sync(_open_meta(docs))
         encoding = encoding_of(arr)

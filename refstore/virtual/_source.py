@@ -14,6 +14,8 @@ from zarr.core.buffer import default_buffer_prototype
 
 #: Attributes compared between inputs because they change what the values mean.
 CF_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value")
+#: The zarr 2 attribute naming an array's dimensions (xarray's convention; zarr 3 has ``dimension_names``).
+DIMENSIONS_ATTR = "_ARRAY_DIMENSIONS"
 
 
 class ZarrSource:
@@ -152,7 +154,7 @@ def dimension_names_of(array: Any) -> tuple[str | None, ...] | None:
     names = getattr(array.metadata, "dimension_names", None)
     if names is not None:
         return tuple(names)
-    dims = array.attrs.get("_ARRAY_DIMENSIONS")
+    dims = array.attrs.get(DIMENSIONS_ATTR)
     return tuple(dims) if dims is not None else None
 
 
@@ -222,16 +224,22 @@ def metadata_docs(
 ) -> dict[str, bytes]:
     """The metadata documents (``zarr.json``, or ``.zarray`` + ``.zattrs``) of a virtual array.
 
-    With ``like`` (a source ``zarr.Array``), its encoding (codecs, compressor, filters,
+    A ``fill_value`` of None is written as zarr 2's ``null`` (zarr 3 has no such value:
+    0 of the dtype). Dimension names go in ``_ARRAY_DIMENSIONS`` for zarr 2 and in
+    ``dimension_names`` for zarr 3, never in both. With ``like`` (a source ``zarr.Array``), its encoding (codecs, compressor, filters,
     order, dtype) is copied, so its chunks can pass through unchanged. Without it, the
     array is uncompressed: zarr v3 with the plain ``bytes`` codec (or v2 with no compressor).
     """
     proto = default_buffer_prototype()
+    attributes = {k: v for k, v in attributes.items() if k != DIMENSIONS_ATTR}
     if like is not None:
         d = like.metadata.to_dict()
         d["shape"] = list(shape)
         d["attributes"] = dict(attributes)
-        d["fill_value"] = json_fill(np.asarray(fill_value).astype(dtype)[()])
+        if fill_value is None and d["zarr_format"] == 2:
+            d["fill_value"] = None
+        else:
+            d["fill_value"] = json_fill(np.asarray(0 if fill_value is None else fill_value).astype(dtype)[()])
         if d["zarr_format"] == 2:
             d["chunks"] = list(chunks)
             if dimension_names is not None and all(n is not None for n in dimension_names):
@@ -245,7 +253,9 @@ def metadata_docs(
     names = list(dimension_names) if dimension_names is not None and zarr_format == 3 else None
     attrs = dict(attributes)
     if zarr_format == 2 and dimension_names is not None and all(n is not None for n in dimension_names):
-        attrs["_ARRAY_DIMENSIONS"] = list(dimension_names)
+        attrs[DIMENSIONS_ATTR] = list(dimension_names)
+    if fill_value is None and zarr_format == 3:
+        fill_value = np.zeros((), dtype)[()]
     zarr.create_array(
         store,
         shape=shape,
@@ -354,6 +364,27 @@ def json_fill(value: Any) -> Any:
     if isinstance(v, (np.bytes_, bytes)):
         return v.decode("latin1")
     return v.item() if hasattr(v, "item") else v
+
+
+def xarray_fill_attr(value: Any) -> Any:
+    """``value`` as xarray writes a ``_FillValue`` attribute in zarr 3 (and reads it back).
+
+    Floats are the base64 of a little-endian float64, complex numbers a pair of them;
+    integers and booleans are plain JSON (xarray's ``FillValueCoder``).
+    """
+    import base64
+    import struct
+
+    v = np.asarray(value)[()]
+
+    def b64(f: float) -> str:
+        return base64.standard_b64encode(struct.pack("<d", f)).decode()
+
+    if isinstance(v, np.floating):
+        return b64(float(v))
+    if isinstance(v, np.complexfloating):
+        return [b64(float(v.real)), b64(float(v.imag))]
+    return json_fill(v)
 
 
 def nbytes_of(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:

@@ -12,12 +12,16 @@ from refstore.virtual._index import Blocked, Layer, SourceDim
 from refstore.virtual._source import ZarrSource, json_fill
 
 FORMAT_VERSION = 1
+#: The manifest key (under an array's prefix) that holds its virtual definition.
+DEFINITION_NAME = "refstore.virtual.json"
 
 #: Given a :class:`ZarrSource`, return its JSON source reference.
 SourceRef = Callable[[ZarrSource], dict[str, Any]]
 
 
 def _parse_fill(value: Any, dtype: np.dtype[Any]) -> Any:
+    if value is None:  # zarr 2 null: no fill value declared
+        return None
     if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
         value = float(value.replace("Infinity", "inf"))
     if isinstance(value, list) and dtype.kind == "c":
@@ -67,7 +71,7 @@ def to_dict(v: Any, source_ref: SourceRef | None = None) -> dict[str, Any]:
         "shape": list(v.shape),
         "dtype": v.dtype.str,
         "chunks": list(v.chunks),
-        "fill_value": json_fill(v.fill_value),
+        "fill_value": None if v.no_fill else json_fill(v.fill_value),
         "attributes": v.attrs,
         "dimension_names": list(v.dimension_names) if v.dimension_names is not None else None,
         "layers": layers,
@@ -225,3 +229,27 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
         shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
         attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
     )
+
+
+def served_virtual(array: Any) -> Any:
+    """The :class:`~refstore.virtual.VirtualArray` that ``array``'s store defines at its path, or None.
+
+    A zarr array opened from a manifest written by :func:`~refstore.virtual.save_virtual`
+    through a store that serves virtual arrays (its ``serves_virtual_arrays`` is true:
+    ``ReferenceStore``, :class:`~refstore.virtual.VirtualStore`) is such a view; loaded here over the same
+    store, its layers can be joined directly instead of read through the view.
+    """
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store, path = array.store_path.store, array.store_path.path
+    if not getattr(store, "serves_virtual_arrays", False):  # no request to stores that cannot hold one
+        return None
+    buf = sync(store.get(f"{path}/{DEFINITION_NAME}" if path else DEFINITION_NAME, default_buffer_prototype()))
+    if buf is None:
+        return None
+    policy = getattr(store, "url_policy", None)
+    options = {"url_policy": policy} if policy is not None else {}
+    return from_dict(json.loads(buf.to_bytes()), root=store, **options)

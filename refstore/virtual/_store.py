@@ -17,9 +17,8 @@ from refstore.virtual._cache import DEFAULT_CACHE_BYTES, DecodedChunkCache
 from refstore.virtual._index import touched_chunks
 from refstore.virtual._plan import ChunkPlanner, Plan
 from refstore.virtual._source import ChunkEncoder, chunk_key_parser, encoding_of
+from refstore.virtual._spec import DEFINITION_NAME
 
-#: The manifest key (under an array's prefix) that holds its virtual definition.
-DEFINITION_NAME = "refstore.virtual.json"
 #: Where :func:`save_virtual` embeds the references of sources that have no URL of their own.
 SOURCES_DIR = ".sources"
 _METADATA = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
@@ -304,6 +303,8 @@ class VirtualStore(Store):
     supports_deletes: bool = False
     supports_partial_writes = False
     supports_listing = True
+    #: It serves (and lists) virtual arrays, as a ``ReferenceStore`` of a manifest holding definitions does.
+    serves_virtual_arrays = True
 
     def __init__(self, store: Store, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, **options: Any) -> None:
         super().__init__(read_only=True)
