@@ -14,6 +14,7 @@ working::
     │       ├── CoordinateOrderError         the concat coordinate is not monotonic, or inputs overlap
     │       └── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
     │                                        or CF attribute differs between inputs
+    ├── ImageCodecError(ValueError)          an image tile cannot be decoded into (or encoded from) a chunk
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
     ├── BadResponse(OSError)                 a server answered something other than what was asked
@@ -39,6 +40,7 @@ __all__ = [
     "CombineError",
     "CoordinateOrderError",
     "DeadlineExceeded",
+    "ImageCodecError",
     "IncompatibleSources",
     "InputsDiffer",
     "KeyNotInManifest",
@@ -110,6 +112,15 @@ class InputsDiffer(CombineError, IncompatibleSources):
     ``units``, ``calendar``, ``scale_factor``, ``add_offset``, ``_FillValue``,
     ``missing_value`` and the other CF decoding attributes; or, for variables
     without the concat dimension, the values themselves.
+    """
+
+
+class ImageCodecError(RefstoreError, ValueError):
+    """An image tile cannot be decoded into, or encoded from, a chunk.
+
+    Raised for unrecognised bytes, tiles larger than the chunk, lossy channel or
+    dtype conversions, and bad codec configuration. The message names the tile's
+    format, shape and dtype and the chunk's shape and dtype, and says what to change.
     """
 
 

@@ -35,6 +35,37 @@ def test_error_tree():
         assert issubclass(getattr(errors, name), errors.RefstoreError)
 
 
+#: Exceptions raised inside the fetch layer only: the reader turns each into a
+#: ReferenceNotReachable (or DeadlineExceeded) naming key and URL, with it as ``__cause__``.
+INTERNAL_CAUSES = {"ShortRead", "TransientError", "FetchTimeout", "SlowAnswer"}
+
+
+def test_one_tree_holds_every_error():
+    """Every exception refstore defines is in ``refstore.errors``, drawn in its docstring and
+    exported, or is an internal cause that never reaches a caller on its own."""
+    import importlib
+    import pkgutil
+
+    found: dict[str, type] = {}
+    for info in pkgutil.walk_packages(refstore.__path__, "refstore."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == info.name:
+                found[f"{info.name}.{name}"] = obj
+    outside = {path.rsplit(".", 1)[1] for path, cls in found.items() if not path.startswith("refstore.errors.")
+               and not path.rsplit(".", 1)[1].startswith("_")}
+    assert outside == INTERNAL_CAUSES
+    for path, cls in found.items():
+        if path.rsplit(".", 1)[1] in INTERNAL_CAUSES:
+            assert not issubclass(cls, errors.RefstoreError), path
+    tree = {path.rsplit(".", 1)[1] for path in found if path.startswith("refstore.errors.")}
+    assert tree - {"_FsspecReferenceNotReachable"} == set(errors.__all__)
+    for name in errors.__all__:
+        assert f" {name}" in errors.__doc__, f"{name} is not drawn in refstore.errors' docstring"
+        bases = getattr(errors, name).__mro__
+        assert name == "RefstoreError" or any(b.__module__ == "builtins" and b not in (Exception, BaseException, object) for b in bases), name
+
+
 def test_errors_pickle():
     err = errors.ReferenceNotReachable("a/0", "s3://b/k", FileNotFoundError("gone"))
     back = pickle.loads(pickle.dumps(err))

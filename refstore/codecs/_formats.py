@@ -8,7 +8,7 @@ from typing import Any, Final, Literal, cast
 
 import numpy as np
 
-from refstore.errors import RefstoreError
+from refstore.errors import ImageCodecError
 
 __all__ = [
     "FORMATS",
@@ -59,15 +59,6 @@ _LIBRARY: Final[dict[str, str]] = {
     "jpeg2k": "JPEG2K",
     "jpegxl": "JPEGXL",
 }
-
-
-class ImageCodecError(RefstoreError, ValueError):
-    """An image tile cannot be decoded into, or encoded from, a chunk.
-
-    Raised for unrecognised bytes, tiles larger than the chunk, lossy channel or
-    dtype conversions, and bad codec configuration. The message names the tile's
-    format, shape and dtype and the chunk's shape and dtype, and says what to change.
-    """
 
 
 def _imagecodecs() -> Any:
