@@ -205,6 +205,24 @@ def test_references_reach_zarr_after_update() -> None:
     np.testing.assert_array_equal(zarr.open_group(fs.get_mapper(""), mode="r")["a"][:], [1, 2, 3, 4])
 
 
+@pytest.mark.parametrize("how", ["references", "zarr"])
+def test_append_grows_an_array_keeping_its_chunks(how: str, tmp_path: Path) -> None:
+    """kerchunk's ``MultiZarrToZarr.append`` writes a grown ``.zarray`` and the new chunks into
+    ``fs.references``; zarr's ``resize`` + write does the same through the mapper. The chunks
+    referenced before must still be read (they were once dropped, reading as fill).
+    (fsspec's own class reads the old shape here, so this is pinned for refstore alone.)"""
+    (tmp_path / "data").write_bytes(np.arange(1, 5, dtype="<i2").tobytes())
+    data = str(tmp_path / "data")
+    fs = _fs({".zgroup": '{"zarr_format":2}', "a/.zarray": ZARRAY, "a/0": [data, 0, 4], "a/1": [data, 4, 4]})
+    if how == "references":
+        fs.references.update({"a/.zarray": ZARRAY.replace("[4]", "[6]", 1), "a/2": "base64:BQAGAA=="})
+    else:
+        array = zarr.open_group(fs.get_mapper(""), mode="r+")["a"]
+        array.resize((6,))
+        array[4:] = [5, 6]
+    np.testing.assert_array_equal(zarr.open_group(fs.get_mapper(""), mode="r")["a"][:], [1, 2, 3, 4, 5, 6])
+
+
 def test_zarr_writes_into_a_lazy_reference_mapper(tmp_path: Path) -> None:
     """zarr writing through ``reference://`` over fsspec's ``LazyReferenceMapper`` lands in the
     parquet references (kerchunk's parquet output path), readable by fsspec's own class afterwards."""

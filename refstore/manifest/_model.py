@@ -198,13 +198,39 @@ class Manifest:
     # -- tables -------------------------------------------------------------------------
 
     def _add_table(self, layout: KeyLayout) -> ChunkTable:
+        """Return the table for *layout*, starting one if the array has none or another layout.
+
+        A table made for an earlier layout of the same array (its metadata was
+        replaced, e.g. the shape grew on append) hands its entries over first:
+        they stay under their own keys, so no reference is dropped.
+        """
         table = self._tables.get(layout.prefix)
         if table is not None and table.layout == layout:
             return table
+        if table is not None:
+            self._evict(table)
         table = ChunkTable(layout)
         self._tables[layout.prefix] = table
         self._reindex()
         return table
+
+    def _evict(self, table: ChunkTable) -> None:
+        """Remove *table*, keeping each of its entries as a loose reference (or inline bytes)."""
+        entries: list[tuple[str, bytes | Reference | tuple[int, int, int] | None]]
+        if table.lazy:  # a parquet table: its entries come from its partitions
+            entries = [(key, self.get(key)) for key in table.iter_keys()]
+        else:
+            entries = [(key, table.lookup(int(flat))) for key, flat in zip(table.iter_keys(), table.present())]
+        del self._tables[table.layout.prefix]
+        self._reindex()
+        for key, entry in entries:
+            if isinstance(entry, Reference):
+                length = WHOLE if entry.length is None else entry.length
+                self._loose[key] = (self.url_id(entry.url), entry.offset, length)
+            elif isinstance(entry, tuple):
+                self._loose[key] = entry
+            elif entry is not None:
+                self._inline.setdefault(key, entry)
 
     def _room_for(self, layout: KeyLayout, budget: int) -> bool:
         """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
@@ -355,9 +381,17 @@ class Manifest:
             if layout is not None:
                 self._adopt(layout)
 
-    def _adopt(self, layout: KeyLayout) -> None:
-        """Start a table for a newly described array, moving matching loose references into it."""
-        if not self._room_for(layout, 4 * len(self._loose) + CELL_FLOOR):
+    def _adopt(self, layout: KeyLayout, budget: int | None = None) -> None:
+        """Start a table for a newly described array, moving matching loose references into it.
+
+        *budget* bounds the dense cells of all tables together (default: four
+        per loose reference plus a floor); past it the array's keys stay loose.
+        """
+        if budget is None:
+            old = self._tables.get(layout.prefix)
+            moving = old.count if old is not None and old.layout != layout else 0
+            budget = 4 * (len(self._loose) + moving) + CELL_FLOOR
+        if not self._room_for(layout, budget):
             return  # a sparse grid: keep its keys individually rather than allocate columns
         table = self._add_table(layout)
         for key in [k for k in self._loose if k.startswith(layout.head)]:

@@ -332,8 +332,8 @@ class _Refs:
             manifest._inline.pop(key, None)
             manifest._inline[key] = check_metadata(key, value)
             layout = manifest._layout_for(key, value)
-            if layout is not None and manifest._room_for(layout, self.limit):
-                self._adopt(layout)
+            if layout is not None:
+                manifest._adopt(layout, self.limit)
         i, n = 0, len(keys)
         while i < n:
             key = keys[i]
@@ -353,16 +353,6 @@ class _Refs:
                 decode_value(keys[i + j], None, self.expand)
             fill_block(manifest, table, flat, keys[i : i + run], block_vals, self.expand)
             i += run
-
-    def _adopt(self, layout: Any) -> None:
-        """Start a table for a newly described array; move its loose references in."""
-        manifest = self.manifest
-        table = manifest._add_table(layout)
-        if manifest._loose:
-            for key in [k for k in manifest._loose if k.startswith(layout.head)]:
-                flat = layout.parse(key[len(layout.head) :])
-                if flat >= 0:
-                    table.assign(flat, *manifest._loose.pop(key))
 
     def finish(self, templates: Any, gens: Any) -> None:
         """Expand deferred templates and ``gen`` once the whole document is read."""

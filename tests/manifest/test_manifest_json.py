@@ -167,6 +167,37 @@ def test_edits_and_listing():
         m.set("a/../etc", b"x")
 
 
+@pytest.mark.parametrize("opened", ["dict", "file"])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (zarray([4, 4], [2, 2]), zarray([6, 4], [2, 2])),  # grows on append
+        (zarray([4, 4], [2, 2]), zarray([2, 4], [2, 2])),  # shrinks: keys past the grid stay
+        (zarray([4, 4], [2, 2]), zarray([4, 4], [2, 2], sep="/")),  # another key spelling
+        (zarrjson([4, 4], [2, 2]), zarrjson([8, 4], [2, 2])),
+    ],
+)
+def test_replacing_metadata_keeps_every_chunk(tmp_path, opened, before, after):
+    """Metadata replaced (kerchunk's append writes a grown .zarray) must not drop the
+    array's existing references: they stay under their keys, and new ones join them."""
+    v3 = "zarr_format\": 3" in before
+    meta = "a/zarr.json" if v3 else "a/.zarray"
+    keys = ["a/c/0/0", "a/c/1/1"] if v3 else ["a/0.0", "a/1.1"]
+    refs = {meta: before, keys[0]: ["f", 0, 16], keys[1]: ["g", 16, 16], "a/x": "inline"}
+    if opened == "dict":
+        m = Manifest.from_dict(refs)
+    else:
+        (tmp_path / "r.json").write_text(json.dumps({"version": 1, "refs": refs}))
+        m = Manifest.open(str(tmp_path / "r.json"))
+    m.set(meta, after.encode())
+    assert m[keys[0]] == Reference("f", 0, 16) and m[keys[1]] == Reference("g", 16, 16)
+    assert m["a/x"] == b"inline" and len(m) == 4
+    grown = "a/c/2/0" if v3 else "a/2.0"
+    m.set(grown, Reference("h", 0, 16))
+    assert m[grown] == Reference("h", 0, 16) and len(m) == 5
+    assert sorted(m.keys()) == sorted([meta, "a/x", grown, *keys])
+
+
 def test_round_trip_json_and_pickle(tmp_path):
     refs = {".zgroup": '{"zarr_format":2}', "a/.zarray": zarray([6], [2]), "a/0": ["f", 0, 3],
             "a/1": "base64:" + base64.b64encode(b"\xff\xfe").decode(), "a/2": ["g"], "odd": ["h", 1, 2]}

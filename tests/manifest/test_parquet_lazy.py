@@ -328,6 +328,19 @@ def test_edits_over_partitions(dataset):
     assert m.to_dict() == eager.to_dict()
 
 
+def test_replacing_metadata_keeps_every_chunk(dataset):
+    """A grown ``.zarray`` (kerchunk's append) keeps every chunk read from the partitions."""
+    m = Manifest.open(dataset["path"])
+    before = {k: m[k] for k in m.keys()}
+    grown = dict(_zarray(), shape=[12, 8, 6])
+    m.set("d/.zarray", json.dumps(grown).encode())
+    m.set("d/5.0.0", Reference("s3://other/z", 0, CHUNK_BYTES))
+    for key, entry in before.items():
+        if key != "d/.zarray":
+            assert m[key] == entry, key
+    assert len(m) == len(before) + 1 and m["d/5.0.0"] == Reference("s3://other/z", 0, CHUNK_BYTES)
+
+
 def test_save_streams_a_lazy_manifest(dataset, tmp_path):
     from fsspec.implementations.reference import LazyReferenceMapper
 
