@@ -2,6 +2,7 @@
 
 from refstore import build, multiscale
 from refstore.errors import (
+    ChunkDecodeError,
     DeadlineExceeded,
     KeyNotInManifest,
     ManifestError,
@@ -19,6 +20,7 @@ from refstore.virtual import VirtualArray, combine, concat, open_virtual, pad, s
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChunkDecodeError",
     "DeadlineExceeded",
     "Deadlines",
     "KeyNotInManifest",

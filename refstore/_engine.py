@@ -222,6 +222,28 @@ class Engine:
         files, dirs = await self.list_dir(path)
         return bool(files or dirs)
 
+    async def describe(self, key: str) -> str:
+        """Where the bytes of *key* come from, for error messages.
+
+        ``"<url> bytes <start>-<end>"`` for a reference (the URL as it is read, or as
+        written when the policy refuses it), ``"inline (<n> bytes)"``, ``"a virtual
+        chunk"`` for a virtual array's chunk, or ``"no entry"``. Never raises.
+        """
+        if self.virtual is not None and await self.virtual.is_virtual(key):
+            return "a virtual chunk, assembled from its sources"
+        entry = self.manifest.get(key)
+        if entry is None:
+            return "no entry"
+        if isinstance(entry, bytes):
+            return f"inline ({len(entry)} bytes)"
+        try:
+            url = self.reader.resolve_url(entry.url, key)
+        except Exception:  # noqa: BLE001 - a description must not fail
+            url = str(entry.url)
+        if entry.length is None:
+            return f"{url} (from byte {entry.offset} to the end)" if entry.offset else f"{url} (whole object)"
+        return f"{url} bytes {entry.offset}-{entry.offset + entry.length} ({entry.length} bytes)"
+
     def close_all(self) -> None:
         """Close the fetcher's sessions and files in every loop (reopened by the next read)."""
         self.reader.fetcher.close_all()
@@ -264,6 +286,10 @@ class EngineStore(Store):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EngineStore) and other.engine is self.engine
+
+    async def describe(self, key: str) -> str:
+        """Where the bytes of *key* come from (see :meth:`Engine.describe`); for error messages."""
+        return await self.engine.describe(key)
 
     async def get(
         self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None

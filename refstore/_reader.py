@@ -22,6 +22,7 @@ from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
+from refstore.manifest._model import check_metadata, is_metadata_key
 
 _FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
 
@@ -211,12 +212,16 @@ class Reader:
             return plan
         url, lo, hi, exact = plan
         try:
-            return self.fetcher.get_sync(url, lo, hi, exact)
+            data = self.fetcher.get_sync(url, lo, hi, exact)
         except Exception as exc:
             err = _wrap(exc, key, url)
             if err is exc or not isinstance(err, BaseException):
                 raise
             raise err from exc
+        checked = _wrap(data, key, url, whole=start is None and end is None)
+        if isinstance(checked, BaseException):
+            raise checked
+        return data
 
     def reads_in_thread(self) -> bool:
         """Whether every reference targets a plain local file, so :meth:`read_sync` never hops threads.
@@ -281,7 +286,7 @@ class Reader:
                 await _one(self.fetcher, fetches[0], exact[0])
             ]
             for (i, key, url), res in zip(where, got):
-                results[i] = _wrap(res, key, url)
+                results[i] = _wrap(res, key, url, whole=requests[i][1] is None and requests[i][2] is None)
         return results
 
     async def close(self) -> None:
@@ -313,9 +318,18 @@ async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) 
         return exc
 
 
-def _wrap(res: bytes | BaseException, key: str, url: str) -> bytes | BaseException:
+def _wrap(res: bytes | BaseException, key: str, url: str, whole: bool = False) -> bytes | BaseException:
     """*res*, or the failure as the :class:`ReferenceNotReachable` (:class:`DeadlineExceeded`
-    for a timeout) naming *key* and *url*, with the failure as its cause."""
+    for a timeout) naming *key* and *url*, with the failure as its cause.
+
+    A metadata document read *whole* from a reference must be a JSON object (zarr would
+    otherwise fail with a bare ``JSONDecodeError``): else a ManifestError naming key and URL.
+    """
+    if whole and isinstance(res, bytes) and is_metadata_key(key):
+        try:
+            check_metadata(key, res)
+        except ManifestError as exc:
+            return ManifestError(f"{exc} (read from {url})")
     if not isinstance(res, BaseException) or isinstance(res, (URLNotAllowed, ReferenceNotReachable)):
         return res
     err = (DeadlineExceeded if isinstance(res, TimeoutError) else ReferenceNotReachable)(key, url, res)

@@ -15,6 +15,8 @@ working::
     │       └── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
     │                                        or CF attribute differs between inputs
     ├── ImageCodecError(ValueError)          an image tile cannot be decoded into (or encoded from) a chunk
+    ├── ChunkDecodeError(ValueError)         a chunk's bytes do not decode: names key, where its bytes
+    │                                        come from and the codec; the codec's error is ``__cause__``
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
     ├── BadResponse(OSError)                 a server answered something other than what was asked
@@ -37,6 +39,7 @@ from fsspec.implementations.reference import (
 
 __all__ = [
     "BadResponse",
+    "ChunkDecodeError",
     "CombineError",
     "CoordinateOrderError",
     "DeadlineExceeded",
@@ -122,6 +125,31 @@ class ImageCodecError(RefstoreError, ValueError):
     dtype conversions, and bad codec configuration. The message names the tile's
     format, shape and dtype and the chunk's shape and dtype, and says what to change.
     """
+
+
+class ChunkDecodeError(RefstoreError, ValueError):
+    """A chunk's bytes could not be decoded by the array's codecs.
+
+    Raised by :class:`refstore.pipeline.ThreadedCodecPipeline` (zarr's own
+    pipelines raise the codec's bare error). The codec's error is ``__cause__``.
+
+    Attributes
+    ----------
+    key : str
+        The chunk key, as the store sees it.
+    source : str
+        Where the bytes came from: URL and byte span, ``inline``, or a virtual chunk.
+    codec : str
+        The codec that failed, e.g. ``zlib`` or ``refstore.png``.
+    """
+
+    def __init__(self, key: str, source: str, codec: str, cause: BaseException | str) -> None:
+        self.key, self.source, self.codec = key, source, codec
+        self.detail = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(f"cannot decode chunk {key!r} from {source} with codec {codec!r}: {self.detail}")
+
+    def __reduce__(self):  # keep the four-argument constructor picklable
+        return (type(self), (self.key, self.source, self.codec, self.detail))
 
 
 class KeyNotInManifest(RefstoreError, FileNotFoundError):

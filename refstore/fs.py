@@ -238,6 +238,10 @@ class ReferenceFileSystem(AsyncFileSystem):
                 break
         return path.strip("/")
 
+    async def describe(self, path: str) -> str:
+        """Where the bytes of *path* come from (URL and byte span, inline, virtual); for error messages."""
+        return await self._engine.describe(self._strip_protocol(path))
+
     async def _cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         key = self._strip_protocol(path)
         data = await self._engine.get(key, start, end)

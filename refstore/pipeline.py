@@ -33,6 +33,8 @@ from zarr.core import codec_pipeline as _zarr_pipeline
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 from zarr.core.config import config
 
+from refstore.errors import BadResponse, ChunkDecodeError, ReferenceNotReachable, URLNotAllowed
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -152,5 +154,111 @@ class ThreadedCodecPipeline(_Base):  # type: ignore[misc, valid-type]
     """zarr's ``FusedCodecPipeline`` where it exists, else a threaded-read ``BatchedCodecPipeline``.
 
     See the module docstring for what runs in threads and how to turn it on.
-    Results are those of zarr's default pipeline; only where the work runs changes.
+    Results are those of zarr's default pipeline; only where the work runs changes,
+    and a chunk that does not decode raises :class:`refstore.errors.ChunkDecodeError`
+    naming its key, where its bytes came from and the codec (zarr raises the codec's
+    bare error, e.g. ``zlib.error: incorrect header check``).
     """
+
+    async def read(self, batch_info: Any, out: Any, drop_axes: tuple[int, ...] = ()) -> Any:
+        # docstring inherited
+        batch = list(batch_info)
+        try:
+            return await super().read(batch, out, drop_axes)
+        except (ChunkDecodeError, ReferenceNotReachable, URLNotAllowed, BadResponse):
+            raise  # fetch errors already name key, URL and cause
+        except Exception:
+            # find the chunk and codec again, one chunk at a time (only on this failing path)
+            named = await _name_decode_failure(self, batch)
+            if named is None:
+                raise
+            raise named[0] from named[1]
+
+
+async def _name_decode_failure(pipeline: Any, batch: list[Any]) -> tuple[ChunkDecodeError, BaseException] | None:
+    """The first chunk of *batch* whose bytes a codec of *pipeline* refuses, as an error to raise."""
+    for item in batch:
+        byte_getter, spec = item[0], item[1]
+        try:
+            data = await byte_getter.get(prototype=spec.prototype)
+        except Exception:  # noqa: BLE001 - not a decode failure; the original error stands
+            continue
+        if data is None:
+            continue
+        failed = await _failing_codec(pipeline, data, spec)
+        if failed is not None:
+            codec, cause = failed
+            key = str(getattr(byte_getter, "path", byte_getter))
+            source = await _describe(byte_getter, key)
+            return ChunkDecodeError(key, source, codec, cause), cause
+    return None
+
+
+async def _failing_codec(pipeline: Any, data: Any, spec: Any) -> tuple[str, BaseException] | None:
+    """Run *data* down *pipeline*'s codecs; the name of the first that raises, and its error."""
+    aa_specs = []
+    for codec in pipeline.array_array_codecs:
+        aa_specs.append(spec)
+        spec = codec.resolve_metadata(spec)
+    ab_spec = spec
+    spec = pipeline.array_bytes_codec.resolve_metadata(spec)
+    steps = []
+    for codec in pipeline.bytes_bytes_codecs:
+        steps.append((codec, spec))
+        spec = codec.resolve_metadata(spec)
+    chain = [*reversed(steps), (pipeline.array_bytes_codec, ab_spec),
+             *reversed(list(zip(pipeline.array_array_codecs, aa_specs)))]
+    for codec, codec_spec in chain:
+        try:
+            (data,) = await codec.decode([(data, codec_spec)])
+        except Exception as exc:  # noqa: BLE001 - the failure being looked for
+            return _v2_part(codec, data) or _codec_name(codec), exc
+    return None
+
+
+def _v2_part(codec: Any, data: Any) -> str | None:
+    """For zarr's codec of a zarr 2 array (compressor + filters in one), the part that fails."""
+    compressor = getattr(codec, "compressor", None)
+    filters = getattr(codec, "filters", None)
+    if compressor is None and not filters:
+        return None
+    try:
+        raw: Any = data.to_bytes() if hasattr(data, "to_bytes") else data
+        if compressor is not None:
+            try:
+                raw = compressor.decode(raw)
+            except Exception:  # noqa: BLE001 - found it
+                return _codec_name(compressor)
+        for f in reversed(list(filters or ())):
+            try:
+                raw = f.decode(raw)
+            except Exception:  # noqa: BLE001 - found it
+                return _codec_name(f)
+    except Exception:  # noqa: BLE001 - a description must not fail
+        return None
+    return None
+
+
+def _codec_name(codec: Any) -> str:
+    """The name a codec goes by in metadata (a numcodecs codec's id), else its class name."""
+    codec_id = getattr(codec, "codec_id", None)
+    if isinstance(codec_id, str) and codec_id:
+        return codec_id
+    try:
+        name = codec.to_dict().get("name")
+    except Exception:  # noqa: BLE001 - any codec: fall back to the class name
+        name = None
+    return name if isinstance(name, str) else type(codec).__name__
+
+
+async def _describe(byte_getter: Any, key: str) -> str:
+    """Where *key*'s bytes came from, asked of refstore's store or filesystem; else just the store."""
+    store = getattr(byte_getter, "store", None)
+    describe = getattr(store, "describe", None)
+    if describe is not None:
+        return str(await describe(key))
+    fs = getattr(store, "fs", None)  # zarr's FsspecStore over refstore's ReferenceFileSystem
+    if fs is not None and callable(getattr(fs, "describe", None)):
+        root = str(getattr(store, "path", "")).strip("/")
+        return str(await fs.describe(f"{root}/{key}" if root else key))
+    return f"store {store!r}" if store is not None else "an in-memory shard"

@@ -189,3 +189,16 @@ def test_broken_target_raises_through_zarr(zarr_refs, tmp_path):
     group = zarr.open_group("reference://", storage_options={"fo": refs}, mode="r")
     with pytest.raises(ReferenceNotReachable, match="x/c/0/0"):
         group["x"][:]
+
+
+@pytest.mark.parametrize("route", ["store", "reference://"])
+def test_corrupt_metadata_read_from_a_reference_names_key_and_url(tmp_path, route):
+    """kerchunk's single_zarr writes ``".zarray": [url]``; a target that is not JSON used to
+    reach zarr as a bare JSONDecodeError."""
+    bad = tmp_path / "zarray.json"
+    bad.write_text('{"zarr_format": 2, "shape": [')
+    refs = {".zgroup": '{"zarr_format":2}', "a/.zarray": [str(bad)]}
+    store = (refstore.ReferenceStore(refs) if route == "store"
+             else fsspec.filesystem("reference", fo=refs, skip_instance_cache=True).get_mapper(""))
+    with pytest.raises(refstore.ManifestError, match=r"'a/\.zarray'.*" + str(bad)):
+        zarr.open_group(store, mode="r")["a"]

@@ -154,3 +154,60 @@ def test_kerchunk_v2_manifest_matches_h5py(hdf5_path) -> None:
         group = zarr.open_group(ReferenceStore(kerchunk_refs(hdf5_path, str(hdf5_path))), mode="r")
         for name in HDF5_DATASETS:
             np.testing.assert_array_equal(group[name][...], truth[name], err_msg=name)
+
+
+def _bad_offset_refs(tmp_path: Path, zarr_format: int) -> tuple[dict, str]:
+    """One good zlib/gzip chunk, and one whose reference starts 8 bytes early (a wrong offset)."""
+    import gzip
+    import json
+    import zlib
+
+    data = np.arange(4, dtype="<i4").tobytes()
+    good = zlib.compress(data) if zarr_format == 2 else gzip.compress(data)
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"JUNKJUNK" + good)
+    if zarr_format == 2:
+        meta = {"zarr_format": 2, "shape": [8], "chunks": [4], "dtype": "<i4", "compressor": {"id": "zlib", "level": 1},
+                "filters": None, "fill_value": 0, "order": "C"}
+        return {".zgroup": '{"zarr_format":2}', "a/.zarray": json.dumps(meta),
+                "a/0": [str(path), 8, len(good)], "a/1": [str(path), 0, len(good)]}, "a/1"
+    meta = {"zarr_format": 3, "node_type": "array", "shape": [8], "data_type": "int32", "fill_value": 0,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [4]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "gzip", "configuration": {"level": 1}}]}
+    return {"zarr.json": '{"zarr_format":3,"node_type":"group"}', "a/zarr.json": json.dumps(meta),
+            "a/c/0": [str(path), 8, len(good)], "a/c/1": [str(path), 0, len(good)]}, "a/c/1"
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("route", ["store", "reference://"])
+def test_an_undecodable_chunk_names_key_source_and_codec(tmp_path: Path, zarr_format: int, route: str) -> None:
+    """A wrong offset used to surface as a bare ``zlib.error: incorrect header check``."""
+    import fsspec
+
+    refs, key = _bad_offset_refs(tmp_path, zarr_format)
+    store = (ReferenceStore(refs) if route == "store"
+             else fsspec.filesystem("reference", fo=refs, skip_instance_cache=True).get_mapper(""))
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        arr = zarr.open_group(store, mode="r")["a"]
+        np.testing.assert_array_equal(arr[:4], np.arange(4))  # the good chunk still reads
+        with pytest.raises(refstore.ChunkDecodeError) as err:
+            arr[:]
+    e = err.value
+    assert e.key == key and e.codec == ("zlib" if zarr_format == 2 else "gzip")
+    assert str(tmp_path / "data.bin") in e.source and "bytes 0-" in e.source
+    assert key in str(e) and e.__cause__ is not None and isinstance(e, ValueError)
+
+
+def test_a_truncated_png_tile_names_key_file_and_codec(tmp_path: Path) -> None:
+    pattern, _ = _tiles(tmp_path, (128, 128), 64)
+    manifest = _images(pattern)
+    tile = tmp_path / "t_1_0.png"
+    tile.write_bytes(tile.read_bytes()[:60] + b"\0" * (tile.stat().st_size - 60))  # same size, broken body
+    with zarr.config.set({"codec_pipeline.path": PATH}):
+        arr = zarr.open_array(ReferenceStore(manifest), path="image", mode="r")
+        with pytest.raises(refstore.ChunkDecodeError) as err:
+            arr[:]
+    assert err.value.key == "image/c/1/0/0" and str(tile) in err.value.source
+    assert err.value.codec == "refstore.image" and "PNG" in str(err.value)
+    assert isinstance(err.value.__cause__, refstore.errors.ImageCodecError)
