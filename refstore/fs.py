@@ -215,14 +215,12 @@ class ReferenceFileSystem(AsyncFileSystem):
         opts = {k: v for k, v in self._storage_options.items() if k != "fs" or isinstance(v, (dict, type(None)))}
         if not include_password:
             opts.pop("password", None)
-        from fsspec.json import FilesystemJSONEncoder
-
         return dict(
             cls=f"{type(self).__module__}:{type(self).__name__}",
             protocol="reference",
             args=[],
             fo={_HANDLE_KEY: handle, "source": self.manifest.source},
-            **FilesystemJSONEncoder().make_serializable(opts),
+            **_json_safe(opts),
         )
 
     # -- reading ---------------------------------------------------------------------------------
@@ -498,6 +496,20 @@ def _sync_method(fs: ReferenceFileSystem, coro: Any) -> Any:
         return run_sync(fs.loop, coro, *args, **kwargs)
 
     return method
+
+
+def _json_safe(obj: Any) -> Any:
+    """*obj* with mappings and sequences converted as fsspec's JSON encoder converts them, and
+    None kept (fsspec's ``make_serializable`` refuses None, e.g. in a URL policy's description)."""
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_json_safe(v) for v in obj]
+    from fsspec.json import FilesystemJSONEncoder
+
+    return FilesystemJSONEncoder().default(obj)
 
 
 def _has_magic(path: Any) -> bool:

@@ -29,11 +29,11 @@ from refstore.fetch._deadlines import (
     call_with_retries,
     run_sync,
 )
-from refstore.fetch._http import HTTPTarget
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
 from refstore.fetch._readahead import Block, ReadAhead
-from refstore.fetch._targets import FsspecTarget, LocalTarget
+from refstore.fetch._registry import TargetContext, make_target
+from refstore.fetch._targets import LocalTarget
 
 #: Default largest hole read through to join two ranges of one URL (bytes). Measured in
 #: ``benchmarks/scattered.py``: wider gaps never made zarr reads faster and raise the extra
@@ -236,12 +236,10 @@ class Fetcher:
         state = self._state()
         target = state.targets.get(protocol)
         if target is None:
-            opts = self.options.get(protocol, {})
-            given = self.filesystems.get(protocol)
-            if given is None and protocol in ("http", "https"):
-                target = HTTPTarget(opts, self.check_url, deadlines=self.deadlines)
-            else:
-                target = FsspecTarget(protocol, opts, given, deadlines=self.deadlines)
+            target = make_target(TargetContext(
+                protocol, self.options.get(protocol, {}), self.filesystems.get(protocol), self.check_url,
+                self.deadlines,
+            ))
             state.targets[protocol] = target
         return target
 

@@ -33,6 +33,7 @@ from yarl import URL
 
 from refstore.errors import BadResponse, RefstoreWarning
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+from refstore.fetch._registry import TargetContext, register_target
 from refstore.fetch._targets import TRANSIENT_STATUS
 from refstore.fetch._urls import canonical_http, join
 
@@ -370,3 +371,13 @@ async def _stream_slice(
         if whole is None and end is not None and pos >= end:
             break
     return bytes(piece), None if whole is None else bytes(whole)
+
+
+def _http_target(context: TargetContext) -> HTTPTarget | None:
+    """HTTP(S) URLs are read by :class:`HTTPTarget`, unless the caller gave its own filesystem."""
+    if context.filesystem is not None:
+        return None
+    return HTTPTarget(context.options, context.check_url, deadlines=context.deadlines)
+
+
+register_target(("http", "https"), _http_target)

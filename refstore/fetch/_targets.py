@@ -24,6 +24,7 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem
 
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+from refstore.fetch._registry import TargetContext, register_target
 
 __all__ = ["TRANSIENT_STATUS", "FsspecTarget", "LocalTarget", "TransientError", "as_transient"]
 
@@ -379,3 +380,11 @@ def _which_deadline(err: BaseException, deadlines: Deadlines | None) -> str:
     if ("ReadTimeout" in name or "SocketTimeout" in name) and deadlines.first_byte is not None:
         return f"no byte for {deadlines.first_byte:g} s (the first_byte deadline): "
     return ""
+
+
+def _fsspec_target(context: TargetContext) -> FsspecTarget:
+    """Any protocol fsspec knows, or the filesystem the caller gave."""
+    return FsspecTarget(context.protocol, context.options, context.filesystem, deadlines=context.deadlines)
+
+
+register_target(None, _fsspec_target)

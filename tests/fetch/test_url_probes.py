@@ -206,6 +206,8 @@ def test_the_policy_round_trips_through_json(site, tmp_path):
         assert URLPolicy.from_dict(json.loads(json.dumps(default.to_dict()))) == default
     with pytest.raises(ValueError):
         URLPolicy.from_dict({"protocols": ["http"]})
+    for loose in (URLPolicy(protocols=frozenset({"http"})), URLPolicy(protocols=None)):  # None fields
+        assert json.loads(ReferenceFileSystem({}, url_policy=loose).to_json())["url_policy"] == loose.to_dict()
     refs = {"good": [f"{site.url}/ok/pub/data.bin", 0, 4], "evil": [f"{site.url}/ok/pub/%2e%2e/private/secret.bin", 0, 4]}
     fs = ReferenceFileSystem(refs, url_policy=policy, retries=0)
     text = fs.to_json()
