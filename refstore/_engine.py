@@ -101,7 +101,7 @@ class Engine:
 
     def refresh(self) -> None:
         """Serve the virtual arrays (``spec/virtual.md``) the manifest defines, if any."""
-        if self.virtual is None and any(k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest._inline):
+        if self.virtual is None and any(k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest.inline_keys()):
             self.virtual = VirtualResolver(
                 self.store,
                 decoded_cache_bytes=self.decoded_cache_bytes,

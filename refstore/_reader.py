@@ -117,7 +117,7 @@ class Reader:
         self._in_thread: tuple[int, bool] | None = None  # (manifest generation, answer)
 
     def _protocols_in_manifest(self) -> set[str]:
-        return {split_url(u)[0] for u in self.manifest._urls if u and "://" in u}
+        return {split_url(u)[0] for u in self.manifest.urls if u and "://" in u}
 
     def _default_protocol(self, remote_protocol: str | None) -> str:
         """The protocol for URLs that name none (fsspec's ``fss[None]``)."""
@@ -232,11 +232,11 @@ class Reader:
         manifest = self.manifest
         if isinstance(manifest, LazyParquetManifest):
             return False
-        if self._in_thread is None or self._in_thread[0] != manifest._generation:
-            urls = {self.target or "" if u is None else u for u in manifest._urls}
+        if self._in_thread is None or self._in_thread[0] != manifest.generation:
+            urls = {self.target or "" if u is None else u for u in manifest.urls}
             # a URL naming no protocol gets the default one (see resolve_url)
             local = all(self.fetcher.reads_in_thread(u if "://" in u else f"{self._default}://") for u in urls)
-            self._in_thread = (manifest._generation, local)
+            self._in_thread = (manifest.generation, local)
         return self._in_thread[1]
 
     def _plan(self, key: str, start: int | None, end: int | None) -> bytes | tuple[str, int, int | None, bool] | None:

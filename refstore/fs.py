@@ -7,7 +7,6 @@ import functools
 import inspect
 import io
 import os
-import uuid
 import weakref
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
@@ -147,7 +146,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         self._fss_args = (fs, remote_options)
         self._refs: Any = None  # the dict handed out as .references, built on first use
         self._given = fo if isinstance(fo, dict) else None  # fsspec keeps its values as given
-        self._given_generation = self.manifest._generation
+        self._given_generation = self.manifest.generation
         if isinstance(fo, MutableMapping) and not isinstance(fo, dict):
             # a mapping of the caller's own (fsspec's LazyReferenceMapper) also receives the
             # edits, as fsspec's class writes into it
@@ -208,10 +207,8 @@ class ReferenceFileSystem(AsyncFileSystem):
         When the handle is gone (another process), the manifest's source URL
         is opened again.
         """
-        handle = getattr(self.manifest, "_handle", None)
-        if handle is None:
-            handle = self.manifest._handle = uuid.uuid4().hex  # type: ignore[attr-defined]
-            _HANDLES[handle] = self.manifest
+        handle = self.manifest.uid
+        _HANDLES.setdefault(handle, self.manifest)
         opts = {k: v for k, v in self._storage_options.items() if k != "fs" or isinstance(v, (dict, type(None)))}
         if not include_password:
             opts.pop("password", None)
@@ -389,7 +386,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         if mode == "create" and key in self.manifest:
             raise FileExistsError(key)
         refs = self._refs
-        if isinstance(refs, ReferenceDict) and refs.generation == self.manifest._generation:
+        if isinstance(refs, ReferenceDict) and refs.generation == self.manifest.generation:
             refs[key] = value  # keeps the dict handed out earlier in step
         else:
             put(self.manifest, key, value)
@@ -398,7 +395,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         key = self._strip_protocol(path)
         refs = self._refs
         try:
-            if isinstance(refs, ReferenceDict) and refs.generation == self.manifest._generation:
+            if isinstance(refs, ReferenceDict) and refs.generation == self.manifest.generation:
                 del refs[key]
             else:
                 remove(self.manifest, key)
@@ -421,7 +418,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         ``LazyReferenceMapper`` (``fs.references.flush()`` writes the edits to the directory).
         Building the dict costs what fsspec's class spends at open; it is built on first use.
         """
-        unedited = self._given is not None and self.manifest._generation == self._given_generation
+        unedited = self._given is not None and self.manifest.generation == self._given_generation
         self._refs = references_of(self.manifest, self._given if unedited else None, self._refs)
         return self._refs
 

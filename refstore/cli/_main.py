@@ -18,7 +18,7 @@ def _inspect(args: argparse.Namespace) -> int:
         else:
             inline += 1
     print(f"{args.manifest}: {len(manifest)} keys ({refs} references, {inline} inline)")
-    print(f"  {len(manifest.urls)} distinct target URLs, {len(manifest._tables)} arrays held as columns "
+    print(f"  {len(manifest.urls)} distinct target URLs, {len(manifest.tabulated())} arrays held as columns "
           f"({manifest.nbytes() / 2**20:.1f} MiB)")
     for url in manifest.urls[: args.urls]:
         print(f"  {url}")

@@ -195,6 +195,26 @@ class Manifest:
         """The distinct target URLs, in first-seen order (None is "the default target")."""
         return list(self._urls)
 
+    # -- what the faces may ask -----------------------------------------------------------
+
+    @property
+    def uid(self) -> str:
+        """An identifier unique to this manifest object (not kept by copies or pickles)."""
+        return self._uid
+
+    @property
+    def generation(self) -> int:
+        """A counter bumped by every edit: a value cached with it is stale once it differs."""
+        return self._generation
+
+    def inline_keys(self) -> Iterator[str]:
+        """The keys held as inline bytes (metadata documents first among them), in order."""
+        yield from list(self._inline)
+
+    def tabulated(self) -> list[str]:
+        """The paths of the arrays whose chunk references are held as columns (dense or parquet)."""
+        return list(self._tables)
+
     # -- tables -------------------------------------------------------------------------
 
     def _add_table(self, layout: KeyLayout) -> ChunkTable:
