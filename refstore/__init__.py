@@ -1,6 +1,7 @@
 """refstore: read bytes that already exist (netCDF/HDF5, TIFF, image tiles) as zarr arrays."""
 
 from refstore import build, multiscale
+from refstore._options import Options
 from refstore.errors import (
     ChunkDecodeError,
     DeadlineExceeded,
@@ -26,6 +27,7 @@ __all__ = [
     "KeyNotInManifest",
     "Manifest",
     "ManifestError",
+    "Options",
     "Reference",
     "ReferenceFileSystem",
     "ReferenceNotReachable",

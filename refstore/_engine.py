@@ -23,12 +23,12 @@ from zarr.abc.store import (
 )
 from zarr.core.buffer import default_buffer_prototype
 
+from refstore._options import Options
 from refstore._reader import KeyRange, Reader
 from refstore.errors import KeyNotInManifest
 from refstore.fetch._deadlines import run_sync
 from refstore.manifest import Manifest
 from refstore.virtual import _spec
-from refstore.virtual._cache import DEFAULT_CACHE_BYTES
 from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
 
 if TYPE_CHECKING:
@@ -74,22 +74,26 @@ class Engine:
     ----------
     fo
         The manifest (see :class:`refstore.ReferenceFileSystem`).
-    decoded_cache_bytes
-        Budget of decoded source chunks shared by assembled virtual-array chunks.
+    options
+        How to open and read it (:class:`refstore._options.Options`); also used to
+        open ``{"manifest": ...}`` sources of virtual arrays.
     reader
         An existing :class:`~refstore._reader.Reader` to share (a store's ``with_read_only`` copy).
-    **options
-        The reader's options (``remote_protocol``, ``url_policy``, ...); also used to
-        open ``{"manifest": ...}`` sources of virtual arrays.
+    **kwargs
+        Options given one by one (``remote_protocol=...``), applied over *options*.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is not an option.
     """
 
     def __init__(
-        self, fo: Any = None, *, decoded_cache_bytes: int = DEFAULT_CACHE_BYTES, reader: Reader | None = None,
-        **options: Any,
+        self, fo: Any = None, options: Options | None = None, *, reader: Reader | None = None, **kwargs: Any,
     ) -> None:
-        self.reader = reader or Reader(fo, **options)
-        self.options = options
-        self.decoded_cache_bytes = decoded_cache_bytes
+        self.options = Options.of(options, **kwargs)
+        self.reader = reader or Reader(fo, self.options)
+        self.decoded_cache_bytes = self.options.decoded_cache_bytes
         self.virtual: VirtualResolver | None = None
         self.store = EngineStore(self)
         self.refresh()
@@ -104,9 +108,8 @@ class Engine:
         if self.virtual is None and any(k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest.inline_keys()):
             self.virtual = VirtualResolver(
                 self.store,
-                decoded_cache_bytes=self.decoded_cache_bytes,
                 open_manifest=_open_manifest_store,
-                **{**self.options, "url_policy": self.reader.policy},
+                **{**self.options.as_kwargs(), "url_policy": self.reader.policy},
             )
 
     # -- reads ------------------------------------------------------------------------------------

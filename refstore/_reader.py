@@ -10,6 +10,7 @@ from typing import Any
 
 import fsspec.asyn
 
+from refstore._options import Options
 from refstore.errors import (
     DeadlineExceeded,
     KeyNotInManifest,
@@ -19,7 +20,6 @@ from refstore.errors import (
 )
 from refstore.fetch import Deadlines, Fetcher, URLPolicy, split_url
 from refstore.fetch._deadlines import run_sync
-from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
 from refstore.manifest._model import check_metadata, is_metadata_key
@@ -43,54 +43,42 @@ def _protocols_of(fs: Any) -> tuple[str, ...]:
 class Reader:
     """Reads the bytes of manifest keys.
 
-    Parameters are those of :class:`refstore.ReferenceFileSystem`; see there.
+    Parameters
+    ----------
+    fo
+        The manifest (see :class:`refstore.ReferenceFileSystem`).
+    options
+        How to open and read it (:class:`refstore._options.Options`).
     """
 
-    def __init__(
-        self,
-        fo: Any,
-        *,
-        target: str | None = None,
-        target_protocol: str | None = None,
-        target_options: Mapping[str, Any] | None = None,
-        remote_protocol: str | None = None,
-        remote_options: Mapping[str, Any] | None = None,
-        fs: Any = None,
-        template_overrides: Mapping[str, str] | None = None,
-        max_gap: int = DEFAULT_MAX_GAP,
-        max_block: int = DEFAULT_MAX_BLOCK,
-        max_concurrency: int = 64,
-        read_ahead: int = DEFAULT_READ_AHEAD,
-        retries: int | None = None,
-        cache_size: int = 128,
-        url_policy: URLPolicy | None = None,
-        deadlines: Deadlines | Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, fo: Any, options: Options | None = None) -> None:
+        opts = options or Options()
         self.manifest: Manifest = open_manifest(
             fo,
-            target_protocol=target_protocol,
-            target_options=target_options,
-            template_overrides=template_overrides,
-            cache_size=cache_size,
+            target_protocol=opts.target_protocol,
+            target_options=opts.target_options,
+            template_overrides=opts.template_overrides,
+            cache_size=opts.cache_size,
         )
-        self.target = target
-        remote_opts = _clean(remote_options)
+        self.target = opts.target
+        remote_protocol, fs = opts.remote_protocol, opts.fs
+        remote_opts = _clean(opts.remote_options)
         if fs is not None and not isinstance(fs, Mapping) and not remote_protocol:
             # like fsspec: a single filesystem instance also reads URLs that name no protocol
             remote_protocol = _protocols_of(fs)[0]
-        options: dict[str, dict[str, Any]] = {}
+        options_by_protocol: dict[str, dict[str, Any]] = {}
         filesystems: dict[str, Any] = {}
         if remote_protocol:
-            options[split_url(remote_protocol + "://")[0]] = remote_opts
+            options_by_protocol[split_url(remote_protocol + "://")[0]] = remote_opts
         else:
             # like fsspec: without a remote_protocol every inferred protocol gets remote_options
             for proto in self._protocols_in_manifest() - {"file"}:
-                options[proto] = remote_opts
+                options_by_protocol[proto] = remote_opts
         if isinstance(fs, Mapping):
             for proto, value in fs.items():
                 proto = split_url((proto or self._default_protocol(remote_protocol)) + "://")[0]
                 if isinstance(value, Mapping):
-                    options[proto] = _clean(value)
+                    options_by_protocol[proto] = _clean(value)
                 elif value is not None:
                     filesystems[proto] = value
         elif fs is not None:
@@ -98,19 +86,19 @@ class Reader:
                 filesystems[split_url(proto + "://")[0]] = fs
         self.remote_protocol = remote_protocol
         self._default = self._default_protocol(remote_protocol)
-        self.policy = URLPolicy.coerce(url_policy) or _default_policy(
+        self.policy = URLPolicy.coerce(opts.url_policy) or _default_policy(
             self.manifest.source_is_remote,
             # protocols the caller names (not the manifest) are the caller's choice, as in fsspec
             _named_protocols(remote_protocol, fs, self._default),
         )
         self.fetcher = Fetcher(
-            options=options,
+            options=options_by_protocol,
             filesystems=filesystems,
-            max_gap=max_gap,
-            max_block=max_block,
-            max_concurrency=max_concurrency,
-            read_ahead=read_ahead,
-            deadlines=Deadlines.coerce(deadlines).with_retries(retries),
+            max_gap=opts.max_gap,
+            max_block=opts.max_block,
+            max_concurrency=opts.max_concurrency,
+            read_ahead=opts.read_ahead,
+            deadlines=Deadlines.coerce(opts.deadlines).with_retries(opts.retries),
             check_url=self.policy.check,
         )
         self._resolved: dict[str | None, str] = {}

@@ -18,9 +18,9 @@ from fsspec.dircache import DirCache
 from fsspec.spec import AbstractBufferedFile
 
 from refstore._engine import Engine
+from refstore._options import Options
 from refstore.errors import ReferenceNotReachable
 from refstore.fetch._deadlines import run_sync
-from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
 from refstore.manifest import Manifest
 from refstore.manifest._mapping import ReferenceDict, put, references_of, remove
 
@@ -45,45 +45,17 @@ class ReferenceFileSystem(AsyncFileSystem):
         The manifest: a :class:`refstore.Manifest`, a kerchunk reference dict
         (v0 or v1), or the path/URL of JSON (optionally ``.gz``/``.zst``) or
         parquet references.
-    target
-        URL for references whose URL is null.
-    target_protocol, target_options
-        How to read *fo* when it is a path or URL (``ref_storage_args`` is an
-        old alias of ``target_options``).
-    remote_protocol, remote_options
-        Protocol for reference URLs that name none, and the options for the
-        remote filesystem (with no ``remote_protocol``, every protocol found
-        in the manifest gets ``remote_options``).
-    fs
-        A filesystem instance, or a dict ``{protocol: instance or options}``,
-        to read targets with.
-    template_overrides
-        Replace or add v1 templates.
+    target, target_protocol, target_options, remote_protocol, remote_options, fs, template_overrides
+        As for fsspec's class (``ref_storage_args`` is an old alias of
+        ``target_options``); see :class:`refstore.Options`.
     simple_templates
         Accepted for compatibility: refstore always expands templates without
-        a template engine, and expands ``gen`` safely.
-    max_gap, max_block
-        Range merging: the largest gap read through to join two ranges of one
-        URL (negative disables merging), and the largest merged read.
-    cache_size
-        Parquet partitions kept in memory.
-    max_concurrency
-        Reads in flight per event loop.
-    deadlines
-        A :class:`refstore.Deadlines` (or a dict of its fields): the connect,
-        first-byte and total deadlines of each remote request and its retries.
-        The defaults end a read of a server that never answers, or trickles,
-        within 85 s, attempts included.
-    retries
-        Attempts after the first for a transient failure; overrides
-        ``deadlines.attempts`` (``retries + 1``) when given.
-    read_ahead
-        Largest read-ahead window (bytes) when a remote object is read in
-        order; 0 or a negative ``max_gap`` disables read-ahead. Blocks kept for it are bounded by four
-        windows per event loop.
-    url_policy
-        A :class:`refstore.URLPolicy`; by default a manifest read from a
-        remote URL may not read local files.
+        a template engine, and expands ``gen`` within budgets.
+    max_gap, max_block, cache_size, max_concurrency, read_ahead, retries, url_policy, deadlines
+        refstore's tunables; each, with its default, is described once, in
+        :class:`refstore.Options`. None keeps the default.
+    options
+        A :class:`refstore.Options` to start from; the arguments above are applied over it.
     **kwargs
         ``asynchronous``, ``loop`` and the other AsyncFileSystem arguments.
 
@@ -110,14 +82,15 @@ class ReferenceFileSystem(AsyncFileSystem):
         fs: Any = None,
         template_overrides: Mapping[str, str] | None = None,
         simple_templates: bool = True,
-        max_gap: int = DEFAULT_MAX_GAP,
-        max_block: int = DEFAULT_MAX_BLOCK,
-        cache_size: int = 128,
-        max_concurrency: int = 64,
-        read_ahead: int = DEFAULT_READ_AHEAD,
+        max_gap: int | None = None,
+        max_block: int | None = None,
+        cache_size: int | None = None,
+        max_concurrency: int | None = None,
+        read_ahead: int | None = None,
         retries: int | None = None,
         url_policy: Any = None,
         deadlines: Any = None,
+        options: Options | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{k: v for k, v in kwargs.items() if k in ("asynchronous", "loop", "batch_size")})
@@ -125,8 +98,8 @@ class ReferenceFileSystem(AsyncFileSystem):
         self._keep_timeouts()
         if isinstance(fo, Mapping) and set(fo) >= {_HANDLE_KEY}:
             fo = _from_handle(fo)
-        self._engine = Engine(
-            fo,
+        opts = Options.of(
+            options,
             target=target,
             target_protocol=target_protocol,
             target_options=target_options or ref_storage_args,
@@ -143,6 +116,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             url_policy=url_policy,
             deadlines=deadlines,
         )
+        self._engine = Engine(fo, opts)
         self._fss_args = (fs, remote_options)
         self._refs: Any = None  # the dict handed out as .references, built on first use
         self._given = fo if isinstance(fo, dict) else None  # fsspec keeps its values as given
@@ -152,8 +126,8 @@ class ReferenceFileSystem(AsyncFileSystem):
             # edits, as fsspec's class writes into it
             self.manifest.mirror = fo
         self.target = target
-        self.max_gap = max_gap
-        self.max_block = max_block
+        self.max_gap = opts.max_gap
+        self.max_block = opts.max_block
 
     def _keep_timeouts(self) -> None:
         """Re-wrap the sync methods fsspec mirrored from the async ones with :func:`run_sync`, so a

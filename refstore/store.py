@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from refstore._engine import Engine, EngineStore, to_range
+from refstore._options import Options
 from refstore.errors import KeyNotInManifest
 
 if TYPE_CHECKING:
@@ -24,16 +25,14 @@ class ReferenceStore(EngineStore):
         True (the default) refuses writes. With False, ``set`` and ``delete``
         edit the manifest in memory (the targets are never written); save the
         result with ``store.manifest.save(...)``.
+    options
+        A :class:`refstore.Options` holding every tunable (defaults where not given).
     **kwargs
-        The keyword arguments of :class:`refstore.ReferenceFileSystem`:
-        ``target``, ``target_protocol``, ``target_options``,
-        ``remote_protocol``, ``remote_options``, ``fs``,
-        ``template_overrides``, ``max_gap``, ``max_block``,
-        ``max_concurrency``, ``read_ahead``, ``retries``, ``cache_size``,
-        ``url_policy``, ``deadlines`` (a :class:`refstore.Deadlines`: the
-        deadlines and retries of remote reads); and ``decoded_cache_bytes``, the budget of decoded
-        source chunks shared by assembled virtual-array chunks
-        (:class:`refstore.virtual.VirtualResolver`).
+        Options one by one, applied over *options*: ``target``, ``target_protocol``,
+        ``target_options``, ``remote_protocol``, ``remote_options``, ``fs``,
+        ``template_overrides``, ``max_gap``, ``max_block``, ``max_concurrency``,
+        ``read_ahead``, ``retries``, ``cache_size``, ``url_policy``, ``deadlines``,
+        ``decoded_cache_bytes`` (see :class:`refstore.Options` for each and its default).
 
     Notes
     -----
@@ -47,8 +46,8 @@ class ReferenceStore(EngineStore):
     supports_deletes = True
     supports_listing = True
 
-    def __init__(self, fo: Any, *, read_only: bool = True, **kwargs: Any) -> None:
-        engine = kwargs.pop("_engine", None) or Engine(fo, **kwargs)
+    def __init__(self, fo: Any, *, read_only: bool = True, options: Options | None = None, **kwargs: Any) -> None:
+        engine = kwargs.pop("_engine", None) or Engine(fo, options, **kwargs)
         super().__init__(engine, read_only=read_only)
 
     def with_read_only(self, read_only: bool = False) -> ReferenceStore:

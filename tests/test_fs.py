@@ -202,3 +202,21 @@ def test_corrupt_metadata_read_from_a_reference_names_key_and_url(tmp_path, rout
              else fsspec.filesystem("reference", fo=refs, skip_instance_cache=True).get_mapper(""))
     with pytest.raises(refstore.ManifestError, match=r"'a/\.zarray'.*" + str(bad)):
         zarr.open_group(store, mode="r")["a"]
+
+
+def test_one_options_object_for_every_face(tmp_path):
+    """Every tunable, with its default, lives in refstore.Options; both faces take it whole
+    or one keyword at a time, and refuse a misspelt one by name."""
+    data = tmp_path / "d"
+    data.write_bytes(b"0123456789")
+    refs = {"k": [str(data), 2, 3]}
+    opts = refstore.Options(max_gap=7, read_ahead=0, cache_size=3)
+    fs = ReferenceFileSystem(refs, options=opts, max_block=1 << 20)
+    store = refstore.ReferenceStore(refs, options=opts, max_block=1 << 20)
+    for engine in (fs._engine, store.engine):
+        assert engine.options == refstore.Options(max_gap=7, read_ahead=0, cache_size=3, max_block=1 << 20)
+        assert engine.reader.fetcher.max_gap == 7 and engine.reader.fetcher.max_block == 1 << 20
+    assert fs.cat("k") == b"234" and store.get_sync("k").to_bytes() == b"234"
+    assert ReferenceFileSystem(refs)._engine.options == refstore.Options()
+    with pytest.raises(TypeError, match="max_gapp"):
+        refstore.ReferenceStore(refs, max_gapp=3)
