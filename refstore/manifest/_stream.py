@@ -262,7 +262,10 @@ class _Refs:
     # -- moving entries into the manifest ---------------------------------------------------
 
     def _ingest_flat(self, text: bytes) -> bool:
-        """Ingest *text* if it is nothing but compact ``"key":["url",offset,length]`` entries.
+        """Ingest *text* if it is nothing but ``"key":["url",offset,length]`` entries.
+
+        Blanks between tokens (``json.dump``'s defaults, ``indent=2``) are removed
+        first, when no string holds one.
 
         Such text is parsed as one flat list (``key, url, offset, length, ...``),
         which costs ujson less than a dict of lists and gives columns by slicing.
@@ -275,13 +278,21 @@ class _Refs:
         bool
             False (nothing ingested) if *text* has any other shape.
         """
-        if b"\\" in text or b'":"' in text or not text.endswith(b"]"):
+        if b"\\" in text:
+            return False
+        if text.count(b'":["') != text.count(b'"') // 4:  # blanks between tokens (json.dump, indent=...)
+            compact = _without_blanks(text)
+            if compact is None:
+                return False
+            text = compact
+        if b'":"' in text or not text.endswith(b"]"):
             return False
         n = text.count(b'":["')
         if not n or text.count(b'],"') != n - 1:
             return False
+        flat_text = text.replace(b'":["', b'","').replace(b'],"', b',"')
         try:
-            flat = ujson.loads(b"[" + text.replace(b'":["', b'","').replace(b'],"', b',"')[:-1] + b"]")
+            flat = ujson.loads(b"[" + flat_text[:-1] + b"]")
         except ValueError:
             return False
         if len(flat) != 4 * n:
@@ -372,6 +383,18 @@ class _Refs:
                 manifest._url_ids.setdefault(u, uid)
         for key, url, offset, length in expand_gen(gens, resolved):
             _place(manifest, key, (url, offset if offset is not None else 0, -1 if length is None else length))
+
+
+def _without_blanks(text: bytes) -> bytes | None:
+    """*text* (JSON without backslashes) with the blanks between tokens removed, at C speed;
+    None if some string holds a blank (then removing them all would change it)."""
+    parts = text.split(b'"')
+    if len(parts) % 2 == 0:
+        return None  # an unclosed string
+    inside = b"".join(parts[1::2])
+    if len(inside.translate(None, _WS)) != len(inside):
+        return None
+    return text.translate(None, _WS)
 
 
 def _run_length(keys: list[str], i: int, layout: Any, flat: int) -> int:

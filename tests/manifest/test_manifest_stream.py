@@ -71,13 +71,31 @@ def _compact_refs(n: int, url: str | None = "s3://b/f.bin") -> dict:
     return {"version": 1, "refs": refs}
 
 
-@pytest.mark.parametrize("url", ["s3://b/x],", "s3://b/x]", None, "s3://b/ü.bin"])
-def test_flat_fast_path_keeps_urls_exact(url):
+STYLES = {"compact": {"separators": (",", ":")}, "spaced": {}, "indented": {"indent": 2}}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize("url", ["s3://b/x],", "s3://b/x]", None, "s3://b/ü.bin", "s3://b/a b.bin", 's3://b/x" ],'])
+def test_flat_fast_path_keeps_urls_exact(url, style):
     doc = _compact_refs(500, url)
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(doc, ensure_ascii=False, **STYLES[style]).encode()
     got = _stream(text, 256)
     _same(got, Manifest.from_dict(doc))
     assert got.get("a/7").url == url
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_blanks_between_tokens_take_the_flat_path(style, monkeypatch):
+    """json.dump's defaults and indent=2 are as common as compact output: they must not fall
+    back to parsing a dict per block (the round's finding: they opened slower than fsspec)."""
+    from refstore.manifest import _stream as stream
+
+    taken: list[bool] = []
+    flat = stream._Refs._ingest_flat
+    monkeypatch.setattr(stream._Refs, "_ingest_flat", lambda self, text: taken.append(flat(self, text)) or taken[-1])
+    doc = _compact_refs(3000)
+    _same(_stream(json.dumps(doc, **STYLES[style]).encode(), 4096), Manifest.from_dict(doc))
+    assert taken.count(True) >= len(taken) - 1 >= 5  # all blocks but the last (its close is parsed whole)
 
 
 def test_duplicate_keys_last_one_wins_as_in_a_whole_parse():
