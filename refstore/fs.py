@@ -128,6 +128,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             fo = _from_handle(fo)
         self._engine = Engine(
             fo,
+            reader=kwargs.get("_reader"),
             target=target,
             target_protocol=target_protocol,
             target_options=target_options or ref_storage_args,
@@ -197,8 +198,13 @@ class ReferenceFileSystem(AsyncFileSystem):
 
     @storage_options.setter
     def storage_options(self, value: dict[str, Any]) -> None:
-        drop = ("fo", "target_protocol", "target_options", "ref_storage_args", "template_overrides")
+        drop = ("fo", "target_protocol", "target_options", "ref_storage_args", "template_overrides", "_reader")
         self._storage_options = {k: v for k, v in value.items() if k not in drop}
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # the reader travels whole (not rebuilt from the options, as fsspec's pickling does), so
+        # the copies a dask worker unpickles, one per task, share its fetcher's sessions
+        return (_rebuild, (type(self), self._storage_options, self._engine.reader))
 
     def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
         """A JSON-safe description; the manifest is passed by an in-process handle.
@@ -502,6 +508,11 @@ def _sync_method(fs: ReferenceFileSystem, coro: Any) -> Any:
 
 def _has_magic(path: Any) -> bool:
     return isinstance(path, str) and any(c in path for c in "*?[")
+
+
+def _rebuild(cls: type[ReferenceFileSystem], options: Mapping[str, Any], reader: Any) -> ReferenceFileSystem:
+    """A pickled filesystem: its reader (manifest, policy, fetcher) with its options."""
+    return cls(reader.manifest, _reader=reader, **options)
 
 
 def _from_handle(fo: Mapping[str, Any]) -> Any:
