@@ -35,6 +35,28 @@ ROUTES = (*ZARR_ROUTES, "url-subprocess", "xarray", "dask-processes")
 
 THREADED = {"codec_pipeline.path": "refstore.pipeline.ThreadedCodecPipeline"}
 
+#: Suffix of the result key of each array's :func:`window` read.
+WINDOW = "@window"
+
+
+def window(shape: Sequence[int]) -> tuple[slice, ...]:
+    """The middle third of every axis (at least one element): a read that starts and ends mid-chunk."""
+    return tuple(slice(n // 3, max(n // 3 + 1, 2 * n // 3)) for n in shape)
+
+
+def with_windows(whole: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``whole`` and, for each array ``p`` of at least one dimension, ``p@window``: its window."""
+    out = {p: np.asarray(a) for p, a in whole.items()}
+    out.update({p + WINDOW: np.asarray(a[window(a.shape)]) for p, a in whole.items() if np.ndim(a)})
+    return out
+
+
+def _read_both(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Each array read whole and (when it has dimensions) by its :func:`window`, as separate reads."""
+    out = {p: np.asarray(a[...]) for p, a in arrays.items()}
+    out.update({p + WINDOW: np.asarray(a[window(a.shape)]) for p, a in arrays.items() if len(a.shape)})
+    return out
+
 
 @dataclass(frozen=True)
 class Source:
@@ -72,13 +94,13 @@ def open_group(route: str, source: Source) -> zarr.Group:
 
 
 def read_arrays(route: str, source: Source, paths: Sequence[str]) -> dict[str, np.ndarray]:
-    """Each array at ``paths``, read whole by ``route`` (one of :data:`ZARR_ROUTES`)."""
+    """Each array at ``paths`` read by ``route`` (one of :data:`ZARR_ROUTES`): whole, and its window."""
     if route == "store-threaded":
         with zarr.config.set(THREADED):
             group = open_group(route, source)
-            return {p: np.asarray(_array(group, p)[...]) for p in paths}
+            return _read_both({p: _array(group, p) for p in paths})
     group = open_group(route, source)
-    return {p: np.asarray(_array(group, p)[...]) for p in paths}
+    return _read_both({p: _array(group, p) for p in paths})
 
 
 def _array(group: zarr.Group, path: str) -> zarr.Array:
@@ -100,7 +122,18 @@ def open_xarray(source: Source, chunks: Any = None) -> Any:
 def read_xarray(source: Source, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Variables ``names`` of the root group, read by xarray through ``reference://``."""
     ds = open_xarray(source)
-    return {n: np.asarray(ds[n].values) for n in names}
+    return _read_both({n: _XarrayValues(ds[n]) for n in names})
+
+
+class _XarrayValues:
+    """A variable read through xarray's own indexing (``var[key].values``)."""
+
+    def __init__(self, var: Any) -> None:
+        self.var = var
+        self.shape: tuple[int, ...] = var.shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.var[key].values)
 
 
 def read_dask(source: Source, paths: Sequence[str], pool: Executor, *, xarray: bool) -> dict[str, np.ndarray]:
@@ -119,8 +152,10 @@ def read_dask(source: Source, paths: Sequence[str], pool: Executor, *, xarray: b
     else:
         group = zarr.open_group(refstore.ReferenceStore(source.fo, **source.store_kwargs()), mode="r")
         lazy = [da.from_zarr(_array(group, p)) for p in paths]
-    computed = dask.compute(*lazy, scheduler="processes", pool=pool)
-    return {p: np.asarray(v) for p, v in zip(paths, computed)}
+    windows = [(p, a[window(a.shape)]) for p, a in zip(paths, lazy) if a.ndim]
+    computed = dask.compute(*lazy, *(w for _, w in windows), scheduler="processes", pool=pool)
+    keys = [*paths, *(p + WINDOW for p, _ in windows)]
+    return {k: np.asarray(v) for k, v in zip(keys, computed)}
 
 
 _SUBPROCESS_READER = textwrap.dedent("""
@@ -132,7 +167,10 @@ _SUBPROCESS_READER = textwrap.dedent("""
         try:
             group = zarr.open_group("reference://", mode="r", storage_options=storage_options)
             for i, path in enumerate(paths):
-                np.save(f"{out}/{job_id}-{i}.npy", np.asarray(group[path][...]))
+                arr = group[path]
+                np.save(f"{out}/{job_id}-{i}.npy", np.asarray(arr[...]))
+                window = tuple(slice(n // 3, max(n // 3 + 1, 2 * n // 3)) for n in arr.shape)
+                np.save(f"{out}/{job_id}-{i}-window.npy", np.asarray(arr[window]))
             results[job_id] = None
         except Exception:
             results[job_id] = traceback.format_exc()
@@ -160,7 +198,11 @@ def read_in_subprocess(jobs: Mapping[str, tuple[Source, Sequence[str]]], timeout
         got: dict[str, dict[str, np.ndarray] | str] = {}
         for job, (_, paths) in jobs.items():
             error = results[job]
-            got[job] = error if error is not None else {
-                p: np.load(Path(out, f"{job}-{i}.npy")) for i, p in enumerate(paths)
-            }
+            if error is not None:
+                got[job] = error
+                continue
+            arrays = {p: np.load(Path(out, f"{job}-{i}.npy")) for i, p in enumerate(paths)}
+            arrays.update({p + WINDOW: np.load(Path(out, f"{job}-{i}-window.npy"))
+                           for i, p in enumerate(paths) if arrays[p].ndim})
+            got[job] = arrays
         return got

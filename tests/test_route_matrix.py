@@ -34,7 +34,17 @@ import numpy as np
 import pytest
 import zarr
 from _route_kinds import KIND_NAMES, Kind, build_all
-from _routes import ROUTES, ZARR_ROUTES, Source, open_xarray, read_arrays, read_dask, read_in_subprocess, read_xarray
+from _routes import (
+    ROUTES,
+    ZARR_ROUTES,
+    Source,
+    open_xarray,
+    read_arrays,
+    read_dask,
+    read_in_subprocess,
+    read_xarray,
+    with_windows,
+)
 from conftest import BUCKET
 
 import refstore
@@ -153,12 +163,70 @@ def test_every_route_reads_the_truth(
             open_xarray(served.sources[kind_name]).load()
         return
     got = _read(route, kind, served, kinds, request)
-    want = {p: kind.truth[p] for p in (kind.xarray if route in ("xarray", "dask-processes") and kind.xarray else kind.truth)}
+    names = kind.xarray if route in ("xarray", "dask-processes") and kind.xarray else kind.truth
+    want = with_windows({p: kind.truth[p] for p in names})
     assert set(got) == set(want)
     for path, truth in want.items():
         assert got[path].shape == truth.shape, path
         assert got[path].dtype == truth.dtype, path
         np.testing.assert_array_equal(got[path], truth, err_msg=f"{kind_name} {path} via {route} on {target}")
+
+
+# --------------------------------------------------------------------------- unreachable targets
+
+#: (target, route) pairs of the unreachable-target test: every route locally, the faces
+#: and the out-of-process routes over HTTP (a 404).
+BROKEN_CASES = [
+    pytest.param(kind, route, target, id=f"{kind}-{route}-{target}")
+    for target, routes in (("local", ROUTES), ("http", ("store", "mapper-sync", "fsspecstore-async",
+                                                         "url-subprocess", "xarray", "dask-processes")))
+    for kind in KIND_NAMES
+    for route in routes
+]
+
+
+@pytest.fixture(scope="module")
+def broken_local(kinds: dict[str, Kind], tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """Every kind with its references moved to a folder that does not exist."""
+    gone = tmp_path_factory.mktemp("broken") / "gone"
+    return _serve(kinds, tmp_path_factory.mktemp("broken-local"), str(gone), {})
+
+
+@pytest.fixture(scope="module")
+def broken_http(kinds: dict[str, Kind], http_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Served:
+    """Every kind with its references moved to URLs the server answers with 404."""
+    base = f"{http_server.url}/gone-{uuid.uuid4().hex[:8]}"
+    return _serve(kinds, tmp_path_factory.mktemp("broken-http"), base, {})
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """True if ``exc`` or an exception it was raised from is refstore's ``ReferenceNotReachable``."""
+    while exc is not None:
+        if isinstance(exc, refstore.ReferenceNotReachable):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@pytest.mark.parametrize(("kind_name", "route", "target"), BROKEN_CASES)
+def test_every_route_raises_when_targets_are_gone(
+    kinds: dict[str, Kind], kind_name: str, route: str, target: str, request: pytest.FixtureRequest
+) -> None:
+    """No route reads a missing file (or a 404) as fill values: each raises ReferenceNotReachable."""
+    if kind_name not in kinds:
+        pytest.skip("needs libvips-tools (vips dzsave); .ci/run installs it")
+    kind = kinds[kind_name]
+    if route == "xarray" and kind.xarray is None:
+        pytest.skip("xarray refuses the group before reading (see test_every_route_reads_the_truth)")
+    served: Served = request.getfixturevalue(f"broken_{target}")
+    if route == "url-subprocess":
+        error = served.subprocess_read(kinds)[kind_name]
+        assert isinstance(error, str), f"{kind_name} read through a missing target"
+        assert "refstore.errors.ReferenceNotReachable" in error, error
+        return
+    with pytest.raises(Exception) as info:  # the type is checked along the chain below
+        _read(route, kind, served, kinds, request)
+    assert _unreachable(info.value), repr(info.value)
 
 
 # --------------------------------------------------------------------------- listing
