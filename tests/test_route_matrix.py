@@ -49,14 +49,14 @@ from conftest import BUCKET
 
 import refstore
 
-#: Routes each remote target runs (local runs all of :data:`ROUTES`). The store and both
-#: reference:// faces (sync mapper, async FsspecStore) everywhere; the slower routes
-#: (a fresh interpreter, worker processes) on HTTP and S3.
+#: Routes each remote target runs (local runs all of :data:`ROUTES`): the store and the
+#: sync and async reference:// faces on every target; the slower routes (a fresh
+#: interpreter, xarray, worker processes) on HTTP and S3; GCS only the three in-process faces.
 REMOTE_ROUTES: dict[str, tuple[str, ...]] = {
     "http": ("store", "store-threaded", "mapper-sync", "fsspecstore-async", "url-subprocess", "xarray",
              "dask-processes"),
     "s3": ("store", "mapper-async", "fsspecstore-async", "url-subprocess", "xarray", "dask-processes"),
-    "gcs": ("store", "mapper-sync"),
+    "gcs": ("store", "mapper-sync", "fsspecstore-async"),
 }
 TARGETS = ("local", *REMOTE_ROUTES)
 
