@@ -116,7 +116,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             url_policy=url_policy,
             deadlines=deadlines,
         )
-        self._engine = Engine(fo, opts)
+        self._engine = Engine(fo, opts, reader=kwargs.get("_reader"))
         self._fss_args = (fs, remote_options)
         self._refs: Any = None  # the dict handed out as .references, built on first use
         self._given = fo if isinstance(fo, dict) else None  # fsspec keeps its values as given
@@ -170,8 +170,13 @@ class ReferenceFileSystem(AsyncFileSystem):
 
     @storage_options.setter
     def storage_options(self, value: dict[str, Any]) -> None:
-        drop = ("fo", "target_protocol", "target_options", "ref_storage_args", "template_overrides")
+        drop = ("fo", "target_protocol", "target_options", "ref_storage_args", "template_overrides", "_reader")
         self._storage_options = {k: v for k, v in value.items() if k not in drop}
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # the reader travels whole (not rebuilt from the options, as fsspec's pickling does), so
+        # the copies a dask worker unpickles, one per task, share its fetcher's sessions
+        return (_rebuild, (type(self), self._storage_options, self._engine.reader))
 
     def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
         """A JSON-safe description; the manifest is passed by an in-process handle.
@@ -485,6 +490,11 @@ def _json_safe(obj: Any) -> Any:
 
 def _has_magic(path: Any) -> bool:
     return isinstance(path, str) and any(c in path for c in "*?[")
+
+
+def _rebuild(cls: type[ReferenceFileSystem], options: Mapping[str, Any], reader: Any) -> ReferenceFileSystem:
+    """A pickled filesystem: its reader (manifest, policy, fetcher) with its options."""
+    return cls(reader.manifest, _reader=reader, **options)
 
 
 def _from_handle(fo: Mapping[str, Any]) -> Any:

@@ -94,3 +94,46 @@ def test_faces_unpickle_in_another_process(tmp_path):
         assert int(out.stdout) == int(data[:3].astype("u8").sum())
     back = zarr.open_group(pickle.loads(pickle.dumps(store)), mode="r")["a"]
     np.testing.assert_array_equal(back[-3:], data[-3:])
+
+
+def test_unpickled_copies_share_the_fetcher_and_its_sessions(tmp_path, s3_server):
+    """dask unpickles a store once per task and drops it after: each copy built its own S3 client
+    (about 0.2 s each against 3 ms for the read; fsspec's instance cache avoided it). Copies of
+    one store or filesystem in a process now share its fetcher, so a worker builds one client."""
+    data = np.arange(400, dtype="u1")
+    url = s3_server.put_bytes("refstore-test", "pickle-share/d.bin", data.tobytes())
+    meta = {"zarr_format": 2, "shape": [400], "chunks": [100], "dtype": "|u1", "compressor": None,
+            "filters": None, "fill_value": 0, "order": "C"}
+    refs = {".zgroup": '{"zarr_format": 2}', "a/.zarray": json.dumps(meta),
+            **{f"a/{i}": [url, 100 * i, 100] for i in range(4)}}
+    path = tmp_path / "s3.json"
+    path.write_text(json.dumps(refs))
+    store = ReferenceStore(str(path), remote_options=s3_server.storage_options)
+    fs = ReferenceFileSystem(str(path), remote_options=s3_server.storage_options, asynchronous=True)
+    for obj in (store, fs):
+        fetcher = (obj.engine if obj is store else obj._engine).reader.fetcher
+        copy = pickle.loads(pickle.dumps(obj))
+        assert (copy.engine if obj is store else copy._engine).reader.fetcher is fetcher
+        code = (
+            "import gc, pickle, sys, zarr, numpy as np, s3fs\n"
+            "built = []\n"
+            "original = s3fs.S3FileSystem.set_session\n"
+            "async def counted(self, *a, **k):\n"
+            "    built.append(self)\n"
+            "    return await original(self, *a, **k)\n"
+            "s3fs.S3FileSystem.set_session = counted\n"
+            "blob = sys.stdin.buffer.read()\n"
+            "total = 0\n"
+            "for i in range(4):  # one task each, as a dask worker runs them\n"
+            "    obj = pickle.loads(blob)\n"
+            "    store = obj if hasattr(obj, 'get_partial_values') else obj.get_mapper('')\n"
+            "    total += int(zarr.open_group(store, mode='r')['a'][100 * i:100 * i + 100].astype('u8').sum())\n"
+            "    del obj, store\n"
+            "    gc.collect()\n"
+            "sys.stdout.write(f'{total} {len({id(b) for b in built})}')\n"  # set_session runs per call
+        )
+        out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(obj), capture_output=True, check=False)
+        assert out.returncode == 0, out.stderr.decode()
+        total, clients = map(int, out.stdout.split())
+        assert total == int(data.astype("u8").sum())
+        assert clients == 1, f"{type(obj).__name__}: {clients} S3 clients for 4 unpickled copies"
