@@ -156,7 +156,12 @@ def ingest(
         if key not in manifest._inline:
             continue
         layout = manifest._layout_for(key, manifest._inline[key])
-        if layout is not None and layout.prefix not in manifest._tables and manifest._room_for(layout, limit):
+        if (
+            layout is not None
+            and layout.prefix not in manifest._tables
+            and manifest._room_for(layout, limit)
+            and not manifest._clashes(layout)  # two tables holding one key would count it twice
+        ):
             manifest._add_table(layout)
     for table in list(manifest._tables.values()):
         placed += _fill_table(manifest, table, body, expand)

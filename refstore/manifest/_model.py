@@ -18,7 +18,13 @@ import ujson
 
 from refstore.errors import KeyNotInManifest, ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
+from refstore.manifest._table import (
+    WHOLE,
+    ChunkTable,
+    KeyLayout,
+    keys_may_overlap,
+    layout_from_metadata,
+)
 
 if TYPE_CHECKING:
     from refstore.manifest._lazy import LazyChunkTable
@@ -198,13 +204,36 @@ class Manifest:
     # -- tables -------------------------------------------------------------------------
 
     def _add_table(self, layout: KeyLayout) -> ChunkTable:
+        """The table of *layout*, new if needed.
+
+        A table of another layout for the same array (its metadata rewritten,
+        or given as both ``.zarray`` and ``zarr.json``) is replaced; its
+        references are kept individually first, so no key is lost (the
+        callers then move those that fit the new grid into it).
+        """
         table = self._tables.get(layout.prefix)
         if table is not None and table.layout == layout:
             return table
+        if table is not None and not table.lazy:
+            head, suffix = table.layout.head, table.layout.suffix
+            for flat in table.present().tolist():
+                ref = table.lookup(flat)
+                if ref is not None:
+                    self._loose[head + suffix(flat)] = ref
         table = ChunkTable(layout)
         self._tables[layout.prefix] = table
         self._reindex()
         return table
+
+    def _clashes(self, layout: KeyLayout) -> bool:
+        """True if the chunk keys of *layout* may also be chunk keys of another array's table.
+
+        Such an array (one lying among another's chunk keys) is not
+        tabulated: its keys are kept individually, so that every key is held once.
+        """
+        return any(
+            p != layout.prefix and keys_may_overlap(t.layout, layout) for p, t in self._tables.items()
+        )
 
     def _room_for(self, layout: KeyLayout, budget: int) -> bool:
         """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
@@ -357,8 +386,8 @@ class Manifest:
 
     def _adopt(self, layout: KeyLayout) -> None:
         """Start a table for a newly described array, moving matching loose references into it."""
-        if not self._room_for(layout, 4 * len(self._loose) + CELL_FLOOR):
-            return  # a sparse grid: keep its keys individually rather than allocate columns
+        if not self._room_for(layout, 4 * len(self._loose) + CELL_FLOOR) or self._clashes(layout):
+            return  # a sparse grid (or one inside another's keys): keep its keys individually
         table = self._add_table(layout)
         for key in [k for k in self._loose if k.startswith(layout.head)]:
             flat = layout.parse(key[len(layout.head) :])
