@@ -33,6 +33,10 @@ META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 _is_meta = operator.methodcaller("endswith", META_SUFFIXES)  # filter() with it runs in C
 
 
+#: Values a JSON document can hold; only other objects may be buffers (``int`` has a ``to_bytes`` too).
+_JSON_TYPES = (str, bytes, bytearray, int, float, list, tuple, dict, type(None))
+
+
 def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None, int, int]:
     """Interpret one kerchunk value.
 
@@ -47,8 +51,8 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     ManifestError
         Naming *key*, when the value has an unsupported shape or type.
     """
-    if not isinstance(value, (str, bytes, bytearray)) and callable(getattr(value, "to_bytes", None)):
-        value = value.to_bytes()  # a zarr Buffer, as zarr writes through a mapper
+    if not isinstance(value, _JSON_TYPES) and callable(getattr(value, "to_bytes", None)):
+        value = value.to_bytes()  # a zarr Buffer, as zarr writes through a mapper (an int is no Buffer)
     if isinstance(value, (str, bytes, bytearray)):
         # kerchunk's inline form: text, or "base64:..." as str or bytes (do_inline writes bytes)
         prefix = "base64:" if isinstance(value, str) else b"base64:"

@@ -169,10 +169,15 @@ def load_json_stream(
             if key == "refs" and text.char() == b"{":
                 text.pos += 1
                 templates = found.get("templates")
-                refs_reader = _Refs(
-                    manifest, templates, size_hint, template_overrides, deferred=templates is None
-                )
-                refs_reader.read(text)
+                try:
+                    refs_reader = _Refs(
+                        manifest, templates, size_hint, template_overrides, deferred=templates is None
+                    )
+                    refs_reader.read(text)
+                except ManifestError:
+                    if found.get("version") != 1:  # without "version": 1 this "refs" is a version 0 key
+                        raise _Fallback("refs of an unknown version") from None
+                    raise
                 found[key] = True
             else:
                 found[key] = text.value()
