@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import fsspec
 import ujson
@@ -19,6 +19,22 @@ if TYPE_CHECKING:
 _PARQUET_SUFFIXES = (".parq", ".parquet", ".parq/", ".parquet/")
 
 
+class _Replayed:
+    """A binary stream read from its start again, without seeking: *head* (already read), then *rest*."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self._pending, self._rest = head, head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._pending:
+            return self._rest.read(n)
+        if n is None or n < 0:
+            out, self._pending = self._pending + self._rest.read(), b""
+            return out
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return out
+
+
 def _read_json(
     fs: Any, path: str, url: str, compression: str | None, template_overrides: Mapping[str, str] | None
 ) -> Manifest:
@@ -29,13 +45,14 @@ def _read_json(
     from refstore.manifest._model import Manifest
     from refstore.manifest._stream import load_json_stream
 
-    with fs.open(path, "rb") as raw:
-        head = raw.read(4)
-        raw.seek(0)
-        kind = detect(head, compression, url)
+    with fs.open(path, "rb") as opened:
+        # a file served without a length (chunked transfer encoding) opens as a stream that
+        # cannot seek: the bytes read to detect the compression are read again from memory
+        raw: Any = _Replayed(opened.read(4), opened)
+        kind = detect(raw.head, compression, url)
         stream: Any = raw if kind is None else Inflating(raw, kind, url)
         manifest = Manifest()
-        size_hint = getattr(raw, "size", None) if kind is None else None
+        size_hint = getattr(opened, "size", None) if kind is None else None
         if load_json_stream(manifest, stream, size_hint=size_hint, template_overrides=template_overrides):
             return manifest
     data = fs.cat_file(path)

@@ -33,6 +33,10 @@ META_SUFFIXES = (".zarray", ".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 _is_meta = operator.methodcaller("endswith", META_SUFFIXES)  # filter() with it runs in C
 
 
+#: Values a JSON document can hold; only other objects may be buffers (``int`` has a ``to_bytes`` too).
+_JSON_TYPES = (str, bytes, bytearray, int, float, list, tuple, dict, type(None))
+
+
 def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None, int, int]:
     """Interpret one kerchunk value.
 
@@ -47,8 +51,8 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     ManifestError
         Naming *key*, when the value has an unsupported shape or type.
     """
-    if not isinstance(value, (str, bytes, bytearray)) and callable(getattr(value, "to_bytes", None)):
-        value = value.to_bytes()  # a zarr Buffer, as zarr writes through a mapper
+    if not isinstance(value, _JSON_TYPES) and callable(getattr(value, "to_bytes", None)):
+        value = value.to_bytes()  # a zarr Buffer, as zarr writes through a mapper (an int is no Buffer)
     if isinstance(value, (str, bytes, bytearray)):
         # kerchunk's inline form: text, or "base64:..." as str or bytes (do_inline writes bytes)
         prefix = "base64:" if isinstance(value, str) else b"base64:"
@@ -156,7 +160,12 @@ def ingest(
         if key not in manifest._inline:
             continue
         layout = manifest._layout_for(key, manifest._inline[key])
-        if layout is not None and layout.prefix not in manifest._tables and manifest._room_for(layout, limit):
+        if (
+            layout is not None
+            and layout.prefix not in manifest._tables
+            and manifest._room_for(layout, limit)
+            and not manifest._clashes(layout)  # two tables holding one key would count it twice
+        ):
             manifest._add_table(layout)
     for table in list(manifest._tables.values()):
         placed += _fill_table(manifest, table, body, expand)

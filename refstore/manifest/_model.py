@@ -18,7 +18,13 @@ import ujson
 
 from refstore.errors import KeyNotInManifest, ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._table import WHOLE, ChunkTable, KeyLayout, layout_from_metadata
+from refstore.manifest._table import (
+    WHOLE,
+    ChunkTable,
+    KeyLayout,
+    keys_may_overlap,
+    layout_from_metadata,
+)
 
 if TYPE_CHECKING:
     from refstore.manifest._lazy import LazyChunkTable
@@ -222,7 +228,8 @@ class Manifest:
 
         A table made for an earlier layout of the same array (its metadata was
         replaced, e.g. the shape grew on append) hands its entries over first:
-        they stay under their own keys, so no reference is dropped.
+        they stay under their own keys, so no reference is dropped (also for an array
+        given as both ``.zarray`` and ``zarr.json``).
         """
         table = self._tables.get(layout.prefix)
         if table is not None and table.layout == layout:
@@ -251,6 +258,16 @@ class Manifest:
                 self._loose[key] = entry
             elif entry is not None:
                 self._inline.setdefault(key, entry)
+
+    def _clashes(self, layout: KeyLayout) -> bool:
+        """True if the chunk keys of *layout* may also be chunk keys of another array's table.
+
+        Such an array (one lying among another's chunk keys) is not
+        tabulated: its keys are kept individually, so that every key is held once.
+        """
+        return any(
+            p != layout.prefix and keys_may_overlap(t.layout, layout) for p, t in self._tables.items()
+        )
 
     def _room_for(self, layout: KeyLayout, budget: int) -> bool:
         """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
@@ -411,8 +428,8 @@ class Manifest:
             old = self._tables.get(layout.prefix)
             moving = old.count if old is not None and old.layout != layout else 0
             budget = 4 * (len(self._loose) + moving) + CELL_FLOOR
-        if not self._room_for(layout, budget):
-            return  # a sparse grid: keep its keys individually rather than allocate columns
+        if not self._room_for(layout, budget) or self._clashes(layout):
+            return  # a sparse grid (or one inside another's keys): keep its keys individually
         table = self._add_table(layout)
         for key in [k for k in self._loose if k.startswith(layout.head)]:
             flat = layout.parse(key[len(layout.head) :])

@@ -59,6 +59,15 @@ class _Text:
     def __init__(self, f: IO[bytes], block: int) -> None:
         self.f, self.block = f, block
         self.buf, self.pos, self.eof = b"", 0, False
+        self.dropped = 0  # bytes of the stream before buf[0]
+
+    def mark(self) -> int:
+        """The stream offset of the unread text, for :meth:`reset` (``pos`` moves when a block is read)."""
+        return self.dropped + self.pos
+
+    def reset(self, mark: int) -> None:
+        """Go back to *mark*, which must not be before the unread text of the last :meth:`more`."""
+        self.pos = mark - self.dropped
 
     def more(self, need: int | None = None) -> bool:
         """Read another block (or at least *need* unread bytes); False at the end of the stream."""
@@ -68,6 +77,7 @@ class _Text:
         if not chunk:
             self.eof = True
             return False
+        self.dropped += self.pos
         self.buf = self.buf[self.pos :] + chunk
         self.pos = 0
         return True
@@ -144,10 +154,10 @@ def load_json_stream(
         first = text.char()
         if first == b"}":
             return False
-        save = text.pos
+        save = text.mark()  # (reading the key may read another block, moving text.pos)
         key = text.value()
         if key not in _V1_KEYS:
-            text.pos = save  # version 0: the top-level object is the refs
+            text.reset(save)  # version 0: the top-level object is the refs
             _Refs(manifest, {}, size_hint, template_overrides, deferred=False).read(text)
             return True
         found: dict[str, Any] = {}
@@ -159,10 +169,15 @@ def load_json_stream(
             if key == "refs" and text.char() == b"{":
                 text.pos += 1
                 templates = found.get("templates")
-                refs_reader = _Refs(
-                    manifest, templates, size_hint, template_overrides, deferred=templates is None
-                )
-                refs_reader.read(text)
+                try:
+                    refs_reader = _Refs(
+                        manifest, templates, size_hint, template_overrides, deferred=templates is None
+                    )
+                    refs_reader.read(text)
+                except ManifestError:
+                    if found.get("version") != 1:  # without "version": 1 this "refs" is a version 0 key
+                        raise _Fallback("refs of an unknown version") from None
+                    raise
                 found[key] = True
             else:
                 found[key] = text.value()

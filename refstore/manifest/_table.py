@@ -111,6 +111,25 @@ class KeyLayout:
         return map((self.head + lead).__add__, itertools.islice(keys, stop - start))
 
 
+#: Every character a chunk-key suffix can hold (digits, both separators, v3's ``c``).
+_SUFFIX_CHARS = frozenset("0123456789./c")
+
+
+def keys_may_overlap(a: KeyLayout, b: KeyLayout) -> bool:
+    """True if some key could be a chunk key of both *a* and *b* (arrays at different paths).
+
+    That happens only when one array lies among the chunk keys of the other
+    (``a/.zarray`` with ``/`` separators and ``a/0/.zarray``), which no valid
+    hierarchy has; such a manifest keeps the second array's keys individually,
+    so that no key is held twice. The test is conservative: it may say True
+    for layouts whose keys never actually meet.
+    """
+    short, long = (a, b) if len(a.head) <= len(b.head) else (b, a)
+    if not long.head.startswith(short.head):
+        return False
+    return set(long.head[len(short.head) :]) <= _SUFFIX_CHARS
+
+
 @functools.lru_cache(maxsize=64)
 def _numbers(n: int) -> list[str]:
     """``["0", "1", ..., str(n - 1)]``, shared by the key generators (never mutated)."""
