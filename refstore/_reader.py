@@ -15,11 +15,13 @@ from refstore.errors import (
     KeyNotInManifest,
     ManifestError,
     ReferenceNotReachable,
+    SourceChanged,
     URLNotAllowed,
 )
 from refstore.fetch import Deadlines, Fetcher, URLPolicy, split_url
 from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
+from refstore.fetch._identity import DEFAULT_VERIFY, SourceMismatch
 from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
 
@@ -64,6 +66,7 @@ class Reader:
         cache_size: int = 128,
         url_policy: URLPolicy | None = None,
         deadlines: Deadlines | Mapping[str, Any] | None = None,
+        verify: str = DEFAULT_VERIFY,
     ) -> None:
         self.manifest: Manifest = open_manifest(
             fo,
@@ -111,6 +114,7 @@ class Reader:
             read_ahead=read_ahead,
             deadlines=Deadlines.coerce(deadlines).with_retries(retries),
             check_url=self.policy.check,
+            verify=verify,
         )
         self._resolved: dict[str | None, str] = {}
         self._in_thread: tuple[int, bool] | None = None  # (manifest generation, answer)
@@ -149,6 +153,9 @@ class Reader:
             else:
                 out = f"{self._default}://{raw}"
             self.policy.check(out, key)
+            identity = self.manifest.sources.get(raw) if self.manifest.sources else None
+            if identity is not None:
+                self.fetcher.expect(out, identity)  # reads of out are held to it (verify policy)
             self._resolved[url] = out
         return out
 
@@ -178,8 +185,10 @@ class Reader:
         try:
             return max(await self.fetcher.size(url) - entry.offset, 0)
         except Exception as exc:
-            kind = DeadlineExceeded if isinstance(exc, TimeoutError) else ReferenceNotReachable
-            raise kind(key, url, exc) from exc
+            err = _wrap(exc, key, url)
+            if err is exc or not isinstance(err, BaseException):
+                raise
+            raise err from exc
 
     async def read(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of *key* (fsspec ``cat_file`` semantics).
@@ -315,9 +324,14 @@ async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) 
 
 def _wrap(res: bytes | BaseException, key: str, url: str) -> bytes | BaseException:
     """*res*, or the failure as the :class:`ReferenceNotReachable` (:class:`DeadlineExceeded`
-    for a timeout) naming *key* and *url*, with the failure as its cause."""
+    for a timeout, :class:`SourceChanged` for a source that is not what the manifest recorded)
+    naming *key* and *url*, with the failure as its cause."""
     if not isinstance(res, BaseException) or isinstance(res, (URLNotAllowed, ReferenceNotReachable)):
         return res
+    if isinstance(res, SourceMismatch):
+        changed = SourceChanged(key, url, res.field, res.expected, res.found)
+        changed.__cause__ = res
+        return changed
     err = (DeadlineExceeded if isinstance(res, TimeoutError) else ReferenceNotReachable)(key, url, res)
     err.__cause__ = res
     return err

@@ -22,6 +22,7 @@ from refstore._engine import Engine
 from refstore.errors import ReferenceNotReachable
 from refstore.fetch._deadlines import run_sync
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
+from refstore.fetch._identity import DEFAULT_VERIFY
 from refstore.manifest import Manifest
 from refstore.manifest._mapping import ReferenceDict, put, references_of, remove
 
@@ -85,6 +86,14 @@ class ReferenceFileSystem(AsyncFileSystem):
     url_policy
         A :class:`refstore.URLPolicy`; by default a manifest read from a
         remote URL may not read local files.
+    verify
+        How reads are held to what the manifest recorded of each source
+        (``refstore:sources``: size, ETag, mtime, SHA-256). ``"cheap"`` (the
+        default) checks size, ETag and mtime without an extra request per chunk
+        (conditional requests, the answers' own headers, a ``stat`` of local
+        files), and reopens a local file replaced since it was opened;
+        ``"full"`` also hashes each whole source once per open; ``"off"``
+        checks nothing. A changed source raises :class:`refstore.SourceChanged`.
     **kwargs
         ``asynchronous``, ``loop`` and the other AsyncFileSystem arguments.
 
@@ -119,6 +128,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         retries: int | None = None,
         url_policy: Any = None,
         deadlines: Any = None,
+        verify: str = DEFAULT_VERIFY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**{k: v for k, v in kwargs.items() if k in ("asynchronous", "loop", "batch_size")})
@@ -143,6 +153,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             cache_size=cache_size,
             url_policy=url_policy,
             deadlines=deadlines,
+            verify=verify,
         )
         self._fss_args = (fs, remote_options)
         self._refs: Any = None  # the dict handed out as .references, built on first use

@@ -31,7 +31,9 @@ class ReferenceStore(EngineStore):
         ``template_overrides``, ``max_gap``, ``max_block``,
         ``max_concurrency``, ``read_ahead``, ``retries``, ``cache_size``,
         ``url_policy``, ``deadlines`` (a :class:`refstore.Deadlines`: the
-        deadlines and retries of remote reads); and ``decoded_cache_bytes``, the budget of decoded
+        deadlines and retries of remote reads), ``verify`` (``"off"``,
+        ``"cheap"`` (default) or ``"full"``: how reads are held to the sources'
+        recorded identity; a changed source raises :class:`refstore.SourceChanged`); and ``decoded_cache_bytes``, the budget of decoded
         source chunks shared by assembled virtual-array chunks
         (:class:`refstore.virtual.VirtualResolver`).
 

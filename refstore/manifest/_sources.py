@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from refstore.errors import ManifestError
@@ -101,10 +101,9 @@ class SourceIdentity:
             raise ManifestError(f"{where}: size must be an integer >= 0, got {size!r}")
         if etag is not None and not isinstance(etag, str):
             raise ManifestError(f"{where}: etag must be text, got {etag!r}")
-        if mtime is not None:
-            if not isinstance(mtime, str) or parse_mtime(mtime) is None:
-                raise ManifestError(f"{where}: mtime must be an ISO 8601 time such as "
-                                    f"'2024-05-01T12:00:00Z', got {mtime!r}")
+        if mtime is not None and (not isinstance(mtime, str) or parse_mtime(mtime) is None):
+            raise ManifestError(f"{where}: mtime must be an ISO 8601 time such as "
+                                f"'2024-05-01T12:00:00Z', got {mtime!r}")
         if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
             raise ManifestError(f"{where}: sha256 must be 64 lower-case hex digits, got {sha!r}")
         return cls(size, etag, mtime, sha)
@@ -150,10 +149,10 @@ def sources_to_json(sources: Mapping[str | None, SourceIdentity], urls: Iterable
 def format_mtime(value: datetime | float | int) -> str:
     """ISO 8601 in UTC with microseconds if any: ``2024-05-01T12:00:00.5Z`` is never written,
     ``2024-05-01T12:00:00.500000Z`` is. A number is seconds since the epoch."""
-    dt = value if isinstance(value, datetime) else datetime.fromtimestamp(float(value), timezone.utc)
+    dt = value if isinstance(value, datetime) else datetime.fromtimestamp(float(value), UTC)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    dt = dt.astimezone(timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    dt = dt.astimezone(UTC)
     frac = f".{dt.microsecond:06d}" if dt.microsecond else ""
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + frac + "Z"
 
@@ -161,7 +160,7 @@ def format_mtime(value: datetime | float | int) -> str:
 def mtime_from_ns(ns: int) -> str:
     """:func:`format_mtime` of ``st_mtime_ns`` (exact to the microsecond, no float rounding)."""
     sec, rest = divmod(ns, 1_000_000_000)
-    dt = datetime.fromtimestamp(sec, timezone.utc).replace(microsecond=rest // 1000)
+    dt = datetime.fromtimestamp(sec, UTC).replace(microsecond=rest // 1000)
     return format_mtime(dt)
 
 
@@ -175,8 +174,8 @@ def parse_mtime(text: str) -> datetime | None:
         except (TypeError, ValueError, IndexError):
             return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def same_mtime(expected: str, found: datetime | str) -> bool:
@@ -187,7 +186,7 @@ def same_mtime(expected: str, found: datetime | str) -> bool:
     if exp is None or got is None:
         return False
     if got.tzinfo is None:
-        got = got.replace(tzinfo=timezone.utc)
+        got = got.replace(tzinfo=UTC)
     if "." not in expected:
         got = got.replace(microsecond=0)
     return exp == got
@@ -230,9 +229,7 @@ def identity_from_info(info: Mapping[str, Any]) -> SourceIdentity:
     mtime = None
     for name in ("LastModified", "last_modified", "Last-Modified", "updated", "mtime"):
         value = info.get(name)
-        if isinstance(value, datetime):
-            mtime = format_mtime(value)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (datetime, int, float)) and not isinstance(value, bool):
             mtime = format_mtime(value)
         elif isinstance(value, str) and (parsed := parse_mtime(value)) is not None:
             mtime = format_mtime(parsed)
@@ -263,9 +260,9 @@ def record_sources(
 
     Files that cannot be stat'ed are left without an identity.
     """
-    for url, ident in (identities or {}).items():
+    for given, ident in (identities or {}).items():
         if ident:
-            manifest.sources[url] = ident
+            manifest.sources[given] = ident
     if not local:
         return
     for url in manifest.urls:
