@@ -356,3 +356,48 @@ def test_s3_without_etag_checks_info_once(s3_server: Any) -> None:
     with pytest.raises(SourceChanged) as exc:
         refstore.ReferenceStore(m, **opts).get_sync("a/0")
     _expect_changed(exc, "a/0", url, "size")
+
+
+# -- builders record identity ---------------------------------------------------------------------------
+
+
+def test_builders_record_local_identity(tmp_path: Path) -> None:
+    import imagecodecs
+
+    from refstore.build import images
+    from refstore.cli._demo import build_sample
+
+    for i in range(2):
+        (tmp_path / f"t_{i}.png").write_bytes(imagecodecs.png_encode(np.full((4, 4), i, dtype="u1")))
+    m = images(str(tmp_path / "t_*.png"), r"t_(?P<i>\d+)\.png", show_progress=False)
+    for i in range(2):
+        path = str(tmp_path / f"t_{i}.png")
+        assert m.sources[path].size == os.path.getsize(path) and m.sources[path].mtime
+    refs, _ = build_sample(str(tmp_path))
+    doc = json.loads(Path(refs).read_text())
+    assert list(doc["refstore:sources"]) == [os.path.join(str(tmp_path), "sample.bin")]
+
+
+def test_combine_output_carries_identity(tmp_path: Path) -> None:
+    import h5py
+    from _datasets import kerchunk_refs
+
+    manifests = []
+    for k in range(2):
+        h5 = tmp_path / f"f{k}.h5"
+        with h5py.File(h5, "w") as f:
+            t = f.create_dataset("time", data=np.arange(500 * k, 500 * k + 500, dtype="f8"))
+            t.make_scale("time")
+            v = f.create_dataset("tas", data=np.full(500, k, dtype="f4"), chunks=(500,))
+            v.dims[0].attach_scale(t)
+        p = tmp_path / f"f{k}.json"
+        p.write_text(json.dumps(kerchunk_refs(h5, str(h5))))
+        manifests.append(str(p))
+    out = tmp_path / "combined.json"
+    refstore.combine(manifests, "time", str(out))
+    sources = Manifest.open(str(out)).sources
+    assert {str(tmp_path / "f0.h5"), str(tmp_path / "f1.h5")} <= set(sources)
+    _rewrite(tmp_path / "f1.h5", (tmp_path / "f1.h5").read_bytes())
+    with pytest.raises(SourceChanged) as exc:
+        zarr.open_group(refstore.ReferenceStore(str(out)), mode="r")["tas"][:]
+    assert exc.value.target == str(tmp_path / "f1.h5")
