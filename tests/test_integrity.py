@@ -21,7 +21,6 @@ import pytest
 import zarr
 from _servers import LoopbackServer
 from aiohttp import web
-from conftest import BUCKET
 from fsspec.implementations.reference import ReferenceFileSystem as FsspecReferenceFileSystem
 
 import refstore
@@ -30,6 +29,7 @@ from refstore.manifest import Manifest, Reference, SourceIdentity, record_source
 from refstore.manifest._sources import identity_from_info
 
 N, CHUNK = 64, 8
+BUCKET = "refstore-test"  # the bucket of tests/conftest.py
 
 
 def _manifest(url: str, sources: dict[str, SourceIdentity] | None = None) -> Manifest:
