@@ -9,12 +9,13 @@ from refstore.errors import (
     ManifestError,
     ReferenceNotReachable,
     RefstoreError,
+    SourceChanged,
     TemplateError,
     URLNotAllowed,
 )
 from refstore.fetch import Deadlines, URLPolicy
 from refstore.fs import ReferenceFileSystem
-from refstore.manifest import Manifest, Reference
+from refstore.manifest import Manifest, Reference, SourceIdentity
 from refstore.store import ReferenceStore
 from refstore.virtual import VirtualArray, combine, concat, open_virtual, pad, save_virtual, stack
 
@@ -33,6 +34,8 @@ __all__ = [
     "ReferenceNotReachable",
     "ReferenceStore",
     "RefstoreError",
+    "SourceChanged",
+    "SourceIdentity",
     "TemplateError",
     "URLNotAllowed",
     "URLPolicy",

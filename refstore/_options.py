@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from refstore.fetch._fetcher import DEFAULT_MAX_BLOCK, DEFAULT_MAX_GAP, DEFAULT_READ_AHEAD
+from refstore.fetch._identity import DEFAULT_VERIFY
 from refstore.virtual._cache import DEFAULT_CACHE_BYTES
 
 __all__ = ["Options"]
@@ -56,6 +57,14 @@ class Options:
     deadlines
         A :class:`refstore.Deadlines` (or a dict of its fields): connect, first byte,
         total, attempts and backoff of remote reads.
+    verify
+        How reads are held to what the manifest recorded of each source
+        (``refstore:sources``: size, ETag, mtime, SHA-256). ``"cheap"`` checks size,
+        ETag and mtime without an extra request per chunk (conditional requests, the
+        answers' own headers, a ``stat`` of local files) and reopens a local file
+        replaced since it was opened; ``"full"`` also hashes each whole source once
+        per open; ``"off"`` checks nothing. A changed source raises
+        :class:`refstore.SourceChanged`.
     decoded_cache_bytes
         Budget of decoded source chunks shared by assembled virtual-array chunks.
     """
@@ -75,6 +84,7 @@ class Options:
     cache_size: int = 128
     url_policy: Any = None
     deadlines: Any = None
+    verify: str = DEFAULT_VERIFY
     decoded_cache_bytes: int = DEFAULT_CACHE_BYTES
 
     @classmethod

@@ -16,10 +16,12 @@ from refstore.errors import (
     KeyNotInManifest,
     ManifestError,
     ReferenceNotReachable,
+    SourceChanged,
     URLNotAllowed,
 )
 from refstore.fetch import Deadlines, Fetcher, URLPolicy, split_url
 from refstore.fetch._deadlines import run_sync
+from refstore.fetch._identity import SourceMismatch
 from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
 from refstore.manifest._model import check_metadata, is_metadata_key
@@ -100,6 +102,7 @@ class Reader:
             read_ahead=opts.read_ahead,
             deadlines=Deadlines.coerce(opts.deadlines).with_retries(opts.retries),
             check_url=self.policy.check,
+            verify=opts.verify,
         )
         self._resolved: dict[str | None, str] = {}
         self._in_thread: tuple[int, bool] | None = None  # (manifest generation, answer)
@@ -138,6 +141,9 @@ class Reader:
             else:
                 out = f"{self._default}://{raw}"
             self.policy.check(out, key)
+            identity = self.manifest.sources.get(raw) if self.manifest.sources else None
+            if identity is not None:
+                self.fetcher.expect(out, identity)  # reads of out are held to it (verify policy)
             self._resolved[url] = out
         return out
 
@@ -167,8 +173,10 @@ class Reader:
         try:
             return max(await self.fetcher.size(url) - entry.offset, 0)
         except Exception as exc:
-            kind = DeadlineExceeded if isinstance(exc, TimeoutError) else ReferenceNotReachable
-            raise kind(key, url, exc) from exc
+            err = _wrap(exc, key, url)
+            if err is exc or not isinstance(err, BaseException):
+                raise
+            raise err from exc
 
     async def read(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of *key* (fsspec ``cat_file`` semantics).
@@ -308,7 +316,8 @@ async def _one(fetcher: Fetcher, req: tuple[str, int, int | None], exact: bool) 
 
 def _wrap(res: bytes | BaseException, key: str, url: str, whole: bool = False) -> bytes | BaseException:
     """*res*, or the failure as the :class:`ReferenceNotReachable` (:class:`DeadlineExceeded`
-    for a timeout) naming *key* and *url*, with the failure as its cause.
+    for a timeout, :class:`SourceChanged` for a source that is not what the manifest recorded)
+    naming *key* and *url*, with the failure as its cause.
 
     A metadata document read *whole* from a reference must be a JSON object (zarr would
     otherwise fail with a bare ``JSONDecodeError``): else a ManifestError naming key and URL.
@@ -320,6 +329,10 @@ def _wrap(res: bytes | BaseException, key: str, url: str, whole: bool = False) -
             return ManifestError(f"{exc} (read from {url})")
     if not isinstance(res, BaseException) or isinstance(res, (URLNotAllowed, ReferenceNotReachable)):
         return res
+    if isinstance(res, SourceMismatch):
+        changed = SourceChanged(key, url, res.field, res.expected, res.found)
+        changed.__cause__ = res
+        return changed
     err = (DeadlineExceeded if isinstance(res, TimeoutError) else ReferenceNotReachable)(key, url, res)
     err.__cause__ = res
     return err

@@ -24,7 +24,9 @@ working::
     ├── ReferenceNotReachable(fsspec's ReferenceNotReachable, i.e. RuntimeError)
     │   │                                    a target could not be read: names key, URL and cause;
     │   │                                    the original error (e.g. FileNotFoundError) is ``__cause__``
-    │   └── DeadlineExceeded(TimeoutError)   every attempt timed out (``refstore.Deadlines``)
+    │   ├── DeadlineExceeded(TimeoutError)   every attempt timed out (``refstore.Deadlines``)
+    │   └── SourceChanged                    the target is not what the manifest recorded (size, ETag,
+    │                                        mtime or SHA-256): names key, URL, field, expected and found
     └── RefstoreWarning(UserWarning)         issued, not raised: e.g. a server that ignores Range
 
 A *missing key* is not an error for a zarr store (it reads as the fill value);
@@ -51,6 +53,7 @@ __all__ = [
     "ReferenceNotReachable",
     "RefstoreError",
     "RefstoreWarning",
+    "SourceChanged",
     "TemplateError",
     "URLNotAllowed",
     "UnknownDimension",
@@ -236,3 +239,46 @@ class DeadlineExceeded(ReferenceNotReachable, TimeoutError):
     catches it as well. The message names key, URL and the deadline, e.g.
     ``deadline 25 s exceeded; gave up after 3 attempts``.
     """
+
+
+class SourceChanged(ReferenceNotReachable):
+    """A reference's target changed since the manifest recorded what it looked like.
+
+    Raised instead of reading the bytes, whenever the manifest holds the target's
+    identity (``refstore:sources``: size, ETag, modification time, SHA-256) and
+    the target no longer matches it, under the store's ``verify`` policy. A
+    :class:`ReferenceNotReachable` (a ``RuntimeError``), so code that handles
+    unreadable targets handles it too. The message names key, URL, the field
+    and both values, e.g. ``source changed: etag is '"v2"', the manifest
+    recorded '"v1"'``.
+
+    Attributes
+    ----------
+    reference, target : str
+        The manifest key and the URL.
+    field : str
+        ``"size"``, ``"etag"``, ``"mtime"`` or ``"sha256"``.
+    expected, found : str or int or None
+        What the manifest recorded, and what the source has now (None if it no longer says).
+    """
+
+    def __init__(
+        self,
+        reference: str,
+        target: str,
+        field: str,
+        expected: object,
+        found: object,
+    ) -> None:
+        self.field = field
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            reference,
+            target,
+            f"source changed since the manifest was made: {field} is {found!r}, the manifest recorded "
+            f"{expected!r}. Rebuild the manifest, or pass verify='off' to read the source as it is now",
+        )
+
+    def __reduce__(self):  # keep the five-argument constructor picklable
+        return (type(self), (self.reference, self.target, self.field, self.expected, self.found))

@@ -51,7 +51,7 @@ class ReferenceFileSystem(AsyncFileSystem):
     simple_templates
         Accepted for compatibility: refstore always expands templates without
         a template engine, and expands ``gen`` within budgets.
-    max_gap, max_block, cache_size, max_concurrency, read_ahead, retries, url_policy, deadlines
+    max_gap, max_block, cache_size, max_concurrency, read_ahead, retries, url_policy, deadlines, verify
         refstore's tunables; each, with its default, is described once, in
         :class:`refstore.Options`. None keeps the default.
     options
@@ -90,6 +90,7 @@ class ReferenceFileSystem(AsyncFileSystem):
         retries: int | None = None,
         url_policy: Any = None,
         deadlines: Any = None,
+        verify: str | None = None,
         options: Options | None = None,
         **kwargs: Any,
     ) -> None:
@@ -115,6 +116,7 @@ class ReferenceFileSystem(AsyncFileSystem):
             cache_size=cache_size,
             url_policy=url_policy,
             deadlines=deadlines,
+            verify=verify,
         )
         self._engine = Engine(fo, opts, reader=kwargs.get("_reader"))
         self._fss_args = (fs, remote_options)

@@ -32,7 +32,7 @@ class ReferenceStore(EngineStore):
         ``target_options``, ``remote_protocol``, ``remote_options``, ``fs``,
         ``template_overrides``, ``max_gap``, ``max_block``, ``max_concurrency``,
         ``read_ahead``, ``retries``, ``cache_size``, ``url_policy``, ``deadlines``,
-        ``decoded_cache_bytes`` (see :class:`refstore.Options` for each and its default).
+        ``verify``, ``decoded_cache_bytes`` (see :class:`refstore.Options` for each and its default).
 
     Notes
     -----

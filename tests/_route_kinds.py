@@ -57,6 +57,9 @@ class Kind:
         """Write the manifest under ``dest``, its references moved from ``root`` to ``base_url``."""
         refs = self.refs
         if base_url is not None:
+            # copies served elsewhere are other objects: the identity recorded of the local
+            # files (refstore:sources, verified on read) does not describe them
+            refs = {k: v for k, v in refs.items() if k != "refstore:sources"}
             text = json.dumps(refs)
             assert str(self.root) in text, f"{self.name}: no reference under {self.root}"
             refs = json.loads(text.replace(str(self.root), base_url))

@@ -31,13 +31,15 @@ def test_error_tree():
     assert issubclass(errors.ReferenceNotReachable, RuntimeError)
     assert issubclass(errors.DeadlineExceeded, errors.ReferenceNotReachable)
     assert issubclass(errors.DeadlineExceeded, TimeoutError)
+    assert issubclass(errors.SourceChanged, errors.ReferenceNotReachable)
+    assert issubclass(errors.SourceChanged, RuntimeError)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), errors.RefstoreError)
 
 
 #: Exceptions raised inside the fetch layer only: the reader turns each into a
 #: ReferenceNotReachable (or DeadlineExceeded) naming key and URL, with it as ``__cause__``.
-INTERNAL_CAUSES = {"ShortRead", "TransientError", "FetchTimeout", "SlowAnswer"}
+INTERNAL_CAUSES = {"ShortRead", "TransientError", "FetchTimeout", "SlowAnswer", "SourceMismatch"}
 
 
 def test_one_tree_holds_every_error():
@@ -70,6 +72,9 @@ def test_errors_pickle():
     err = errors.ReferenceNotReachable("a/0", "s3://b/k", FileNotFoundError("gone"))
     back = pickle.loads(pickle.dumps(err))
     assert str(back) == str(err) and "a/0" in str(back) and "s3://b/k" in str(back)
+    changed = errors.SourceChanged("a/0", "/data/x.nc", "etag", '"v1"', '"v2"')
+    back = pickle.loads(pickle.dumps(changed))
+    assert str(back) == str(changed) and (back.field, back.expected, back.found) == ("etag", '"v1"', '"v2"')
     refused = errors.URLNotAllowed("/etc/passwd", "no local files", key="k")
     assert str(pickle.loads(pickle.dumps(refused))) == str(refused)
 

@@ -205,7 +205,8 @@ def test_a_truncated_png_tile_names_key_file_and_codec(tmp_path: Path) -> None:
     tile = tmp_path / "t_1_0.png"
     tile.write_bytes(tile.read_bytes()[:60] + b"\0" * (tile.stat().st_size - 60))  # same size, broken body
     with zarr.config.set({"codec_pipeline.path": PATH}):
-        arr = zarr.open_array(ReferenceStore(manifest), path="image", mode="r")
+        # verify="off": with the default, the rewritten tile is refused as a changed source first
+        arr = zarr.open_array(ReferenceStore(manifest, verify="off"), path="image", mode="r")
         with pytest.raises(refstore.ChunkDecodeError) as err:
             arr[:]
     assert err.value.key == "image/c/1/0/0" and str(tile) in err.value.source

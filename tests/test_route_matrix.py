@@ -45,9 +45,10 @@ from _routes import (
     read_xarray,
     with_windows,
 )
-from conftest import BUCKET
 
 import refstore
+
+BUCKET = "refstore-test"  # the bucket of tests/conftest.py (whose name another conftest shadows)
 
 #: Routes each remote target runs (local runs all of :data:`ROUTES`): the store and the
 #: sync and async reference:// faces on every target; the slower routes (a fresh

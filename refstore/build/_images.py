@@ -21,6 +21,7 @@ from refstore.build._common import (
     progress,
 )
 from refstore.manifest import Manifest, Reference
+from refstore.manifest._sources import SourceIdentity, identity_from_info, record_sources
 
 __all__ = ["images"]
 
@@ -40,8 +41,12 @@ def _expand(files: str | Sequence[str]) -> tuple[Any, list[str]]:
     return fs, list(files)
 
 
-def _probe(fs: Any, path: str) -> ImageInfo:
+def _probe(fs: Any, path: str, seen: dict[str, SourceIdentity]) -> ImageInfo:
+    """The image's header facts; a remote file's identity (the ``info`` its opening fetched) goes to *seen*."""
     with fs.open(path, "rb") as f:
+        details = getattr(f, "details", None)
+        if "://" in path and isinstance(details, dict):
+            seen[path] = identity_from_info(details)
         head = f.read(_HEAD)
         try:
             if head[:4] == b"\x89PNG":
@@ -125,7 +130,8 @@ def images(
             matched.append((path, {g: m[g] for g in groups if m[g] is not None}))
     if not matched:
         raise ValueError(f"pattern {pattern!r} matches none of the {len(paths)} files (first: {paths[:1]})")
-    infos = [_probe(fs, path) for path, _ in progress(matched, "images: probing", show_progress)]
+    identities: dict[str, SourceIdentity] = {}
+    infos = [_probe(fs, path, identities) for path, _ in progress(matched, "images: probing", show_progress)]
     height, width = max(i.height for i in infos), max(i.width for i in infos)
     if on_size_mismatch == "error":
         odd = [(p, i) for (p, _), i in zip(matched, infos) if (i.height, i.width) != (infos[0].height, infos[0].width)]
@@ -172,4 +178,5 @@ def images(
         seen[key] = path
         url = path if "://" in path else os.path.abspath(path)
         manifest.set(key, Reference(url, 0, None))
+    record_sources(manifest, identities)  # local files: size and mtime (a stat each)
     return manifest

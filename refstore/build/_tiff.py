@@ -8,6 +8,7 @@ import os
 from fractions import Fraction
 
 from refstore.manifest import Manifest
+from refstore.manifest._sources import SourceIdentity, local_identity, record_sources
 from refstore.multiscale import multiscale_attributes
 
 __all__ = ["IMAGECODECS_COMPRESSORS", "tiff"]
@@ -93,7 +94,11 @@ def tiff(path: str, *, series: int = 0, channel_first: bool = False, url: str | 
     refs[".zattrs"] = json.dumps(attrs)
     for i in range(len(shapes)):
         refs[f"{i}/.zattrs"] = json.dumps({"_ARRAY_DIMENSIONS": axes})
-    return Manifest.from_dict(refs)
+    manifest = Manifest.from_dict(refs)
+    ident = local_identity(path)
+    # the file's own size and mtime; at another url only its size is known to hold
+    record_sources(manifest, {location: ident if url is None else SourceIdentity(size=ident.size)}, local=False)
+    return manifest
 
 
 def needs_imagecodecs(manifest: Manifest) -> bool:

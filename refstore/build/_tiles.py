@@ -24,6 +24,7 @@ from refstore.build._common import (
     progress,
 )
 from refstore.manifest import Manifest, Reference
+from refstore.manifest._sources import record_sources
 from refstore.multiscale import multiscale_attributes
 
 __all__ = ["dzi", "xyz"]
@@ -209,6 +210,7 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
     _level_arrays(
         manifest, levels, tile, sample[0], sample[1], channel_first, True, posixpath.basename(base[:-6]), overlap
     )
+    record_sources(manifest)  # local tiles: size and mtime (a stat each)
     return manifest
 
 
@@ -277,4 +279,5 @@ def xyz(
         levels.append((rows * tile_size, cols * tile_size, refs))
     manifest = Manifest()
     _level_arrays(manifest, levels, tile_size, sample, first, channel_first, True, posixpath.basename(prefix))
+    record_sources(manifest)  # local tiles: size and mtime (a stat each)
     return manifest

@@ -22,7 +22,7 @@ def build_sample(folder: str) -> tuple[str, dict[str, np.ndarray]]:
     tuple
         The manifest path and the arrays that were written, for comparison.
     """
-    from refstore.manifest import Manifest, Reference
+    from refstore.manifest import Manifest, Reference, record_sources
 
     rng = np.random.default_rng(0)
     hours, lat, lon = 24, 90, 180
@@ -53,6 +53,7 @@ def build_sample(folder: str) -> tuple[str, dict[str, np.ndarray]]:
             key = f"{name}/c/{i}/0/0" if arr.ndim == 3 else f"{name}/c/0/0"
             manifest.set(key, Reference(data_path, base + i * nbytes, nbytes))
         base += arr.nbytes
+    record_sources(manifest)  # the file's size and mtime: reads refuse it once it changes
     manifest_path = os.path.join(folder, "sample.json")
     manifest.save(manifest_path)
     return manifest_path, {"temperature": temperature, "elevation": elevation}

@@ -31,11 +31,13 @@ from refstore.fetch._deadlines import (
     call_with_retries,
     run_sync,
 )
+from refstore.fetch._identity import DEFAULT_VERIFY, Verifier, check_once, hash_object
 from refstore.fetch._merge import Span, cut, merge_ranges
 from refstore.fetch._policy import split_url
 from refstore.fetch._readahead import Block, ReadAhead
 from refstore.fetch._registry import TargetContext, make_target
 from refstore.fetch._targets import LocalTarget
+from refstore.manifest._sources import SourceIdentity
 
 #: Default largest hole read through to join two ranges of one URL (bytes). Measured in
 #: ``benchmarks/scattered.py``: wider gaps never made zarr reads faster and raise the extra
@@ -109,6 +111,8 @@ class _LoopState:
     scheduled: bool = False
     readahead: ReadAhead | None = None
     closed: bool = False
+    hashing: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    """SHA-256 checks of whole objects under way (``verify="full"``), by URL."""
     keeper: AsyncGenerator[None, None] | None = None
     """Closes the sessions when the loop shuts down (see :func:`_close_at_shutdown`)."""
 
@@ -171,6 +175,9 @@ class Fetcher:
         Override ``deadlines.attempts`` (``retries + 1``) and ``deadlines.backoff``.
     check_url
         Called with every redirect target (the URL policy).
+    verify
+        How reads are held to the identities recorded with :meth:`expect`:
+        ``"off"``, ``"cheap"`` (default) or ``"full"`` (see :mod:`refstore.fetch._identity`).
     """
 
     def __init__(
@@ -186,6 +193,7 @@ class Fetcher:
         backoff: float | None = None,
         deadlines: Deadlines | Mapping[str, Any] | None = None,
         check_url: Any = None,
+        verify: str = DEFAULT_VERIFY,
     ) -> None:
         self.options = {k: dict(v) for k, v in (options or {}).items()}
         self.filesystems = dict(filesystems or {})
@@ -196,6 +204,7 @@ class Fetcher:
         chosen = Deadlines.coerce(deadlines).with_retries(retries)
         self.deadlines = chosen if backoff is None else dataclasses.replace(chosen, backoff=backoff)
         self.check_url = check_url or (lambda url: None)
+        self.verifier = Verifier(verify)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
         )
@@ -263,7 +272,7 @@ class Fetcher:
     def _local_target(self) -> LocalTarget:
         with self._local_lock:
             if self._local is None:
-                self._local = LocalTarget()
+                self._local = LocalTarget(verifier=self.verifier)
             return self._local
 
     def _target(self, protocol: str) -> Any:
@@ -274,7 +283,7 @@ class Fetcher:
         if target is None:
             target = make_target(TargetContext(
                 protocol, self.options.get(protocol, {}), self.filesystems.get(protocol), self.check_url,
-                self.deadlines,
+                self.deadlines, self.verifier,
             ))
             state.targets[protocol] = target
         return target
@@ -534,7 +543,27 @@ class Fetcher:
         if isinstance(target, LocalTarget):
             async with state.semaphore:
                 return await target.read(rest, spans)
+        if self.verifier.full:
+            await self._hash_once(url, target, state)
         return await call_with_retries(lambda: target.read(url, spans), self.deadlines, slot=state.semaphore)
+
+    async def _hash_once(self, url: str, target: Any, state: _LoopState) -> None:
+        """With ``verify="full"``: compare the SHA-256 of the whole remote object with the recorded
+        one, once per URL; raises :class:`~refstore.fetch._identity.SourceMismatch`."""
+        identity = self.verifier.expected(url)
+        if identity is None or identity.sha256 is None:
+            return
+
+        async def read(start: int, end: int) -> bytes:
+            return (await call_with_retries(
+                lambda: target.read(url, [(start, end)]), self.deadlines, slot=state.semaphore
+            ))[0]
+
+        await check_once(self.verifier, url, "sha256", state.hashing, lambda: hash_object(url, read, identity))
+
+    def expect(self, url: str, identity: SourceIdentity) -> None:
+        """Hold reads of *url* (as it will be read) to *identity*, under the ``verify`` policy."""
+        self.verifier.expect(url, identity)
 
     async def size(self, url: str) -> int:
         """Size in bytes of the object at *url* (a remote one under the deadlines and retries)."""

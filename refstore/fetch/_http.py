@@ -12,6 +12,8 @@
   is read whole once per URL and kept, within :data:`WHOLE_CACHE_BYTES` for
   all such URLs, and a :class:`~refstore.errors.RefstoreWarning` says so; an
   object too large to keep is streamed for each range, keeping only the range.
+- With a recorded identity (:mod:`._identity`), GETs are conditional (``If-Match``) and
+  each answer's ``ETag``, ``Last-Modified`` and size are compared with it.
 - The connect and first-byte deadlines of :class:`~refstore.fetch.Deadlines`
   are aiohttp's ``sock_connect`` and ``sock_read``; the fetcher holds each
   attempt to the total and retries. A ``Retry-After`` on 429/503 travels with
@@ -33,9 +35,16 @@ from yarl import URL
 
 from refstore.errors import BadResponse, RefstoreWarning
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+from refstore.fetch._identity import (
+    Verifier,
+    check_headers,
+    conditional_headers,
+    precondition_failed,
+)
 from refstore.fetch._registry import TargetContext, register_target
 from refstore.fetch._targets import TRANSIENT_STATUS
 from refstore.fetch._urls import canonical_http, join
+from refstore.manifest._sources import SourceIdentity
 
 __all__ = ["TRANSIENT_STATUS", "WHOLE_CACHE_BYTES", "HTTPTarget"]
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -63,6 +72,10 @@ class HTTPTarget:
         Bound on the whole objects kept for servers that ignore ``Range``.
     deadlines
         The connect and first-byte deadlines (the total is the fetcher's).
+    verifier
+        The identities to hold answers to (:mod:`._identity`): each GET of a URL with one
+        carries ``If-Match`` (or ``If-Unmodified-Since``), and its answer's ``ETag``,
+        ``Last-Modified`` and object size are compared, at no extra request.
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class HTTPTarget:
         check_url: Callable[[str], None],
         whole_cache_bytes: int = WHOLE_CACHE_BYTES,
         deadlines: Deadlines | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         opts = dict(options)
         self._headers = dict(opts.pop("headers", {}) or {})
@@ -87,6 +101,7 @@ class HTTPTarget:
         self._whole_cap = whole_cache_bytes
         self._loading: dict[str, asyncio.Future[bytes | None]] = {}
         self._warned: set[str] = set()
+        self._verifier = verifier if verifier is not None and verifier.active else None
 
     # -- requests -------------------------------------------------------------------------
 
@@ -139,12 +154,17 @@ class HTTPTarget:
             if whole is not None:
                 return whole[start:] if end is None else whole[start:end]
         headers = dict(self._headers)
+        identity = self._identity(url)
+        if identity is not None:
+            headers.update(conditional_headers(identity))
         ranged = bool(start) or end is not None
         if ranged:
             headers["Range"] = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
             headers.setdefault("Accept-Encoding", "identity")  # a range of the bytes as stored
         try:
             async with self._request("GET", url, headers) as (target, resp):
+                if identity is not None:
+                    _verify(url, identity, resp)
                 if resp.status == 206:
                     return await _partial(target, resp, start, end)
                 if resp.status == 200:
@@ -157,6 +177,9 @@ class HTTPTarget:
         except _NETWORK_ERRORS as exc:
             raise self._transient(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _identity(self, url: str) -> SourceIdentity | None:
+        return self._verifier.expected(url) if self._verifier is not None else None
 
     def _transient(self, exc: BaseException) -> TransientError:
         """The :class:`TransientError` for a network failure, naming the deadline that ran out."""
@@ -186,6 +209,9 @@ class HTTPTarget:
             async with self._request("HEAD", url, self._headers) as (target, resp):
                 if resp.status in (404, 410) or resp.status in TRANSIENT_STATUS:
                     _raise_for(resp, target)
+                identity = self._identity(url)
+                if identity is not None and resp.status < 300:
+                    _verify(url, identity, resp)
                 length = resp.headers.get("Content-Length", "")
                 if resp.status < 300 and length.isdigit():
                     return int(length)
@@ -270,6 +296,9 @@ class HTTPTarget:
             async with self._request("GET", url, self._headers) as (target, resp):
                 if resp.status != 200:
                     _raise_for(resp, target)
+                identity = self._identity(url)
+                if identity is not None:
+                    _verify(url, identity, resp)
                 return (await _stream_slice(resp, start, end, 0))[0]
         except _NETWORK_ERRORS as exc:
             raise self._transient(exc) from exc
@@ -284,6 +313,30 @@ class HTTPTarget:
         self._whole_bytes += len(whole)
         while self._whole_bytes > self._whole_cap:
             self._whole_bytes -= len(self._whole.popitem(last=False)[1])
+
+
+def _verify(url: str, identity: SourceIdentity, resp: aiohttp.ClientResponse) -> None:
+    """Compare an answer with the recorded *identity* (412: the server found the precondition false).
+
+    Raises
+    ------
+    SourceMismatch
+        If the server refused the precondition, or the answer's ``ETag``,
+        ``Last-Modified`` or object size differ from *identity*.
+    """
+    if resp.status == 412:
+        raise precondition_failed(url, identity, resp.headers)
+    if resp.status not in (200, 206):
+        return  # an error: said by the status, not by the headers of its page
+    size = None
+    if resp.status == 206:
+        match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if match is not None and match.group(3) != "*":
+            size = int(match.group(3))
+    elif resp.status == 200 and resp.headers.get("Content-Encoding", "identity").strip().lower() == "identity":
+        length = resp.headers.get("Content-Length", "")
+        size = int(length) if length.isdigit() else None
+    check_headers(url, identity, resp.headers, size)
 
 
 def _raise_for(resp: aiohttp.ClientResponse, target: str) -> None:
@@ -377,7 +430,7 @@ def _http_target(context: TargetContext) -> HTTPTarget | None:
     """HTTP(S) URLs are read by :class:`HTTPTarget`, unless the caller gave its own filesystem."""
     if context.filesystem is not None:
         return None
-    return HTTPTarget(context.options, context.check_url, deadlines=context.deadlines)
+    return HTTPTarget(context.options, context.check_url, deadlines=context.deadlines, verifier=context.verifier)
 
 
 register_target(("http", "https"), _http_target)

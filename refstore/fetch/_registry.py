@@ -60,6 +60,9 @@ class TargetContext:
         :class:`~refstore.errors.URLNotAllowed`).
     deadlines
         The per-request deadlines, for targets that make their own connections.
+    verifier
+        The :class:`~refstore.fetch._identity.Verifier` holding reads to the sources'
+        recorded identity (None: no checks).
     """
 
     protocol: str
@@ -67,6 +70,7 @@ class TargetContext:
     filesystem: Any = None
     check_url: Callable[[str], None] = lambda url: None
     deadlines: Deadlines = field(default_factory=Deadlines)
+    verifier: Any = None
 
 
 TargetFactory = Callable[[TargetContext], Target | None]

@@ -24,12 +24,37 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem
 
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
+from refstore.fetch._identity import (
+    SourceMismatch,
+    Verifier,
+    check_once,
+    compare,
+    compare_stat,
+    hash_descriptor,
+)
 from refstore.fetch._registry import TargetContext, register_target
+from refstore.fetch._s3 import s3_conditional_get
+from refstore.manifest._sources import SourceIdentity, identity_from_info
 
 __all__ = ["TRANSIENT_STATUS", "FsspecTarget", "LocalTarget", "TransientError", "as_transient"]
 
 #: Reads of at most this many bytes from an already open local file run in the event loop.
 _INLINE_BYTES = 256 * 1024
+#: Times a local file that changes while it is read is opened and read again.
+_REREADS = 3
+_Signature = tuple[int, int, int, int]
+"""``(device, inode, size, mtime_ns)``: which file a descriptor was opened on, and its state."""
+
+
+def _signature(st: os.stat_result) -> _Signature:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _sig(st: os.stat_result) -> str:
+    """The once-per-file key of a SHA-256 check: the file's inode and state."""
+    return "sha256 {}:{}:{}:{}".format(*_signature(st))
+
+
 #: HTTP statuses a retry may cure, whatever the protocol that reports them.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: S3 error codes a retry may cure (besides those sent with a status above).
@@ -51,33 +76,69 @@ class LocalTarget:
     A descriptor evicted from the LRU (or closed) while a read uses it is closed
     when that read ends, never under it: a closed and reused descriptor number
     would otherwise read another file's bytes.
+
+    Unless the *verifier*'s policy is ``"off"``, a file is checked against its
+    recorded identity when its descriptor is opened, and each read ends with a
+    ``stat`` of the path: a file replaced (another inode) or rewritten (size or
+    mtime) since its descriptor was opened is opened again and read again, so a
+    changed file is never served from the old descriptor, and one with a
+    recorded identity raises :class:`~refstore.fetch._identity.SourceMismatch`.
     """
 
-    def __init__(self, max_open: int = 128) -> None:
+    def __init__(self, max_open: int = 128, verifier: Verifier | None = None) -> None:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._busy: dict[int, int] = {}  # descriptor -> reads using it
         self._doomed: set[int] = set()  # evicted while busy: closed by the last reader
+        self._signatures: dict[int, _Signature] = {}  # descriptor -> the file it was opened on
         self._lock = threading.Lock()
         self._max_open = max_open
+        self._verifier = verifier if verifier is not None and verifier.active else None
+
+    def _open(self, path: str) -> tuple[int, _Signature | None]:
+        """Open *path*; with a verifier, check it against its identity and note what it was."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        verifier = self._verifier
+        if verifier is None:
+            return fd, None
+        try:
+            st = os.fstat(fd)
+            identity = verifier.expected(path)
+            if identity is not None:
+                compare_stat(path, identity, st.st_size, st.st_mtime_ns)
+                if verifier.full and identity.sha256 is not None and not verifier.passed(path, _sig(st)):
+                    hash_descriptor(path, fd, identity)
+                    verifier.mark(path, _sig(st))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, _signature(st)
 
     def _acquire(self, path: str) -> int:
+        """A descriptor of *path*, marked busy until :meth:`_release`."""
+        return self._checkout(path)[0]
+
+    def _checkout(self, path: str) -> tuple[int, _Signature | None]:
+        """:meth:`_acquire`, and the file the descriptor was opened on (None when not watched)."""
         with self._lock:
             fd = self._fds.get(path)
             if fd is not None:
                 self._fds.move_to_end(path)
                 self._busy[fd] = self._busy.get(fd, 0) + 1
-                return fd
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                return fd, self._signatures.get(fd)
+        fd, signature = self._open(path)
         with self._lock:
             if path in self._fds:  # another thread opened it meanwhile
                 os.close(fd)
                 fd = self._fds[path]
+                signature = self._signatures.get(fd)
             else:
                 self._fds[path] = fd
+                if signature is not None:
+                    self._signatures[fd] = signature
                 while len(self._fds) > self._max_open:
                     self._drop(self._fds.popitem(last=False)[1])
             self._busy[fd] = self._busy.get(fd, 0) + 1
-            return fd
+            return fd, signature
 
     def _release(self, fd: int) -> None:
         with self._lock:
@@ -88,14 +149,25 @@ class LocalTarget:
             del self._busy[fd]
             if fd in self._doomed:
                 self._doomed.discard(fd)
-                os.close(fd)
+                self._close(fd)
 
     def _drop(self, fd: int) -> None:
         """Close *fd* now, or when its last read ends (called with the lock held)."""
         if fd in self._busy:
             self._doomed.add(fd)
         else:
-            os.close(fd)
+            self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        self._signatures.pop(fd, None)
+        os.close(fd)
+
+    def _forget(self, path: str, fd: int) -> None:
+        """Stop using *fd* for *path* (the file changed since it was opened)."""
+        with self._lock:
+            if self._fds.get(path) == fd:
+                del self._fds[path]
+                self._drop(fd)
 
     def read_sync(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         """Read *spans* of the file at *path* in the calling thread.
@@ -104,18 +176,31 @@ class LocalTarget:
         ------
         FileNotFoundError
             If the file does not exist.
+        SourceMismatch
+            If it differs from its recorded identity.
         OSError
-            For any other failure to open or read it.
+            For any other failure to open or read it, or a file that changed
+            each of the times it was read.
         """
-        fd = self._acquire(path)
-        try:
-            out = []
-            for start, end in spans:
-                size = (os.fstat(fd).st_size - start) if end is None else end - start
-                out.append(os.pread(fd, max(size, 0), start) if size > 0 else b"")
-            return out
-        finally:
-            self._release(fd)
+        for _ in range(_REREADS):
+            fd, signature = self._checkout(path)
+            try:
+                out = []
+                for start, end in spans:
+                    size = (os.fstat(fd).st_size - start) if end is None else end - start
+                    out.append(os.pread(fd, max(size, 0), start) if size > 0 else b"")
+            finally:
+                self._release(fd)
+            if signature is None:
+                return out
+            try:  # after the read: is the path still the file read, unchanged since it was opened?
+                now = _signature(os.stat(path))
+            except FileNotFoundError:
+                now = None
+            if now == signature:
+                return out
+            self._forget(path, fd)  # replaced or rewritten: open (and check) it again
+        raise OSError(f"{path} changed each of the {_REREADS} times it was read; try again when it is still")
 
     async def read(self, path: str, spans: list[tuple[int, int | None]]) -> list[bytes]:
         if all(e is not None for _, e in spans) and (
@@ -126,7 +211,11 @@ class LocalTarget:
         return await asyncio.to_thread(self.read_sync, path, spans)
 
     async def size(self, path: str) -> int:
-        return (await asyncio.to_thread(os.stat, path)).st_size
+        st = await asyncio.to_thread(os.stat, path)
+        identity = self._verifier.expected(path) if self._verifier is not None else None
+        if identity is not None:
+            compare_stat(path, identity, st.st_size, st.st_mtime_ns)
+        return st.st_size
 
     async def close(self) -> None:
         self.close_sync()
@@ -154,7 +243,12 @@ class FsspecTarget:
     """
 
     def __init__(
-        self, protocol: str, options: Mapping[str, Any], fs: Any = None, deadlines: Deadlines | None = None
+        self,
+        protocol: str,
+        options: Mapping[str, Any],
+        fs: Any = None,
+        deadlines: Deadlines | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.protocol = protocol
         self._given = fs
@@ -162,6 +256,8 @@ class FsspecTarget:
         self._deadlines = deadlines or Deadlines()
         self._fs: Any = None
         self._native = False  # True when awaiting fs's coroutines in this loop is safe
+        self._verifier = verifier if verifier is not None and verifier.active else None
+        self._checking: dict[str, asyncio.Future[None]] = {}  # once-per-URL info checks under way
 
     async def _ensure(self) -> Any:
         if self._fs is not None:
@@ -201,7 +297,15 @@ class FsspecTarget:
         """
         fs = await self._ensure()
         path = self._full(fs, url)
+        identity = self._verifier.expected(url) if self._verifier is not None else None
         try:
+            if identity is not None:
+                if self._native and _package(type(fs)) == "s3fs" and identity.etag is not None:
+                    # every GET conditional on the recorded ETag: no extra request
+                    return list(await asyncio.gather(*(
+                        s3_conditional_get(fs, path, url, s, e, identity) for s, e in spans
+                    )))
+                await self._check_info(fs, path, url, identity)
             if self._native:
                 if len(spans) == 1:
                     return [await fs._cat_file(path, start=spans[0][0], end=spans[0][1])]
@@ -209,11 +313,26 @@ class FsspecTarget:
             return await asyncio.to_thread(
                 lambda: [fs.cat_file(path, start=s, end=e) for s, e in spans]
             )
+        except SourceMismatch:
+            raise
         except Exception as exc:
             transient = as_transient(exc, self._own_deadlines())
             if transient is None or transient is exc:
                 raise
             raise transient from exc
+
+    async def _check_info(self, fs: Any, path: str, url: str, identity: SourceIdentity) -> None:
+        """Compare the object's ``info`` with *identity*, once per URL; raises :class:`SourceMismatch`."""
+        assert self._verifier is not None
+
+        async def check() -> None:
+            if hasattr(fs, "invalidate_cache"):
+                fs.invalidate_cache(path)  # a listing cached by the filesystem says nothing of now
+            info = await fs._info(path) if self._native else await asyncio.to_thread(fs.info, path)
+            found = identity_from_info(info)
+            compare(url, identity, size=found.size, etag=found.etag, mtime=found.mtime)
+
+        await check_once(self._verifier, url, "info", self._checking, check)
 
     def _own_deadlines(self) -> Deadlines | None:
         """The deadlines the filesystem was built with (None for a filesystem given by the caller)."""
@@ -384,7 +503,9 @@ def _which_deadline(err: BaseException, deadlines: Deadlines | None) -> str:
 
 def _fsspec_target(context: TargetContext) -> FsspecTarget:
     """Any protocol fsspec knows, or the filesystem the caller gave."""
-    return FsspecTarget(context.protocol, context.options, context.filesystem, deadlines=context.deadlines)
+    return FsspecTarget(
+        context.protocol, context.options, context.filesystem, deadlines=context.deadlines, verifier=context.verifier
+    )
 
 
 register_target(None, _fsspec_target)

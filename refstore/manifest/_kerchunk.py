@@ -20,6 +20,7 @@ import ujson
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
 from refstore.manifest._model import CELL_FLOOR, as_int, check_metadata, check_span
+from refstore.manifest._sources import SOURCES_KEY, parse_sources
 from refstore.manifest._table import WHOLE, ChunkTable
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -183,6 +184,8 @@ def ingest(
 
     for key, url, offset, length in expand_gen(gens, templates):
         _place(manifest, key, (url, offset if offset is not None else 0, WHOLE if length is None else length))
+    if version == 1:
+        manifest.sources.update(parse_sources(refs.get(SOURCES_KEY), "references"))
 
 
 def _checked_meta(key: str, entry: bytes | tuple[str | None, int, int]) -> bytes | tuple[str | None, int, int]:

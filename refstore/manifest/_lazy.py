@@ -24,6 +24,7 @@ from refstore.manifest._keys import check_key
 from refstore.manifest._model import Manifest, Reference, check_metadata, is_metadata_key
 from refstore.manifest._parquet import Block, Partition, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
+from refstore.manifest._sources import SourceIdentity
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout, keys_may_overlap
 
 if TYPE_CHECKING:
@@ -327,6 +328,7 @@ class LazyParquetManifest(Manifest):
         out._inline = dict(self._inline)
         out._loose = dict(self._loose)
         out.source, out.source_is_remote = self.source, self.source_is_remote
+        out.sources = dict(self.sources)
         for prefix, table in list(self._tables.items()):
             if not table.lazy:
                 copy = ChunkTable(table.layout)
@@ -372,6 +374,7 @@ class LazyParquetManifest(Manifest):
             state = {
                 "_urls": self._url_table, "_inline": self._inline, "_loose": self._loose, "_tables": self._tables,
                 "source": self.source, "source_is_remote": self.source_is_remote, "sampled": self._sampled,
+                "sources": self.sources,
             }
             return (_restore_edited, (self._parquet, state))
         sample = self._url_table if self._sampled else None
@@ -409,10 +412,10 @@ def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyPar
     return manifest
 
 
-def _read_documents(source: ParquetSource) -> tuple[dict[str, Any], int, str]:
+def _read_documents(source: ParquetSource) -> tuple[dict[str, Any], int, str, dict[str, SourceIdentity]]:
     fn = f"{source.root}/.zmetadata"
-    documents, record_size = parse_zmetadata(source.read(fn), fn)
-    return documents, record_size, fn
+    documents, record_size, sources = parse_zmetadata(source.read(fn), fn)
+    return documents, record_size, fn, sources
 
 
 def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int | None = 128) -> LazyParquetManifest:
@@ -441,9 +444,10 @@ def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int | None = 
         If *cache_size* is negative.
     """
     source = ParquetSource(fs, root, 1, cache_size)
-    documents, record_size, fn = _read_documents(source)
+    documents, record_size, fn, sources = _read_documents(source)
     source.record_size = record_size
     manifest = _build(source, documents, fn)
+    manifest.sources.update(sources)
     manifest._sampled = False
     return manifest
 
@@ -452,9 +456,10 @@ def _reopen(
     source: ParquetSource, sample: list[str | None] | None, origin: str | None, remote: bool
 ) -> LazyParquetManifest:
     """Unpickle an unedited lazy manifest: read ``.zmetadata`` again, no partitions."""
-    documents, record_size, fn = _read_documents(source)
+    documents, record_size, fn, sources = _read_documents(source)
     source.record_size = record_size
     manifest = _build(source, documents, fn)
+    manifest.sources.update(sources)
     if sample is None:
         manifest._sampled = False
     else:

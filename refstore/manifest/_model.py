@@ -18,6 +18,7 @@ import ujson
 
 from refstore.errors import KeyNotInManifest, ManifestError
 from refstore.manifest._keys import check_key
+from refstore.manifest._sources import SourceIdentity
 from refstore.manifest._table import (
     WHOLE,
     ChunkTable,
@@ -130,6 +131,9 @@ class Manifest:
         """Where the manifest was read from (a URL or path), if anywhere."""
         self.source_is_remote = False
         """True if it was read from a remote URL (the default URL policy then refuses local files)."""
+        self.sources: dict[str | None, SourceIdentity] = {}
+        """What each target URL looked like when the manifest was made (:mod:`._sources`), by URL as
+        written; verified by the readers. Builders fill it; kerchunk JSON and parquet carry it."""
         self.mirror: MutableMapping[str, Any] | None = None
         """A mapping of the caller's that also receives the edits made through
         :class:`~refstore.manifest._mapping.ReferenceMapping` (fsspec's ``LazyReferenceMapper``)."""
@@ -183,8 +187,13 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest as a kerchunk version 1 reference dict."""
         from refstore.manifest._kerchunk import to_refs
+        from refstore.manifest._sources import SOURCES_KEY, sources_to_json
 
-        return {"version": 1, "refs": to_refs(self)}
+        out: dict[str, Any] = {"version": 1, "refs": to_refs(self)}
+        sources = sources_to_json(self.sources, self._urls) if self.sources else {}
+        if sources:
+            out[SOURCES_KEY] = sources
+        return out
 
     # -- the URL table ------------------------------------------------------------------
 
@@ -562,6 +571,8 @@ class Manifest:
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: getattr(self, k) for k in ("_urls", "_inline", "_loose", "_tables", "source", "source_is_remote")}
+        if self.sources:
+            state["sources"] = self.sources
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -572,5 +583,6 @@ class Manifest:
         self._loose = state["_loose"]
         self.source = state["source"]
         self.source_is_remote = state["source_is_remote"]
+        self.sources = dict(state.get("sources") or {})
         self._tables = dict(state["_tables"])
         self._reindex()

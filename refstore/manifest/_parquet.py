@@ -27,6 +27,7 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._model import Reference
+from refstore.manifest._sources import SOURCES_KEY, SourceIdentity, parse_sources, sources_to_json
 from refstore.manifest._table import ABSENT, WHOLE, KeyLayout
 
 if TYPE_CHECKING:
@@ -53,13 +54,14 @@ def partition_path(root: str, prefix: str, record: int) -> str:
     return f"{root}/{prefix}/refs.{record}.parq" if prefix else f"{root}/refs.{record}.parq"
 
 
-def parse_zmetadata(data: bytes, fn: str) -> tuple[dict[str, Any], int]:
-    """Return ``(documents, record_size)`` from the bytes of a ``.zmetadata`` file.
+def parse_zmetadata(data: bytes, fn: str) -> tuple[dict[str, Any], int, dict[str, SourceIdentity]]:
+    """Return ``(documents, record_size, sources)`` from the bytes of a ``.zmetadata`` file.
 
     Raises
     ------
     ManifestError
-        Naming *fn* and the field, if the JSON, ``metadata`` or ``record_size`` is malformed.
+        Naming *fn* and the field, if the JSON, ``metadata``, ``record_size`` or
+        ``refstore:sources`` is malformed.
     """
     try:
         meta = ujson.loads(data)
@@ -73,7 +75,7 @@ def parse_zmetadata(data: bytes, fn: str) -> tuple[dict[str, Any], int]:
         raise ManifestError(f"parquet manifest {fn!r}: field 'metadata' must be an object of documents")
     if not isinstance(record_size, int) or isinstance(record_size, bool) or record_size < 1:
         raise ManifestError(f"parquet manifest {fn!r}: field 'record_size' must be an integer >= 1, got {record_size!r}")
-    return documents, record_size
+    return documents, record_size, parse_sources(meta.get(SOURCES_KEY), repr(fn))
 
 
 _NARROW = [(np.dtype(t), int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in (np.int8, np.int16, np.int32)]
@@ -450,5 +452,7 @@ def write_parquet(manifest: Manifest, fs: AbstractFileSystem, root: str, *, reco
             stale.discard(name)
         for name in sorted(stale):
             fs.rm_file(f"{folder}/{name}")
-    meta = {"metadata": documents, "record_size": record_size}
+    meta: dict[str, Any] = {"metadata": documents, "record_size": record_size}
+    if manifest.sources:  # every identity: a lazy manifest's URL table is only a sample
+        meta[SOURCES_KEY] = sources_to_json(manifest.sources, list(manifest.sources))
     fs.pipe_file(f"{root}/.zmetadata", ujson.dumps(meta, escape_forward_slashes=False).encode())

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from refstore.manifest._sources import parse_sources
 from refstore.manifest._table import ChunkTable, KeyLayout
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ def write_snapshot(manifest: Manifest) -> tuple[str, str]:
         "tables": tables,
         "source": manifest.source,
         "source_is_remote": manifest.source_is_remote,
+        "sources": {u: i.to_json() for u, i in manifest.sources.items() if u is not None},
         "open_args": manifest._open_args if _reopenable(manifest) else None,
     }
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -118,6 +120,7 @@ def read_snapshot(path: str, token: str) -> Manifest | None:
         manifest._url_ids = {u: i for i, u in enumerate(manifest._urls)}
         manifest._inline = {k: base64.b64decode(v) for k, v in doc["inline"].items()}
         manifest._loose = {k: (uid, off, ln) for k, uid, off, ln in doc["loose"]}
+        manifest.sources.update(parse_sources(doc.get("sources"), path))
         for i, t in enumerate(doc["tables"]):
             table = ChunkTable.__new__(ChunkTable)
             table.layout = KeyLayout(t["prefix"], tuple(t["grid"]), t["v3"], t["sep"])
@@ -126,7 +129,7 @@ def read_snapshot(path: str, token: str) -> Manifest | None:
                 setattr(table, col, arr)
             table.count = t["count"]
             manifest._tables[table.layout.prefix] = table
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError):  # (ManifestError is a ValueError)
         return None
     manifest._reindex()
     manifest.source, manifest.source_is_remote = doc["source"], doc["source_is_remote"]

@@ -36,6 +36,7 @@ from refstore.manifest._kerchunk import (
 )
 from refstore.manifest._keys import check_key
 from refstore.manifest._model import CELL_FLOOR, check_metadata
+from refstore.manifest._sources import SOURCES_KEY, parse_sources
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 #: Bytes of JSON text parsed at a time.
 BLOCK = 1 << 20
 _WS = b" \t\r\n"
-_V1_KEYS = ("version", "templates", "gen", "refs")
+_V1_KEYS = ("version", "templates", "gen", "refs", SOURCES_KEY)
 _SEPARATOR = re.compile(rb",[ \t\r\n]*\"")
 _MAX_TRIES = 64
 
@@ -195,6 +196,7 @@ def load_json_stream(
     if found.get("version") != 1 or refs_reader is None:
         return False
     refs_reader.finish(found.get("templates") or {}, found.get("gen") or [])
+    manifest.sources.update(parse_sources(found.get(SOURCES_KEY), "references"))
     return True
 
 

@@ -146,7 +146,7 @@ def save_virtual(
     from refstore.manifest import Manifest
 
     if flatten:
-        return _finish(globals()["flatten"](arrays, zarr_format=zarr_format, attrs=attrs), out)
+        return _finish(globals()["flatten"](arrays, zarr_format=zarr_format, attrs=attrs), out, arrays)
     arrays, all_docs = _all_docs(arrays, zarr_format)
     fmt = _format_of(next(iter(all_docs.values()))) if all_docs else (zarr_format or 3)
     manifest = Manifest()
@@ -170,13 +170,36 @@ def save_virtual(
         definition = v.to_dict(source_ref=ref)
         _put_docs(manifest, name, all_docs[name])
         manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
-    return _finish(manifest, out)
+    return _finish(manifest, out, arrays)
 
 
-def _finish(manifest: Any, out: str | None) -> Any:
+def _finish(manifest: Any, out: str | None, arrays: Mapping[str, Any]) -> Any:
+    _carry_sources(manifest, arrays)
     if out is not None:
         manifest.save(out)
     return manifest
+
+
+def _carry_sources(manifest: Any, arrays: Mapping[str, Any]) -> None:
+    """Give *manifest* the recorded identity of each source URL it names: from the manifests of the
+    stores its arrays read (a ``ReferenceStore``'s), else a ``stat`` of a local file."""
+    from refstore.manifest import Manifest
+    from refstore.manifest._sources import record_sources
+
+    stores = []
+    for v in arrays.values():
+        if _is_zarr_array(v):
+            stores.append(v.store_path.store)
+        else:
+            stores += [src.array.store_path.store for src in leaf_sources(v)]
+    urls = set(manifest.urls)
+    for store in stores:
+        found = getattr(store, "manifest", None)
+        if isinstance(found, Manifest) and found.sources:
+            for url, ident in found.sources.items():
+                if url in urls and url not in manifest.sources:
+                    manifest.sources[url] = ident
+    record_sources(manifest)
 
 
 def _format_of(docs: Mapping[str, bytes]) -> int:
