@@ -27,7 +27,7 @@ import asyncio
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from zarr.core import codec_pipeline as _zarr_pipeline
 from zarr.core.codec_pipeline import BatchedCodecPipeline
@@ -129,22 +129,10 @@ class _ThreadedRead(BatchedCodecPipeline):
 
     def _decode_one(self, data: Buffer, spec: ArraySpec) -> NDBuffer:
         """Decode one chunk through the codec chain, each codec seeing the spec of its input."""
-        aa_specs = []
-        for codec in self.array_array_codecs:
-            aa_specs.append(spec)
-            spec = codec.resolve_metadata(spec)
-        ab_spec = spec
-        spec = self.array_bytes_codec.resolve_metadata(spec)
-        bb_specs = []
-        for bb_codec in self.bytes_bytes_codecs:
-            bb_specs.append(spec)
-            spec = bb_codec.resolve_metadata(spec)
-        for bb_codec, s in reversed(list(zip(self.bytes_bytes_codecs, bb_specs))):
-            data = bb_codec._decode_sync(data, s)  # type: ignore[attr-defined]
-        array = self.array_bytes_codec._decode_sync(data, ab_spec)  # type: ignore[attr-defined]
-        for codec, s in reversed(list(zip(self.array_array_codecs, aa_specs))):
-            array = codec._decode_sync(array, s)  # type: ignore[attr-defined]
-        return array
+        out: Any = data
+        for codec, codec_spec in _decode_steps(self, spec):
+            out = codec._decode_sync(out, codec_spec)
+        return cast("NDBuffer", out)
 
 
 _Base: type = getattr(_zarr_pipeline, "FusedCodecPipeline", _ThreadedRead)
@@ -194,20 +182,25 @@ async def _name_decode_failure(pipeline: Any, batch: list[Any]) -> tuple[ChunkDe
     return None
 
 
-async def _failing_codec(pipeline: Any, data: Any, spec: Any) -> tuple[str, BaseException] | None:
-    """Run *data* down *pipeline*'s codecs; the name of the first that raises, and its error."""
+def _decode_steps(pipeline: Any, spec: Any) -> list[tuple[Any, Any]]:
+    """*pipeline*'s codecs in decoding order, each with the spec of what it decodes into."""
     aa_specs = []
     for codec in pipeline.array_array_codecs:
         aa_specs.append(spec)
         spec = codec.resolve_metadata(spec)
     ab_spec = spec
     spec = pipeline.array_bytes_codec.resolve_metadata(spec)
-    steps = []
+    bb_steps = []
     for codec in pipeline.bytes_bytes_codecs:
-        steps.append((codec, spec))
+        bb_steps.append((codec, spec))
         spec = codec.resolve_metadata(spec)
-    chain = [*reversed(steps), (pipeline.array_bytes_codec, ab_spec),
-             *reversed(list(zip(pipeline.array_array_codecs, aa_specs)))]
+    return [*reversed(bb_steps), (pipeline.array_bytes_codec, ab_spec),
+            *reversed(list(zip(pipeline.array_array_codecs, aa_specs)))]
+
+
+async def _failing_codec(pipeline: Any, data: Any, spec: Any) -> tuple[str, BaseException] | None:
+    """Run *data* down *pipeline*'s codecs; the name of the first that raises, and its error."""
+    chain = _decode_steps(pipeline, spec)
     for codec, codec_spec in chain:
         try:
             (data,) = await codec.decode([(data, codec_spec)])
