@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from refstore.errors import (
     KeyNotInManifest,
     ManifestError,
     ReferenceNotReachable,
+    RefstoreWarning,
     SourceChanged,
     URLNotAllowed,
 )
@@ -33,7 +35,12 @@ KeyRange = tuple[str, int | None, int | None]
 None means the start/end of the entry, negative values count from its end."""
 
 
-def _clean(options: Mapping[str, Any] | None) -> dict[str, Any]:
+def _clean(options: Any, name: str = "remote_options") -> dict[str, Any]:
+    """Storage options without the filesystem-control ones; anything but a mapping (fsspec's own
+    tests pass ``remote_options="memory"``, which fsspec never reads) is ignored with a warning."""
+    if options is not None and not isinstance(options, Mapping):
+        warnings.warn(f"{name}={options!r} is not a dict of storage options; ignored", RefstoreWarning, stacklevel=4)
+        return {}
     return {k: v for k, v in (options or {}).items() if k not in _FS_CONTROL_OPTIONS}
 
 

@@ -15,6 +15,7 @@ from fsspec.implementations.reference import LazyReferenceMapper
 from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
 from zarr.core.buffer import default_buffer_prototype
 
+import refstore
 from refstore import ReferenceFileSystem, ReferenceNotReachable, ReferenceStore
 
 
@@ -352,3 +353,41 @@ def test_fss(cls: type) -> None:
     assert fs.fss["memory"] is mem and fs.fss[None].protocol == ("file", "local")
     fs = cls(fo={"key": ["memory://a"], "blah": ["path"]}, skip_instance_cache=True)
     assert fs.fss[None] == fs.fss["memory"]
+
+
+def test_remote_options_that_are_not_a_dict_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """fsspec's own test_append_parquet passes ``remote_options="memory"``; fsspec never reads it."""
+    (tmp_path / "d").write_bytes(b"0123")
+    with pytest.warns(refstore.errors.RefstoreWarning, match="remote_options='memory'"):
+        fs = fsspec.filesystem("reference", fo={"k": [str(tmp_path / "d"), 1, 2]}, remote_options="memory",
+                               skip_instance_cache=True)
+    assert fs.cat("k") == b"12"
+
+
+def test_an_async_wrapped_local_filesystem_does_not_wait_for_fsspecs_io_loop(tmp_path: Path) -> None:
+    """kerchunk hands ``fs=AsyncFileSystemWrapper(LocalFileSystem())``; its calls hop to fsspec's IO
+    loop, so a busy loop stalled every local chunk read (kerchunk's test_translate_links timed out)."""
+    import asyncio
+    import threading
+    import time
+
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+    (tmp_path / "d").write_bytes(b"0123456789")
+    wrapped = AsyncFileSystemWrapper(fsspec.filesystem("file"))
+    store = ReferenceStore({"k": [str(tmp_path / "d"), 2, 3]}, fs=wrapped, remote_protocol="file")
+    io_loop = fsspec.asyn.get_loop()
+    busy = threading.Event()
+
+    async def hog() -> None:
+        busy.set()
+        time.sleep(3)  # blocks fsspec's IO loop, as a stuck network call of another test would
+
+    hogging = asyncio.run_coroutine_threadsafe(hog(), io_loop)
+    busy.wait()
+    start = time.perf_counter()
+    got = asyncio.run(store.get("k", default_buffer_prototype()))
+    elapsed = time.perf_counter() - start
+    hogging.result()
+    assert got is not None and got.to_bytes() == b"234"
+    assert elapsed < 2, f"the read waited {elapsed:.1f} s for fsspec's IO loop"

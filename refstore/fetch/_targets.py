@@ -263,6 +263,10 @@ class FsspecTarget:
         if self._fs is not None:
             return self._fs
         fs = self._given
+        if _is_async_wrapper(fs):
+            # fsspec's wrapper of a sync filesystem runs each call in a thread of fsspec's IO loop,
+            # where a busy loop stalls a purely local read: run the sync filesystem in ours instead
+            fs = fs.sync_fs
         if fs is None:
             cls = fsspec.get_filesystem_class(self.protocol)
             options = _tuned_options(cls, self._options, self._deadlines)
@@ -499,6 +503,15 @@ def _which_deadline(err: BaseException, deadlines: Deadlines | None) -> str:
     if ("ReadTimeout" in name or "SocketTimeout" in name) and deadlines.first_byte is not None:
         return f"no byte for {deadlines.first_byte:g} s (the first_byte deadline): "
     return ""
+
+
+def _is_async_wrapper(fs: Any) -> bool:
+    """True for fsspec's ``AsyncFileSystemWrapper`` (an async face over a sync filesystem)."""
+    try:
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    except ImportError:  # an fsspec without it
+        return False
+    return isinstance(fs, AsyncFileSystemWrapper) and getattr(fs, "sync_fs", None) is not None
 
 
 def _fsspec_target(context: TargetContext) -> FsspecTarget:
