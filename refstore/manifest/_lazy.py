@@ -22,10 +22,10 @@ import ujson
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
 from refstore.manifest._model import Manifest, Reference, check_metadata, is_metadata_key
-from refstore.manifest._parquet import Block, Partition, parse_zmetadata
+from refstore.manifest._parquet import Block, Partition, check_one_grid, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._sources import SourceIdentity
-from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout, keys_may_overlap
+from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -384,6 +384,7 @@ class LazyParquetManifest(Manifest):
 def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyParquetManifest:
     manifest = LazyParquetManifest()
     manifest._parquet = source
+    layouts: dict[str, KeyLayout] = {}
     for key, doc in documents.items():
         try:
             check_key(key)
@@ -396,17 +397,8 @@ def _build(source: ParquetSource, documents: dict[str, Any], fn: str) -> LazyPar
             raise ManifestError(f"parquet manifest {fn!r}: {exc}") from None
         layout = manifest._layout_for(key, data)
         if layout is not None:
-            # the rows of a partition are the chunks of one grid: an array described twice, or
-            # lying among another's chunk keys, would give one key two rows (or a row two keys)
-            other = manifest._tables.get(layout.prefix)
-            if other is not None or manifest._clashes(layout):
-                if other is None:
-                    other = next(t for t in manifest._tables.values() if keys_may_overlap(t.layout, layout))
-                raise ManifestError(
-                    f"parquet manifest {fn!r}: key {key!r}: its chunk keys may also be chunk keys of the "
-                    f"array {other.layout.prefix!r}, which other metadata describes; keep one description "
-                    "per array, and no array among another's chunks"
-                )
+            check_one_grid(layouts, key, layout, f"parquet manifest {fn!r}")
+            layouts[key] = layout
             manifest._tables[layout.prefix] = LazyChunkTable(layout, source)  # type: ignore[assignment]
     manifest._reindex()
     return manifest

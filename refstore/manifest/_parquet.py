@@ -28,7 +28,7 @@ import ujson
 from refstore.errors import ManifestError
 from refstore.manifest._model import Reference
 from refstore.manifest._sources import SOURCES_KEY, SourceIdentity, parse_sources, sources_to_json
-from refstore.manifest._table import ABSENT, WHOLE, KeyLayout
+from refstore.manifest._table import ABSENT, WHOLE, KeyLayout, keys_may_overlap
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -158,6 +158,26 @@ class Partition:
 def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, record_size: int) -> Partition:
     """Read the bytes of partition file *fn* (number *record* of the array *layout*).
 
+    Corrupt files pyarrow reads without complaint (text that is not UTF-8,
+    dictionary indices past the dictionary) raise too; see :func:`_decode`.
+
+    Raises
+    ------
+    ManifestError
+        As :func:`_decode`, or naming *fn*, for a column pyarrow cannot convert.
+    """
+    pa = _pyarrow()
+    try:
+        return _decode(data, fn, layout, record, record_size)
+    except (UnicodeDecodeError, pa.lib.ArrowException) as exc:  # pyarrow decodes lazily: columns fail late
+        raise ManifestError(
+            f"parquet manifest: cannot read partition {fn!r} ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _decode(data: bytes, fn: str, layout: KeyLayout, record: int, record_size: int) -> Partition:
+    """Read the bytes of partition file *fn* (number *record* of the array *layout*).
+
     Only the four columns of the layout are decoded; ``path`` is read as a
     dictionary, so each row costs an index rather than a string. Rows past the
     end of the chunk grid (the padding of the last file) are dropped.
@@ -218,6 +238,13 @@ def decode_partition(data: bytes, fn: str, layout: KeyLayout, record: int, recor
                     if value is None:
                         ids[ids == j] = ABSENT
             urls = [v if v is not None else "" for v in values]
+            beyond = np.flatnonzero(ids >= len(urls))
+            if beyond.size:  # (a corrupt file: pyarrow does not check its indices)
+                row = int(beyond[0])
+                raise ManifestError(
+                    f"key {layout.head + layout.suffix(base + row)!r}: partition {fn!r}, row {row}: "
+                    f"its path is entry {int(ids[row])} of a dictionary of {len(urls)}; the file is corrupt"
+                )
     offset, size = (_int_column(table, name, names, fn, n, urls) for name in ("offset", "size"))
 
     raw: dict[int, bytes] = {}
@@ -269,6 +296,27 @@ def _int_column(table: Any, name: str, names: list[str], fn: str, n: int, urls: 
     if col.null_count:
         col = pa.compute.fill_null(col, 0)
     return col.to_numpy().astype(np.int64, copy=False)
+
+
+def check_one_grid(layouts: Mapping[str, KeyLayout], key: str, layout: KeyLayout, where: str) -> None:
+    """Refuse the metadata *key* (of *layout*) if another array's keys may be chunk keys of it too.
+
+    The rows of a partition are the chunks of one grid: an array described twice
+    (``.zarray`` and ``zarr.json``), or lying among another's chunk keys, would give
+    a key two rows, or a row two keys. *layouts* maps the metadata keys seen so far.
+
+    Raises
+    ------
+    ManifestError
+        Naming *where*, *key* and the other array.
+    """
+    for other_key, other in layouts.items():
+        if other.prefix == layout.prefix or keys_may_overlap(other, layout):
+            raise ManifestError(
+                f"{where}: key {key!r}: its chunk keys may also be chunk keys of the array that "
+                f"{other_key!r} describes; the parquet layout holds one description per array, "
+                "and no array among another's chunks (save as JSON instead)"
+            )
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -420,6 +468,12 @@ def write_parquet(manifest: Manifest, fs: AbstractFileSystem, root: str, *, reco
                 f"key {key!r}: the parquet layout stores inline data only for metadata (JSON) "
                 "and for chunks of arrays; save as JSON instead"
             ) from None
+    layouts: dict[str, KeyLayout] = {}
+    for key, data in manifest._inline.items():
+        layout = manifest._layout_for(key, data)
+        if layout is not None:
+            check_one_grid(layouts, key, layout, f"parquet manifest {root!r}")
+            layouts[key] = layout
     if manifest._loose:
         key = next(iter(manifest._loose))
         raise ManifestError(

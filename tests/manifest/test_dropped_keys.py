@@ -145,3 +145,11 @@ def test_parquet_refuses_an_array_among_another_arrays_keys(tmp_path):
     (root / ".zmetadata").write_text(json.dumps({"metadata": meta, "record_size": 10}))
     with pytest.raises(ManifestError, match=r"a/0/\.zarray"):
         Manifest.open(str(root))
+
+
+def test_parquet_writing_refuses_what_reading_would_refuse(tmp_path):
+    refs = _described_twice()
+    del refs["pad"]  # (inline text outside any grid: the layout cannot hold it either)
+    m = Manifest.from_dict(refs)
+    with pytest.raises(ManifestError, match=r"a/zarr\.json"):
+        m.save(str(tmp_path / "refs.parq"))

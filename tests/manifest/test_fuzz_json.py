@@ -56,7 +56,7 @@ def _text(doc: Any, style: dict[str, Any]) -> bytes:
 
 
 @given(doc=documents())
-@fuzz_settings(400)
+@fuzz_settings(300)
 def test_from_dict_opens_or_refuses(doc):
     check_opens(lambda: Manifest.from_dict(doc), _hints(doc))
 
@@ -68,7 +68,7 @@ def _put(name: str, data: bytes) -> str:
 
 
 @given(doc=documents(), style=STYLES, block=st.sampled_from([7, 64, 1 << 20]))
-@fuzz_settings(300)
+@fuzz_settings(200)
 def test_the_streaming_reader_opens_or_refuses(doc, style, block):
     text = _text(doc, style)
 
@@ -82,7 +82,7 @@ def test_the_streaming_reader_opens_or_refuses(doc, style, block):
 
 
 @given(doc=valid_documents(), style=STYLES, block=st.sampled_from([5, 64, 300, 1 << 20]))
-@fuzz_settings(300)
+@fuzz_settings(200)
 def test_the_streaming_reader_agrees_with_from_dict(doc, style, block):
     text = _text(doc, style)
     with tight_budgets():
@@ -155,7 +155,7 @@ def test_mutated_compressed_manifests_open_or_refuse(data, kind, where):
 
 
 @given(doc=documents(), kind=st.sampled_from(["gzip", "zstd"]))
-@fuzz_settings(150)
+@fuzz_settings(100)
 def test_hostile_documents_compressed_open_or_refuse(doc, kind):
     text = _text(doc, {})
     blob = gzip.compress(text) if kind == "gzip" else _zstd(text)

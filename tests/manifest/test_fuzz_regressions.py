@@ -27,3 +27,32 @@ def test_a_version_0_key_named_refs_streams_as_a_whole_parse_reads_it(refs):
     if load_json_stream(m, io.BytesIO(text), block=5):
         assert dict(m.items()) == dict(Manifest.from_dict({"refs": refs}).items())
     assert json.loads(Manifest.from_dict(json.loads(text))["refs"]) == refs
+
+
+def test_every_one_byte_corruption_of_a_partition_reads_or_raises_manifest_error():
+    # pyarrow reads some corrupt files without complaint: a path dictionary index past the
+    # dictionary gave IndexError on lookup, text that is not UTF-8 a UnicodeDecodeError
+    import fsspec
+
+    from refstore.manifest._parquet import decode_partition
+    from refstore.manifest._table import KeyLayout
+
+    refs = {"a/.zarray": json.dumps({"zarr_format": 2, "shape": [6, 4], "chunks": [2, 2], "dtype": "<f4",
+                                     "compressor": None, "filters": None, "fill_value": 0, "order": "C"})}
+    refs.update({f"a/{i}.{j}": ["memory://regress/data.bin", 16 * (2 * i + j), 16] for i in range(3) for j in range(2)})
+    refs["a/2.1"] = "base64:AAECAw=="
+    Manifest.from_dict(refs).save("memory://regress/v.parq", record_size=4)
+    data = fsspec.filesystem("memory").cat_file("memory://regress/v.parq/a/refs.0.parq")
+    layout = KeyLayout("a", (3, 2), False, ".")
+    for at in range(len(data)):
+        for bits in (32, 128, 255):
+            corrupt = bytearray(data)
+            corrupt[at] ^= bits
+            try:
+                part = decode_partition(bytes(corrupt), "refs.0.parq", layout, 0, 4)
+                for row in range(4):
+                    part.entry(row)
+                    part.has(row)
+                part.present_rows()
+            except ManifestError as exc:
+                assert "refs.0.parq" in str(exc)
