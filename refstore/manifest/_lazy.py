@@ -21,7 +21,13 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._keys import check_key
-from refstore.manifest._model import Manifest, Reference, check_metadata, is_metadata_key
+from refstore.manifest._model import (
+    CELL_FLOOR,
+    Manifest,
+    Reference,
+    check_metadata,
+    is_metadata_key,
+)
 from refstore.manifest._parquet import Block, Partition, check_one_grid, parse_zmetadata
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._sources import SourceIdentity
@@ -337,22 +343,35 @@ class LazyParquetManifest(Manifest):
                 out._tables[prefix] = copy
                 continue
             lazy = cast(LazyChunkTable, table)
-            dense = out._tables[prefix] = ChunkTable(table.layout)
+            layout = table.layout
             rs = lazy.source.record_size
-            for lo in range(0, table.layout.size, rs):
-                hi = min(lo + rs, table.layout.size)
+            # only the partitions with a file or an edit: the metadata may declare a grid of
+            # up to 2**63 cells, which neither a loop nor dense columns could cover
+            edits = np.array(sorted(lazy.edits), dtype=np.int64)
+            records = list(lazy._records(0, -(-layout.size // rs), edits))
+            dense = None
+            if layout.size <= 4 * len(records) * rs + CELL_FLOOR:
+                dense = out._tables[prefix] = ChunkTable(layout)
+            for record in records:
+                lo, hi = record * rs, min((record + 1) * rs, layout.size)
                 block = lazy.block(lo, hi, self)
                 present = block.ids >= 0
                 if present.any():
                     used = np.unique(block.ids[present])
                     lut = np.full(int(used[-1]) + 1, ABSENT, dtype=np.int32)
                     lut[used] = [out.url_id(block.urls[int(u)]) for u in used]
-                    dense.url_id[lo:hi][present] = lut[block.ids[present]]
-                    dense.offset[lo:hi][present] = block.offset[present]
-                    dense.length[lo:hi][present] = block.length[present]
-                    dense.count += int(present.sum())
+                    if dense is not None:
+                        dense.url_id[lo:hi][present] = lut[block.ids[present]]
+                        dense.offset[lo:hi][present] = block.offset[present]
+                        dense.length[lo:hi][present] = block.length[present]
+                        dense.count += int(present.sum())
+                    else:  # a sparse grid: its references are kept individually
+                        for row in np.flatnonzero(present).tolist():
+                            out._loose[layout.head + layout.suffix(lo + row)] = (
+                                int(lut[block.ids[row]]), int(block.offset[row]), int(block.length[row])
+                            )
                 for row, data in block.raw.items():
-                    key = table.layout.head + table.layout.suffix(lo + row)
+                    key = layout.head + layout.suffix(lo + row)
                     out._inline.setdefault(key, data)
         out._reindex()
         return out

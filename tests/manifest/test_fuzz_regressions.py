@@ -56,3 +56,26 @@ def test_every_one_byte_corruption_of_a_partition_reads_or_raises_manifest_error
                 part.present_rows()
             except ManifestError as exc:
                 assert "refs.0.parq" in str(exc)
+
+
+@pytest.mark.parametrize("shape", [[2**31], [2**40, 2**20]])
+def test_loading_a_parquet_manifest_of_a_huge_sparse_grid_allocates_no_columns(tmp_path, shape):
+    # load() (and to_dict) allocated dense columns for the whole declared grid (67M cells:
+    # 1.3 GB; 2**60: MemoryError) and looped over every partition number it could have
+    meta = {"zarr_format": 2, "shape": shape, "chunks": [1] * len(shape), "dtype": "<f4", "compressor": None,
+            "filters": None, "fill_value": 0, "order": "C"}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "refs.parq"
+    (root / "a").mkdir(parents=True)
+    (root / ".zmetadata").write_text(json.dumps({"metadata": {"a/.zarray": meta}, "record_size": 10}))
+    # the chunk of flat index 5 (the last index 0...05): row 5 of partition 0
+    rows = {"path": [None] * 5 + ["memory://x"], "offset": [0] * 5 + [1], "size": [0] * 5 + [2]}
+    pq.write_table(pa.table(rows), root / "a" / "refs.0.parq")
+    key = "a/" + ".".join(["0"] * (len(shape) - 1) + ["5"])
+    opened = Manifest.open(str(root))
+    loaded = opened.load()
+    assert loaded.nbytes() < 1 << 20
+    assert dict(loaded.items()) == {"a/.zarray": opened["a/.zarray"], key: opened[key]}
+    assert opened.to_dict()["refs"][key] == ["memory://x", 1, 2]
