@@ -10,6 +10,7 @@ engine, and ``{"manifest": ...}`` sources through a new engine with the same pol
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -141,16 +142,23 @@ class Engine:
             return [None if isinstance(r, KeyNotInManifest) else r for r in got]
         out: list[bytes | BaseException | None] = [None] * len(requests)
         plain: list[int] = []
-        for i, (key, start, end) in enumerate(requests):
-            if await self.virtual.locate(key) is not None:
+        virtual: list[int] = []
+        for i, (key, _, _) in enumerate(requests):
+            (virtual if await self.virtual.locate(key) is not None else plain).append(i)
+        slots = asyncio.Semaphore(self.options.max_concurrency)
+
+        async def one(i: int) -> None:
+            async with slots:
                 try:
-                    out[i] = await self.get(key, start, end)
+                    out[i] = await self.get(*requests[i])
                 except Exception as exc:  # noqa: BLE001 - returned per key, as read_many does
                     out[i] = exc
-            else:
-                plain.append(i)
-        for i, r in zip(plain, await self.reader.read_many([requests[i] for i in plain])):
-            out[i] = None if isinstance(r, KeyNotInManifest) else r
+
+        async def plain_reads() -> None:
+            for i, r in zip(plain, await self.reader.read_many([requests[i] for i in plain])):
+                out[i] = None if isinstance(r, KeyNotInManifest) else r
+
+        await asyncio.gather(plain_reads(), *(one(i) for i in virtual))
         return out
 
     def get_sync(self, key: str, start: int | None = None, end: int | None = None) -> bytes | None:

@@ -13,9 +13,16 @@ not decoding, sets the pace. Opt in with::
   files, see ``ReferenceStore._supports_sync_io``) and every codec decodes
   synchronously, each chunk's read, decode and copy into the output run as one
   task in a thread pool of ``codec_pipeline.max_workers`` threads (default: the
-  number of CPUs). Anything else (other stores, remote references, sharding,
-  codecs without a synchronous decode, and all writes) takes the batched path
-  unchanged.
+  number of CPUs). Anything else (other stores, sharding, codecs without a
+  synchronous decode, and all writes) takes the batched path unchanged.
+* **Full width** (every zarr version): a read from one of refstore's stores
+  that has no cheap synchronous reads (remote references, virtual arrays),
+  through ``ReferenceStore`` or ``reference://`` (zarr's ``FsspecStore`` over
+  refstore's filesystem), asks the store for a whole window of the selection's
+  chunks at once (``get_partial_values``), not ``async.concurrency`` (10) at a
+  time. refstore's fetcher then merges nearby ranges and keeps up to its own
+  ``max_concurrency`` requests in flight; chunks are decoded in threads while
+  the next window is fetched. Results are those of zarr's default pipeline.
 
 The class is registered with zarr through the ``zarr.codec_pipeline`` entry
 point, so the configuration above needs no import.
@@ -24,6 +31,7 @@ point, so the configuration above needs no import.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -74,17 +82,95 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _reads_sync(byte_getter: object) -> bool:
-    """Whether *byte_getter* is a zarr ``StorePath`` whose store offers cheap synchronous reads.
+    """Whether *byte_getter* holds fetched bytes, or is a zarr ``StorePath`` whose store offers
+    cheap synchronous reads.
 
     zarr's convention (``zarr.abc.store._store_supports_sync_io``): the three
     ``*_sync`` methods, and a ``_supports_sync_io`` attribute that is not False.
     """
+    if isinstance(byte_getter, _Fetched):
+        return True
     store = getattr(byte_getter, "store", None)
     return (
         isinstance(getattr(byte_getter, "path", None), str)
         and all(callable(getattr(store, m, None)) for m in ("get_sync", "set_sync", "delete_sync"))
         and bool(getattr(store, "_supports_sync_io", True))
     )
+
+
+# chunks asked of the store at once on the full-width path; the next window is fetched while
+# this one decodes, so at most two windows of encoded chunks are held
+WINDOW = 512
+
+
+class _Fetched:
+    """A chunk's bytes, fetched already, standing in for its ``StorePath`` (a zarr ``SyncByteGetter``)."""
+
+    __slots__ = ("path", "store", "value")
+
+    def __init__(self, where: Any, value: Buffer | None) -> None:
+        self.path, self.store, self.value = where.path, where.store, value
+
+    def get_sync(self, prototype: Any = None, byte_range: Any = None) -> Buffer | None:
+        if byte_range is not None:  # zarr asks whole chunks of unsharded arrays; this path takes no other
+            raise ValueError(f"prefetched chunk {self.path!r} was asked for a byte range {byte_range!r}")
+        return self.value
+
+    async def get(self, prototype: Any = None, byte_range: Any = None) -> Buffer | None:
+        return self.get_sync(prototype, byte_range)
+
+
+def _serves_refstore(store: object) -> bool:
+    """Whether *store* is refstore's zarr store, or zarr's ``FsspecStore`` over refstore's filesystem."""
+    from refstore._engine import EngineStore
+    from refstore.fs import ReferenceFileSystem
+
+    return isinstance(store, EngineStore) or isinstance(getattr(store, "fs", None), ReferenceFileSystem)
+
+
+def _reads_full_width(pipeline: Any, batch: list[Any]) -> bool:
+    """Whether to fetch *batch* a window at a time through ``get_partial_values`` (module docstring)."""
+    if len(batch) < 2 or pipeline.supports_partial_decode:
+        return False
+    first = batch[0][0]
+    store = getattr(first, "store", None)
+    return (
+        isinstance(getattr(first, "path", None), str)
+        and not _reads_sync(first)
+        and _serves_refstore(store)
+        and all(getattr(item[0], "store", None) is store for item in batch)
+    )
+
+
+async def _fetch_window(window: list[Any]) -> list[Any]:
+    """*window*'s items with their byte getters replaced by the fetched bytes (one store call)."""
+    store = window[0][0].store
+    values = await store.get_partial_values(window[0][1].prototype, [(item[0].path, None) for item in window])
+    return [(_Fetched(item[0], value), *item[1:]) for item, value in zip(window, values, strict=True)]
+
+
+async def _read_in_windows(read: Any, batch: list[Any], out: Any, drop_axes: tuple[int, ...]) -> Any:
+    """``read`` (zarr's pipeline) over *batch*, each window fetched whole while the one before decodes.
+
+    Returns what ``read`` returns: None (zarr 3.1) or the per-chunk results in order (zarr >= 3.4).
+    """
+    windows = [batch[i : i + WINDOW] for i in range(0, len(batch), WINDOW)]
+    pending = asyncio.ensure_future(_fetch_window(windows[0]))
+    results: list[Any] | None = None
+    try:
+        for k in range(len(windows)):
+            fetched = await pending
+            if k + 1 < len(windows):
+                pending = asyncio.ensure_future(_fetch_window(windows[k + 1]))
+            got = await read(fetched, out, drop_axes)
+            if got is not None:
+                results = [*(results or ()), *got]
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+    return None if results is None else tuple(results)
 
 
 class _ThreadedRead(BatchedCodecPipeline):
@@ -111,8 +197,11 @@ class _ThreadedRead(BatchedCodecPipeline):
     def _read_threaded(self, batch: list[ReadItem], out: NDBuffer, drop_axes: tuple[int, ...]) -> None:
         def one(item: ReadItem) -> None:
             byte_getter, spec, chunk_selection, out_selection, _ = item
-            store: Any = byte_getter.store  # type: ignore[attr-defined]
-            raw = store.get_sync(byte_getter.path, prototype=spec.prototype)  # type: ignore[attr-defined]
+            if isinstance(byte_getter, _Fetched):
+                raw = byte_getter.get_sync(spec.prototype)
+            else:
+                store: Any = byte_getter.store  # type: ignore[attr-defined]
+                raw = store.get_sync(byte_getter.path, prototype=spec.prototype)  # type: ignore[attr-defined]
             if raw is None:
                 out[out_selection] = _zarr_pipeline.fill_value_or_default(spec)
                 return
@@ -152,6 +241,8 @@ class ThreadedCodecPipeline(_Base):  # type: ignore[misc, valid-type]
         # docstring inherited
         batch = list(batch_info)
         try:
+            if _reads_full_width(self, batch):
+                return await _read_in_windows(super().read, batch, out, drop_axes)
             return await super().read(batch, out, drop_axes)
         except (ChunkDecodeError, ReferenceNotReachable, URLNotAllowed, BadResponse):
             raise  # fetch errors already name key, URL and cause

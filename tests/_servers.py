@@ -129,7 +129,8 @@ class RangeHTTPServer(LoopbackServer):
       * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
       * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
       * ``delay``: seconds to sleep before answering every request.
-    Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``.
+    Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``,
+    ``max_in_flight`` (most requests being answered at once).
     ``reset()`` clears counters and fault settings.
     """
 
@@ -144,6 +145,7 @@ class RangeHTTPServer(LoopbackServer):
         self.delay: float = 0.0
         self.log: list[RequestRecord] = []
         self.get_counts: Counter[str] = Counter()
+        self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
 
     # -- test helpers
@@ -155,6 +157,7 @@ class RangeHTTPServer(LoopbackServer):
             self.fail_paths.clear()
             self.flaky.clear()
             self.delay = 0.0
+            self.max_in_flight = 0
 
     @property
     def total_gets(self) -> int:
@@ -208,11 +211,18 @@ class RangeHTTPServer(LoopbackServer):
 
     async def _handle(self, req: web.Request) -> web.StreamResponse:
         path = "/" + unquote(req.match_info["tail"])
-        resp = self._respond(req, path)
-        self._record(req, path, resp.status)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return resp
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            resp = self._respond(req, path)
+            self._record(req, path, resp.status)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return resp
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def _respond(self, req: web.Request, path: str) -> web.Response:
         if req.method not in ("GET", "HEAD"):
