@@ -25,6 +25,8 @@ BUCKET = "bench"
 FSSPEC = "fsspec RFS + FsspecStore"
 REF_STORE = "refstore.ReferenceStore"
 REF_RFS = "refstore RFS + FsspecStore"
+REF_WIDE = "refstore.ReferenceStore, ThreadedCodecPipeline"
+WIDE_CONFIG = {"codec_pipeline.path": "refstore.pipeline.ThreadedCodecPipeline"}
 
 
 @dataclass
@@ -138,15 +140,21 @@ def close_store(store: Any) -> None:
 class _Opened:
     """Remembers the last store a job built so it can be closed untimed."""
 
-    def __init__(self, make: Callable[[], Any], after: Callable[[], Any] | None) -> None:
+    def __init__(
+        self, make: Callable[[], Any], after: Callable[[], Any] | None, config: dict[str, Any] | None = None
+    ) -> None:
         self.make = make
         self._after = after
+        self.config = config or {}
         self.store: Any = None
 
     def read(self) -> np.ndarray:
-        """Build the store and read the whole array (the timed part)."""
+        """Build the store and read the whole array (the timed part), under *config* (zarr's)."""
+        import zarr
+
         self.store = self.make()
-        return _read_zarr(self.store)
+        with zarr.config.set(self.config):
+            return _read_zarr(self.store)
 
     def after(self) -> Any:
         """Close the store, then report the server counters (if any)."""
@@ -266,11 +274,14 @@ def run(name: str, cfg: Config) -> list[Row]:
         makers: dict[str, Callable[[dict[str, Any], Backend], Any]] = {FSSPEC: fsspec_store}
         if refstore is not None and hasattr(refstore, "ReferenceStore"):
             makers[REF_STORE] = refstore_native
+            if hasattr(refstore, "pipeline"):
+                makers[REF_WIDE] = refstore_native
         if refstore is not None and hasattr(refstore, "ReferenceFileSystem"):
             makers[REF_RFS] = refstore_rfs
         jobs = []
         for label, maker in makers.items():
-            opened = _Opened(lambda maker=maker: maker(refs, backend), after)  # type: ignore[misc]
+            config = WIDE_CONFIG if label == REF_WIDE else None
+            opened = _Opened(lambda maker=maker: maker(refs, backend), after, config)  # type: ignore[misc]
             slow = label == FSSPEC and backend.name == "s3"
             reps = cfg.slow_repeat if slow else cfg.repeat
             jobs.append(Job(label, opened.read, check, reps, before, opened.after))
@@ -296,7 +307,7 @@ def _rows(name: str, cfg: Config, b: Backend, results: dict[str, Timing]) -> lis
     fs = results[FSSPEC]
     limit_names = list(b.limits)
     rows = []
-    for variant, lnames in ((REF_STORE, limit_names), (REF_RFS, limit_names[:1])):
+    for variant, lnames in ((REF_STORE, limit_names), (REF_WIDE, limit_names[:1]), (REF_RFS, limit_names[:1])):
         rt = results.get(variant)
         for lname in lnames:
             lim = results[lname]

@@ -66,6 +66,8 @@ ARRAY = "temp"
 BUCKET = "bench"
 FSSPEC = "fsspec RFS + FsspecStore"
 REF_STORE = "refstore.ReferenceStore"
+REF_WIDE = "refstore.ReferenceStore, ThreadedCodecPipeline"
+WIDE_CONFIG = {"codec_pipeline.path": "refstore.pipeline.ThreadedCodecPipeline"}
 REF_RFS = "refstore RFS + FsspecStore"
 KiB, MiB = 1024, 1024 * 1024
 
@@ -472,16 +474,21 @@ class Reading:
         path: str | None,
         server: Server | None = None,
         preads: PreadCounter | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.make, self._read, self.path = make, read, path
         self.server, self.preads = server, preads
+        self.config = config or {}  # zarr's, while the array is opened (the codec pipeline is chosen then)
         self.store: Any = None
         self.arr: Any = None
         self._cpu = 0.0
 
     def before(self) -> None:
+        import zarr
+
         self.store = self.make()
-        self.arr = _open_array(self.store, self.path)
+        with zarr.config.set(self.config):
+            self.arr = _open_array(self.store, self.path)
         if self.server is not None:
             self.server.reset()
         if self.preads is not None:
@@ -713,11 +720,13 @@ def run(name: str, cfg: Config) -> list[Row]:
         refstore = import_refstore()
         if refstore is not None:
             makers[REF_STORE] = lambda: refstore_store(refs, b)
+            if kind != "local":  # local references take the threaded sync path already (decode.py)
+                makers[REF_WIDE] = lambda: refstore_store(refs, b)
             makers[REF_RFS] = lambda: refstore_rfs(refs, b)
         jobs = []
         for label, make in makers.items():
             counted = preads if label != FSSPEC else None
-            reading = Reading(make, get, ARRAY, b.server, counted)
+            reading = Reading(make, get, ARRAY, b.server, counted, WIDE_CONFIG if label == REF_WIDE else None)
             reps = cfg.slow_repeat if (label == FSSPEC and kind == "s3") else cfg.repeat
             jobs.append(Job(label, reading.read, check, reps, reading.before, reading.after))
         for lname, fn in limits.items():
@@ -765,7 +774,8 @@ def _rows(
         return s["bytes"] / need if s and "bytes" in s else None
 
     rows = []
-    for variant, lnames in ((REF_STORE, limit_names), (REF_RFS, limit_names[:1])):
+    wide = [(REF_WIDE, limit_names[:1])] if REF_WIDE in results else []
+    for variant, lnames in ((REF_STORE, limit_names), *wide, (REF_RFS, limit_names[:1])):
         rt = results.get(variant)
         for lname in lnames:
             lim = results[lname]
@@ -782,7 +792,7 @@ def _rows(
                     note="; ".join(e for e in errors if e),
                 )
             )
-    for variant in (REF_STORE, REF_RFS):
+    for variant in (REF_STORE, *(v for v, _ in wide), REF_RFS):
         rt = results.get(variant)
         rows.append(
             Row(
