@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-__all__ = ["LEVELS_KEY", "Level", "levels", "multiscale_attributes", "pick_level"]
+__all__ = ["LEVELS_KEY", "Level", "levels", "multiscale_attributes", "ngff_order", "pick_level"]
 
 LEVELS_KEY = "refstore:levels"
 """The group attribute holding exact per-level factors and offsets."""
@@ -63,6 +63,15 @@ def _ngff_conforms(axes: Sequence[str]) -> bool:
     order = [rank[t] for t in types]  # type: ignore[index]
     spaces = order.count(2)
     return order == sorted(order) and order.count(0) <= 1 and order.count(1) <= 1 and 2 <= spaces <= 3
+
+
+def ngff_order(axes: Sequence[str]) -> list[int]:
+    """Return the permutation putting *axes* in OME-NGFF's order: ``t``, ``c``, then space.
+
+    Axes of the same kind keep their order; axes NGFF does not type come first.
+    """
+    rank = {"time": 0, "channel": 1, "space": 2}
+    return sorted(range(len(axes)), key=lambda i: rank.get(_TYPES.get(axes[i], ""), -1))
 
 
 def multiscale_attributes(

@@ -324,8 +324,9 @@ def ome_tiff(root: Path) -> Kind:
         tif.write(data, subifds=2, **opts)
         tif.write(data[::2, ::2], subfiletype=1, **opts)
         tif.write(data[::4, ::4], subfiletype=1, **opts)
-    truth = {str(i): tifffile.imread(path, level=i) for i in range(3)}
-    np.testing.assert_array_equal(truth["0"], data)
+    # refstore's RGB pyramids are OME-NGFF (c, y, x): the truth is tifffile's read with the samples moved first
+    truth = {str(i): np.moveaxis(tifffile.imread(path, level=i), -1, 0) for i in range(3)}
+    np.testing.assert_array_equal(truth["0"], np.moveaxis(data, -1, 0))
     manifest = refstore.build.tiff(str(path))
     return Kind("ome-tiff", root, _manifest_refs(manifest), _write_json, truth, None)
 
