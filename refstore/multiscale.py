@@ -105,7 +105,8 @@ def multiscale_attributes(
         3 writes NGFF 0.5 (``{"ome": {"version": "0.5", "multiscales": [...]}}``),
         2 writes NGFF 0.4 (``{"multiscales": [{"version": "0.4", ...}]}``).
     name, resampling
-        Written as the multiscale's ``name`` and ``type`` when given.
+        Written as the multiscale's ``name`` and ``type`` (default ``"image"`` and
+        ``"unknown"``: NGFF's strict schema asks for both).
 
     Returns
     -------
@@ -142,10 +143,10 @@ def multiscale_attributes(
             for p, fs, os in zip(paths, factors, offsets, strict=True)
         ],
     }
-    if name:
-        multiscale["name"] = name
-    if resampling:
-        multiscale["type"] = resampling
+    # name, type and metadata are optional in NGFF, but its strict schema asks for them
+    multiscale["name"] = name or "image"
+    multiscale["type"] = resampling or "unknown"
+    multiscale["metadata"] = {"refstore:levels": "exact factors and offsets are in the group's refstore:levels"}
     if zarr_format == 2:
         attrs["multiscales"] = [{"version": "0.4", **multiscale}]
     else:

@@ -255,9 +255,10 @@ def dzi_overlap(root: Path) -> Kind | None:
     subprocess.run(["vips", "dzsave", "slide.png", "dz", "--tile-size", str(tile), "--overlap", str(overlap),
                     "--suffix", ".png"], cwd=root, check=True)
     top = math.ceil(math.log2(230))
-    truth = {str(top - level): _assemble_dzi(root / "dz_files" / str(level), tile, overlap)
+    # (c, y, x): refstore's RGB pyramids are OME-NGFF by default
+    truth = {str(top - level): np.moveaxis(_assemble_dzi(root / "dz_files" / str(level), tile, overlap), -1, 0)
              for level in range(top + 1)}
-    np.testing.assert_array_equal(truth["0"], image)
+    np.testing.assert_array_equal(truth["0"], np.moveaxis(image, -1, 0))
     manifest = refstore.build.dzi(str(root / "dz.dzi"), show_progress=False)
     return Kind("dzi-overlap", root, _manifest_refs(manifest), _write_json, truth, None)
 

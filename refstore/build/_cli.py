@@ -51,13 +51,15 @@ def _say_channel_last(args: argparse.Namespace) -> None:
 def _dzi(args: argparse.Namespace) -> int:
     from refstore.build import dzi
 
-    return _save(dzi(args.file, channel_first=args.channel_first, show_progress=not args.quiet), args.out)
+    _say_channel_last(args)
+    return _save(dzi(args.file, channel_last=args.channel_last, show_progress=not args.quiet), args.out)
 
 
 def _xyz(args: argparse.Namespace) -> int:
     from refstore.build import xyz
 
-    manifest = xyz(args.dir, channel_first=args.channel_first, tile_size=args.tile_size, show_progress=not args.quiet)
+    _say_channel_last(args)
+    manifest = xyz(args.dir, channel_last=args.channel_last, tile_size=args.tile_size, show_progress=not args.quiet)
     return _save(manifest, args.out)
 
 
@@ -101,12 +103,12 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("dzi", help="a Deep Zoom image (.dzi + _files/), local or any fsspec URL")
     p.add_argument("file")
-    common(p)
+    pyramid(p)
     p.set_defaults(func=_dzi)
 
     p = sub.add_parser("xyz", help="an XYZ tile folder <z>/<y>/<x>.<fmt>, local or listable URL")
     p.add_argument("dir")
     p.add_argument("--tile-size", type=int, default=None)
-    common(p)
+    pyramid(p)
     p.set_defaults(func=_xyz)
     return build

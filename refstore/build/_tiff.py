@@ -13,6 +13,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from refstore.build._common import pyramid_channel_last
 from refstore.codecs._tiffseg import JPEG_COMPRESSIONS, TiffSegment
 from refstore.codecs._tiffseg_codecs import TIFF_SEGMENT
 from refstore.manifest import Manifest, Reference
@@ -283,10 +284,7 @@ def tiff(
 
     if zarr_format not in (2, 3):
         raise ValueError(f"zarr_format={zarr_format!r}: use 2 or 3")
-    if channel_first is not None:
-        if channel_first and channel_last:
-            raise ValueError("channel_first=True and channel_last=True contradict each other")
-        channel_last = channel_last or not channel_first
+    channel_last = pyramid_channel_last(channel_last, channel_first)
     handle, location, identity = _open(path, storage_options)
     location = url or location
     manifest = Manifest()
