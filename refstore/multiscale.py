@@ -198,14 +198,14 @@ def _axis_names(attrs: Mapping[str, Any], group: Any, first: str) -> tuple[str, 
     """The pyramid's axis names: NGFF ``axes``, else the first level's dimension names."""
     ms = _ngff_multiscale(attrs)
     if ms is not None and isinstance(ms.get("axes"), list):
-        names = [a.get("name") if isinstance(a, Mapping) else a for a in ms["axes"]]
-        if all(isinstance(n, str) for n in names):
-            return tuple(names)
+        declared = [a.get("name") if isinstance(a, Mapping) else a for a in ms["axes"]]
+        if all(isinstance(n, str) for n in declared):
+            return tuple(str(n) for n in declared)
     array = group[first]
-    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
-    if names is None:
-        names = dict(array.attrs).get("_ARRAY_DIMENSIONS")
-    return tuple(str(n) for n in names) if names and all(n is not None for n in names) else None
+    dims = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    if dims is None:
+        dims = dict(array.attrs).get("_ARRAY_DIMENSIONS")
+    return tuple(str(n) for n in dims) if dims and all(n is not None for n in dims) else None
 
 
 def levels(group: Any) -> list[Level]:
