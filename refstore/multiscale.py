@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
-__all__ = ["LEVELS_KEY", "Level", "levels", "multiscale_attributes", "pick_level"]
+__all__ = ["LEVELS_KEY", "Level", "levels", "multiscale_attributes", "ngff_order", "pick_level"]
 
 LEVELS_KEY = "refstore:levels"
 """The group attribute holding exact per-level factors and offsets."""
@@ -23,7 +24,7 @@ _TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 
 @dataclass(frozen=True)
 class Level:
-    """One level of a pyramid.
+    """One level of a pyramid, with its array opened on first access.
 
     Attributes
     ----------
@@ -33,16 +34,46 @@ class Level:
         The array's shape.
     factor
         Per axis, how many level-0 pixels one pixel of this level spans (1 for
-        level 0 and for non-spatial axes).
+        level 0 and for non-spatial axes). Also available as ``factors``.
     offset
         Per axis, where the centre of this level's first pixel lies, in level-0
-        pixel coordinates (the NGFF translation with unit pixel size).
+        pixel coordinates (the NGFF translation with unit pixel size). Also
+        available as ``offsets``.
+    axes
+        The axis names (NGFF ``axes``, else the array's dimension names), or None.
+    group
+        The group the level belongs to (None for a level made by hand).
     """
 
     path: str
     shape: tuple[int, ...]
     factor: tuple[Fraction, ...]
     offset: tuple[Fraction, ...]
+    axes: tuple[str, ...] | None = None
+    group: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def factors(self) -> tuple[Fraction, ...]:
+        """Per-axis downsample factors relative to level 0 (the same as ``factor``)."""
+        return self.factor
+
+    @property
+    def offsets(self) -> tuple[Fraction, ...]:
+        """Per-axis position of the first pixel's centre in level-0 pixels (``offset``)."""
+        return self.offset
+
+    @cached_property
+    def array(self) -> Any:
+        """The level's array (a ``zarr.Array``), opened from the group on first access.
+
+        Raises
+        ------
+        ValueError
+            If the level was not read from a group (``levels(group)`` sets it).
+        """
+        if self.group is None:
+            raise ValueError(f"level {self.path!r} has no group to open its array from; get it from levels(group)")
+        return self.group[self.path]
 
 
 def _encode(value: Fraction) -> int | str:
@@ -63,6 +94,15 @@ def _ngff_conforms(axes: Sequence[str]) -> bool:
     order = [rank[t] for t in types]  # type: ignore[index]
     spaces = order.count(2)
     return order == sorted(order) and order.count(0) <= 1 and order.count(1) <= 1 and 2 <= spaces <= 3
+
+
+def ngff_order(axes: Sequence[str]) -> list[int]:
+    """Return the permutation putting *axes* in OME-NGFF's order: ``t``, ``c``, then space.
+
+    Axes of the same kind keep their order; axes NGFF does not type come first.
+    """
+    rank = {"time": 0, "channel": 1, "space": 2}
+    return sorted(range(len(axes)), key=lambda i: rank.get(_TYPES.get(axes[i], ""), -1))
 
 
 def multiscale_attributes(
@@ -96,7 +136,8 @@ def multiscale_attributes(
         3 writes NGFF 0.5 (``{"ome": {"version": "0.5", "multiscales": [...]}}``),
         2 writes NGFF 0.4 (``{"multiscales": [{"version": "0.4", ...}]}``).
     name, resampling
-        Written as the multiscale's ``name`` and ``type`` when given.
+        Written as the multiscale's ``name`` and ``type`` (default ``"image"`` and
+        ``"unknown"``: NGFF's strict schema asks for both).
 
     Returns
     -------
@@ -133,10 +174,10 @@ def multiscale_attributes(
             for p, fs, os in zip(paths, factors, offsets, strict=True)
         ],
     }
-    if name:
-        multiscale["name"] = name
-    if resampling:
-        multiscale["type"] = resampling
+    # name, type and metadata are optional in NGFF, but its strict schema asks for them
+    multiscale["name"] = name or "image"
+    multiscale["type"] = resampling or "unknown"
+    multiscale["metadata"] = {"refstore:levels": "exact factors and offsets are in the group's refstore:levels"}
     if zarr_format == 2:
         attrs["multiscales"] = [{"version": "0.4", **multiscale}]
     else:
@@ -153,12 +194,26 @@ def _ngff_multiscale(attrs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def _axis_names(attrs: Mapping[str, Any], group: Any, first: str) -> tuple[str, ...] | None:
+    """The pyramid's axis names: NGFF ``axes``, else the first level's dimension names."""
+    ms = _ngff_multiscale(attrs)
+    if ms is not None and isinstance(ms.get("axes"), list):
+        declared = [a.get("name") if isinstance(a, Mapping) else a for a in ms["axes"]]
+        if all(isinstance(n, str) for n in declared):
+            return tuple(str(n) for n in declared)
+    array = group[first]
+    dims = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    if dims is None:
+        dims = dict(array.attrs).get("_ARRAY_DIMENSIONS")
+    return tuple(str(n) for n in dims) if dims and all(n is not None for n in dims) else None
+
+
 def levels(group: Any) -> list[Level]:
     """Return the levels of the pyramid *group* (a zarr group), largest first.
 
     Factors and offsets come from ``refstore:levels`` when present, then from the
     NGFF ``scale``/``translation`` (relative to level 0), then from array shapes of
-    children named ``0``, ``1``, ... .
+    children named ``0``, ``1``, ... . Each level's ``array`` opens on first access.
 
     Raises
     ------
@@ -190,51 +245,75 @@ def levels(group: Any) -> list[Level]:
     if not found:
         raise ValueError(f"{group}: no pyramid levels (no {LEVELS_KEY!r}, NGFF multiscales, or arrays 0, 1, ...)")
     shapes = [tuple(group[path].shape) for path, _, _ in found]
+    axes = _axis_names(attrs, group, found[0][0])
     result = []
     for (path, factor, offset), shape in zip(found, shapes, strict=True):
         if factor is None:
             factor = [Fraction(a, b) if b else Fraction(1) for a, b in zip(shapes[0], shape)]
         if offset is None:
             offset = [Fraction(0)] * len(shape)
-        result.append(Level(path, shape, tuple(factor), tuple(offset)))
+        result.append(Level(path, shape, tuple(factor), tuple(offset), axes, group))
     return result
 
 
-def pick_level(group: Any, resolution_or_shape: float | Sequence[float] | Sequence[int]) -> Level:
-    """Choose the level of *group* to read for a wanted resolution or output shape.
+def pick_level(
+    group: Any,
+    resolution_or_shape: float | Sequence[float] | Sequence[int] | None = None,
+    *,
+    resolution: float | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
+) -> Level:
+    """Choose the level of a pyramid to read for a wanted resolution or output shape.
 
     Parameters
     ----------
+    group
+        A pyramid group, or the list `levels` returned for one.
     resolution_or_shape
-        - A number or a sequence of floats: the wanted downsample factor relative
-          to level 0 (all axes, or one per axis). The coarsest level whose factor is
-          at most the wanted one on every axis is chosen (never coarser than asked).
-        - A sequence of ints: a wanted shape (one per axis, or for the last axes).
-          The smallest level at least that large on every given axis is chosen.
+        Positional shorthand: a number or a sequence of floats is a *resolution*,
+        a sequence of ints a *shape*.
+    resolution
+        The wanted downsample factor relative to level 0: one number for every
+        axis whose factor is not 1, or one per axis (or per trailing axis). The
+        coarsest level whose factor is at most the wanted one on every axis is
+        chosen (never coarser than asked).
+    shape
+        The wanted output shape, one length per axis or per trailing axis (for
+        example ``(height, width)`` of a display). The smallest level at least
+        that large on every given axis is chosen.
 
     Returns
     -------
     Level
         Level 0 when nothing finer than asked exists.
+
+    Raises
+    ------
+    ValueError
+        If neither or both of a resolution and a shape are given.
     """
-    all_levels = levels(group)
-    if isinstance(resolution_or_shape, (int, float)):
-        wanted = [float(resolution_or_shape)]
-        by_shape = False
-    else:
-        values = list(resolution_or_shape)
-        by_shape = all(isinstance(v, int) for v in values)
-        wanted = [float(v) for v in values]
+    if resolution_or_shape is not None:
+        if isinstance(resolution_or_shape, (int, float)):
+            resolution = resolution if resolution is not None else float(resolution_or_shape)
+        elif all(isinstance(v, int) for v in resolution_or_shape):
+            shape = shape if shape is not None else [int(v) for v in resolution_or_shape]
+        else:
+            resolution = resolution if resolution is not None else [float(v) for v in resolution_or_shape]
+    if (resolution is None) == (shape is None):
+        raise ValueError("pick_level: give either a resolution (downsample factor) or a shape, not both or neither")
+    all_levels = group if isinstance(group, list) else levels(group)
     best = all_levels[0]
     for level in all_levels:
-        if by_shape:
+        if shape is not None:
+            wanted = [int(v) for v in shape]
             ok = all(have >= want for have, want in zip(level.shape[-len(wanted):], wanted))
         else:
             factors = [float(f) for f in level.factor]
-            if len(wanted) == 1:
-                ok = all(f <= wanted[0] * (1 + 1e-9) or math.isclose(f, 1) for f in factors)
+            if isinstance(resolution, (int, float)):
+                ok = all(f <= float(resolution) * (1 + 1e-9) or math.isclose(f, 1) for f in factors)
             else:
-                ok = all(f <= w * (1 + 1e-9) for f, w in zip(factors[-len(wanted):], wanted))
+                wanted_f = [float(v) for v in resolution or ()]
+                ok = all(f <= w * (1 + 1e-9) for f, w in zip(factors[-len(wanted_f):], wanted_f))
         if ok:
             best = level
     return best

@@ -255,9 +255,10 @@ def dzi_overlap(root: Path) -> Kind | None:
     subprocess.run(["vips", "dzsave", "slide.png", "dz", "--tile-size", str(tile), "--overlap", str(overlap),
                     "--suffix", ".png"], cwd=root, check=True)
     top = math.ceil(math.log2(230))
-    truth = {str(top - level): _assemble_dzi(root / "dz_files" / str(level), tile, overlap)
+    # (c, y, x): refstore's RGB pyramids are OME-NGFF by default
+    truth = {str(top - level): np.moveaxis(_assemble_dzi(root / "dz_files" / str(level), tile, overlap), -1, 0)
              for level in range(top + 1)}
-    np.testing.assert_array_equal(truth["0"], image)
+    np.testing.assert_array_equal(truth["0"], np.moveaxis(image, -1, 0))
     manifest = refstore.build.dzi(str(root / "dz.dzi"), show_progress=False)
     return Kind("dzi-overlap", root, _manifest_refs(manifest), _write_json, truth, None)
 
@@ -324,8 +325,9 @@ def ome_tiff(root: Path) -> Kind:
         tif.write(data, subifds=2, **opts)
         tif.write(data[::2, ::2], subfiletype=1, **opts)
         tif.write(data[::4, ::4], subfiletype=1, **opts)
-    truth = {str(i): tifffile.imread(path, level=i) for i in range(3)}
-    np.testing.assert_array_equal(truth["0"], data)
+    # refstore's RGB pyramids are OME-NGFF (c, y, x): the truth is tifffile's read with the samples moved first
+    truth = {str(i): np.moveaxis(tifffile.imread(path, level=i), -1, 0) for i in range(3)}
+    np.testing.assert_array_equal(truth["0"], np.moveaxis(data, -1, 0))
     manifest = refstore.build.tiff(str(path))
     return Kind("ome-tiff", root, _manifest_refs(manifest), _write_json, truth, None)
 

@@ -7,10 +7,12 @@ and gives every test its own key prefix.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,10 +27,24 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+from _entry_points import probe_site  # noqa: E402
 from _servers import CLIENT_ENV, GCSServer, RangeHTTPServer, S3Server  # noqa: E402
 
 # Must happen before anything imports gcsfs (it reads the flag at import time).
 os.environ.update(CLIENT_ENV)
+
+# The venvs' editable install declares the entry points of the checkout it was made from.
+# Declare this checkout's codec entry points (pyproject.toml) to this process and to every
+# interpreter the tests start, as installing this checkout would: before zarr and numcodecs
+# read entry points at import, or by asking them to read again.
+_SITE = str(probe_site(Path(tempfile.mkdtemp(prefix="refstore-entry-points-"))))
+atexit.register(shutil.rmtree, _SITE, True)
+sys.path.insert(0, _SITE)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SITE, os.environ.get("PYTHONPATH")) if p)
+if "numcodecs.registry" in sys.modules:
+    sys.modules["numcodecs.registry"].run_entrypoints()
+if "zarr.registry" in sys.modules:
+    sys.modules["zarr.registry"]._collect_entrypoints()
 
 BUCKET = "refstore-test"
 REMOTE_KINDS = ("local", "http", "s3", "gcs")

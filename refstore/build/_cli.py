@@ -29,24 +29,37 @@ def _images(args: argparse.Namespace) -> int:
 
 
 def _tiff(args: argparse.Namespace) -> int:
-    from refstore.build import needs_imagecodecs, tiff
+    from refstore.build import tiff
 
-    manifest = tiff(args.file, series=args.series, channel_first=args.channel_first, url=args.url)
-    if needs_imagecodecs(manifest):
-        print("note: reading needs imagecodecs.numcodecs.register_codecs() (imagecodecs_* compressors)", file=sys.stderr)
+    _say_channel_last(args)
+    manifest = tiff(
+        args.file, series=args.series, channel_last=args.channel_last, url=args.url, zarr_format=args.zarr_format
+    )
     return _save(manifest, args.out)
+
+
+def _say_channel_last(args: argparse.Namespace) -> None:
+    """Tell on stderr that a channel-last pyramid carries no OME-NGFF metadata."""
+    if args.channel_last:
+        print(
+            "note: --channel-last: RGB levels are (y, x, c), which OME-NGFF cannot express; the group carries "
+            "only refstore:levels, so OME-NGFF readers (napari-ome-zarr, ngff-zarr, vizarr) see no pyramid",
+            file=sys.stderr,
+        )
 
 
 def _dzi(args: argparse.Namespace) -> int:
     from refstore.build import dzi
 
-    return _save(dzi(args.file, channel_first=args.channel_first, show_progress=not args.quiet), args.out)
+    _say_channel_last(args)
+    return _save(dzi(args.file, channel_last=args.channel_last, show_progress=not args.quiet), args.out)
 
 
 def _xyz(args: argparse.Namespace) -> int:
     from refstore.build import xyz
 
-    manifest = xyz(args.dir, channel_first=args.channel_first, tile_size=args.tile_size, show_progress=not args.quiet)
+    _say_channel_last(args)
+    manifest = xyz(args.dir, channel_last=args.channel_last, tile_size=args.tile_size, show_progress=not args.quiet)
     return _save(manifest, args.out)
 
 
@@ -64,6 +77,14 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
         p.add_argument("--channel-first", action="store_true", help="RGB(A) arrays as (c, y, x) instead of (y, x, c)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
+    def pyramid(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-o", "--out", required=True, help="manifest to write (.json, .json.gz, .parq)")
+        order = p.add_mutually_exclusive_group()
+        order.add_argument("--channel-last", action="store_true",
+                           help="RGB(A) levels as (y, x, c); not OME-NGFF, so only refstore's own level metadata")
+        order.add_argument("--channel-first", action="store_true", help="RGB(A) levels as (c, y, x): the default")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+
     p = sub.add_parser("images", help="image files named by a regex as one N-d array (one file per chunk)")
     p.add_argument("files", nargs="+", help="a glob (quote it) or a list of files")
     p.add_argument("--pattern", required=True, help="regex with named groups; each group becomes an axis")
@@ -72,21 +93,22 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_images)
 
-    p = sub.add_parser("tiff", help="every tile of every level of a (pyramidal, OME-) TIFF or COG")
+    p = sub.add_parser("tiff", help="every tile of every level of a (pyramidal, OME-) TIFF or COG, local or URL")
     p.add_argument("file")
     p.add_argument("--series", type=int, default=0)
     p.add_argument("--url", default=None, help="URL to write into references instead of the file's path")
-    common(p)
+    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="2: NGFF 0.4 (default), 3: NGFF 0.5")
+    pyramid(p)
     p.set_defaults(func=_tiff)
 
     p = sub.add_parser("dzi", help="a Deep Zoom image (.dzi + _files/), local or any fsspec URL")
     p.add_argument("file")
-    common(p)
+    pyramid(p)
     p.set_defaults(func=_dzi)
 
     p = sub.add_parser("xyz", help="an XYZ tile folder <z>/<y>/<x>.<fmt>, local or listable URL")
     p.add_argument("dir")
     p.add_argument("--tile-size", type=int, default=None)
-    common(p)
+    pyramid(p)
     p.set_defaults(func=_xyz)
     return build

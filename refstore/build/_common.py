@@ -84,6 +84,24 @@ def image_axes(channels: int, channel_first: bool) -> tuple[list[str], str]:
     return ["y", "x", "c"], CHANNEL_LAST
 
 
+def pyramid_channel_last(channel_last: bool, channel_first: bool | None) -> bool:
+    """Return whether a pyramid builder puts RGB(A) samples last.
+
+    Pyramids are OME-NGFF ``(c, y, x)`` unless *channel_last*; *channel_first* is the
+    older keyword, accepted when it agrees (``channel_first=False`` means channel-last).
+
+    Raises
+    ------
+    ValueError
+        If both are set and contradict each other.
+    """
+    if channel_first is None:
+        return channel_last
+    if channel_first and channel_last:
+        raise ValueError("channel_first=True and channel_last=True contradict each other")
+    return channel_last or not channel_first
+
+
 def image_shape(height: int, width: int, channels: int, layout: str) -> list[int]:
     """Return the image part of an array shape in *layout* order."""
     if layout == "yx":

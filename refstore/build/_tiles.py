@@ -22,6 +22,7 @@ from refstore.build._common import (
     image_shape,
     probe_image,
     progress,
+    pyramid_channel_last,
 )
 from refstore.manifest import Manifest, Reference
 from refstore.manifest._sources import record_sources
@@ -150,7 +151,14 @@ def _dzi_descriptor(text: str, where: str) -> tuple[int, int, int, int, str]:
     return width, height, tile, overlap, fmt
 
 
-def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, show_progress: bool = True) -> Manifest:
+def dzi(
+    path: str,
+    *,
+    channel_last: bool = False,
+    check_tiles: bool = True,
+    show_progress: bool = True,
+    channel_first: bool | None = None,
+) -> Manifest:
     """Build a manifest reading a Deep Zoom image as a multiscale group.
 
     Parameters
@@ -158,11 +166,17 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
     path
         The ``.dzi`` descriptor: a local path or any fsspec URL. Tiles are read from
         ``<name>_files/<level>/<col>_<row>.<format>`` beside it.
-    channel_first
-        Make RGB(A) levels ``(c, y, x)`` instead of ``(y, x, c)``. Gray images are ``(y, x)``.
+    channel_last
+        Make RGB(A) levels ``(y, x, c)``, as the tiles store them, instead of the
+        default OME-NGFF ``(c, y, x)``; the group then has no NGFF ``multiscales``.
+        Gray images are ``(y, x)`` either way.
     check_tiles
         List each level folder and leave out tiles that do not exist (they read as
         the fill value 0). Where listing is impossible every tile is assumed present.
+    show_progress
+        Draw a progress line on stderr (see ``spec/builders.md``).
+    channel_first
+        The older keyword: ``channel_first=False`` means ``channel_last=True``.
 
     Returns
     -------
@@ -208,7 +222,8 @@ def dzi(path: str, *, channel_first: bool = False, check_tiles: bool = True, sho
         raise ValueError(f"{path}: no tiles found under {base}")
     manifest = Manifest()
     _level_arrays(
-        manifest, levels, tile, sample[0], sample[1], channel_first, True, posixpath.basename(base[:-6]), overlap
+        manifest, levels, tile, sample[0], sample[1], not pyramid_channel_last(channel_last, channel_first), True,
+        posixpath.basename(base[:-6]), overlap,
     )
     record_sources(manifest)  # local tiles: size and mtime (a stat each)
     return manifest
@@ -220,9 +235,10 @@ _XYZ = re.compile(r"(\d+)/(\d+)/(\d+)\.(\w+)$")
 def xyz(
     root: str,
     *,
-    channel_first: bool = False,
+    channel_last: bool = False,
     tile_size: int | None = None,
     show_progress: bool = True,
+    channel_first: bool | None = None,
 ) -> Manifest:
     """Build a manifest reading an XYZ (slippy-map, vips ``--layout google``) tile folder.
 
@@ -230,10 +246,15 @@ def xyz(
     ----------
     root
         A local folder or listable fsspec URL holding ``<z>/<y>/<x>.<fmt>``.
-    channel_first
-        Make RGB(A) levels ``(c, y, x)`` instead of ``(y, x, c)``.
+    channel_last
+        Make RGB(A) levels ``(y, x, c)`` instead of the default OME-NGFF ``(c, y, x)``;
+        the group then has no NGFF ``multiscales``.
     tile_size
         Tile edge in pixels; default: the size of the first tile found.
+    show_progress
+        Draw a progress line on stderr.
+    channel_first
+        The older keyword: ``channel_first=False`` means ``channel_last=True``.
 
     Returns
     -------
@@ -278,6 +299,7 @@ def xyz(
         refs = {rc: _location(prefix + p[len(fsroot):]) for rc, p in tiles.items()}
         levels.append((rows * tile_size, cols * tile_size, refs))
     manifest = Manifest()
-    _level_arrays(manifest, levels, tile_size, sample, first, channel_first, True, posixpath.basename(prefix))
+    channel_first_levels = not pyramid_channel_last(channel_last, channel_first)
+    _level_arrays(manifest, levels, tile_size, sample, first, channel_first_levels, True, posixpath.basename(prefix))
     record_sources(manifest)  # local tiles: size and mtime (a stat each)
     return manifest

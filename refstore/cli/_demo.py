@@ -130,7 +130,8 @@ def _pyramid_demo(folder: str) -> bool:
     for level, z in zip(multiscale.levels(group), (2, 1, 0)):
         arr = group[level.path]
         assert isinstance(arr, zarr.Array)
-        same = bool(np.array_equal(np.asarray(arr[:]), level_images[z]))
+        # levels are OME-NGFF (c, y, x); the tiles are (y, x, c)
+        same = bool(np.array_equal(np.moveaxis(np.asarray(arr[:]), 0, -1), level_images[z]))
         ok &= same
         factor = "x".join(str(f) for f in level.factor)
         print(f"  level {level.path}: shape {level.shape}, downsample factor {factor}, matches the tiles: {same}")

@@ -1,4 +1,4 @@
-"""Image codecs: PNG, JPEG, TIFF, WebP, JPEG 2000 and JPEG XL files as zarr chunks (v3 and v2).
+"""Image codecs: PNG, JPEG, TIFF, WebP, JPEG 2000 and JPEG XL files, and TIFF segments, as zarr chunks.
 
 The codecs are found through the ``zarr.codecs`` and ``numcodecs.codecs`` entry
 points, so opening an array needs no import; `register` does the same by hand
@@ -19,6 +19,8 @@ from refstore.codecs._numcodecs import (
     TiffNumcodec,
     WebpNumcodec,
 )
+from refstore.codecs._tiffseg import TiffSegment
+from refstore.codecs._tiffseg_codecs import TIFF_SEGMENT, TiffSegmentCodec, TiffSegmentNumcodec
 from refstore.codecs._zarr3 import (
     ZARR3_CODECS,
     ImageCodec,
@@ -34,6 +36,7 @@ __all__ = [
     "FORMATS",
     "LAYOUTS",
     "NUMCODECS_CODECS",
+    "TIFF_SEGMENT",
     "ZARR3_CODECS",
     "ImageCodec",
     "ImageCodecError",
@@ -50,6 +53,9 @@ __all__ = [
     "PngNumcodec",
     "TiffCodec",
     "TiffNumcodec",
+    "TiffSegment",
+    "TiffSegmentCodec",
+    "TiffSegmentNumcodec",
     "WebpCodec",
     "WebpNumcodec",
     "available_formats",
@@ -69,5 +75,7 @@ def register() -> None:
 
     for cls in ZARR3_CODECS:
         register_codec(cls.codec_name, cls)
+    register_codec(TIFF_SEGMENT, TiffSegmentCodec)
     for ncls in NUMCODECS_CODECS:
         numcodecs.register_codec(ncls, codec_id=ncls.codec_id)
+    numcodecs.register_codec(TiffSegmentNumcodec, codec_id=TIFF_SEGMENT)

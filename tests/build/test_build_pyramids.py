@@ -41,19 +41,19 @@ def _assemble(folder: Path, name: str, rows: int, cols: int) -> np.ndarray:
 
 
 @vips
-@pytest.mark.parametrize("channel_first", [False, True])
-def test_dzi_matches_source_and_vips_levels(tmp_path: Path, channel_first: bool) -> None:
+@pytest.mark.parametrize("channel_last", [False, True])
+def test_dzi_matches_source_and_vips_levels(tmp_path: Path, channel_last: bool) -> None:
     src = _source(tmp_path / "src.png")
     subprocess.run(["vips", "dzsave", str(tmp_path / "src.png"), str(tmp_path / "dz"),
                     "--tile-size", "64", "--overlap", "0", "--suffix", ".png"], check=True)
-    group = _open(dzi(str(tmp_path / "dz.dzi"), channel_first=channel_first), tmp_path / "dz.json")
+    group = _open(dzi(str(tmp_path / "dz.dzi"), channel_last=channel_last), tmp_path / "dz.json")
     top = math.ceil(math.log2(300))
     assert sorted(group.array_keys(), key=int) == [str(i) for i in range(top + 1)]
     for k in range(top + 1):
         arr = group[str(k)]
         h, w = math.ceil(200 / 2**k), math.ceil(300 / 2**k)
         got = arr[:]
-        if channel_first:
+        if not channel_last:  # the default since issue 15: OME-NGFF (c, y, x)
             assert arr.metadata.dimension_names == ("c", "y", "x")
             got = got.transpose(1, 2, 0)
         else:
@@ -64,8 +64,11 @@ def test_dzi_matches_source_and_vips_levels(tmp_path: Path, channel_first: bool)
         if k == 0:
             np.testing.assert_array_equal(got, src)
     lv = levels(group)
-    assert [int(f) for f in lv[2].factor[:2]] == [4, 4] if not channel_first else [int(f) for f in lv[2].factor[1:]] == [4, 4]
+    assert [int(f) for f in lv[2].factor[:2]] == [4, 4] if channel_last else [int(f) for f in lv[2].factor[1:]] == [4, 4]
     assert pick_level(group, 4.0).path == "2"
+    assert lv[3].array.shape == group["3"].shape  # the level's own array, opened through the same store
+    wanted = (20, 30, 3) if channel_last else (20, 30)  # the trailing axes
+    np.testing.assert_array_equal(pick_level(lv, shape=wanted).array[:], group["3"][:])
 
 
 @vips
@@ -87,7 +90,7 @@ def test_dzi_over_http(tmp_path: Path, http_server_dir=None) -> None:
         manifest = dzi(url)
         assert all(ref.url.startswith("http://") for key, ref in manifest.items() if isinstance(ref, refstore.Reference))
         group = _open(manifest, tmp_path / "remote.json")
-        np.testing.assert_array_equal(group["0"][:], src)
+        np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), src)  # (c, y, x) by default
     finally:
         server.shutdown()
         server.server_close()
@@ -101,21 +104,18 @@ def test_xyz_google_layout(tmp_path: Path) -> None:
     group = _open(xyz(str(tmp_path / "gg")), tmp_path / "xyz.json")
     zooms = sorted(int(p.name) for p in (tmp_path / "gg").iterdir() if p.name.isdigit())
     assert sorted(group.array_keys(), key=int) == [str(i) for i in range(len(zooms))]
-    np.testing.assert_array_equal(group["0"][:200, :300], src)
+    channel_last = np.moveaxis(group["0"][:, :200, :300], 0, -1)  # (c, y, x) by default
+    np.testing.assert_array_equal(channel_last, src)
     for k, z in enumerate(reversed(zooms)):
         folder = tmp_path / "gg" / str(z)
         rows = len(list(folder.iterdir()))
         cols = len(list((folder / "0").iterdir()))
         expected = _assemble(folder, "{r}/{c}.png", rows, cols)
-        np.testing.assert_array_equal(group[str(k)][: rows * 64, : cols * 64], expected)
+        np.testing.assert_array_equal(np.moveaxis(group[str(k)][:, : rows * 64, : cols * 64], 0, -1), expected)
 
 
 @pytest.mark.parametrize("compression", [None, "zlib", "lzw"])
 def test_tiff_pyramid_levels_match_tifffile(tmp_path: Path, compression: str | None) -> None:
-    if compression == "lzw":
-        import imagecodecs.numcodecs
-
-        imagecodecs.numcodecs.register_codecs(verbose=False)
     data = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype="u1")
     path = tmp_path / "p.ome.tif"
     with tifffile.TiffWriter(path, ome=True) as tif:
@@ -128,12 +128,13 @@ def test_tiff_pyramid_levels_match_tifffile(tmp_path: Path, compression: str | N
         expected = [level.asarray() for level in tif.series[0].levels]
     assert len(expected) == 3
     for i, want in enumerate(expected):
-        np.testing.assert_array_equal(group[str(i)][:], want)
+        # RGB pyramids are OME-NGFF (c, y, x) by default (issue 15); chunky TIFF tiles are transposed on read
+        np.testing.assert_array_equal(np.moveaxis(group[str(i)][:], 0, -1), want)
     assert [lv.path for lv in levels(group)] == ["0", "1", "2"]
-    assert pick_level(group, (100, 60, 3)).path == "1"
-    assert pick_level(group, (160, 60, 3)).path == "0"
-    with pytest.raises(ValueError, match="interleaved"):
-        tiff(str(path), channel_first=True)
+    assert pick_level(group, (3, 100, 60)).path == "1"
+    assert pick_level(group, (3, 160, 60)).path == "0"
+    last = _open(tiff(str(path), channel_last=True), tmp_path / "last.json")
+    np.testing.assert_array_equal(last["1"][:], expected[1])
 
 
 def test_tiff_gray_writes_ngff_04(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_overlap_levels_match_cropped_tiles(
     src = _source(tmp_path / "src.png", h, w, gray)
     ext = suffix[1:].split("[")[0]
     group = _open(tmp_path / "dz.json", dzi(str(_dzsave(tmp_path, tmp_path / "src.png", tile, overlap, suffix)),
-                                             channel_first=channel_first))
+                                             channel_last=not channel_first))
     top = math.ceil(math.log2(max(h, w)))
     assert sorted(group.array_keys(), key=int) == [str(i) for i in range(top + 1)]
     for k in range(top + 1):
@@ -100,18 +100,18 @@ def test_overlap_definition_is_compact_and_partial_reads(tmp_path: Path) -> None
     src = _source(tmp_path / "src.png", 300, 410)
     manifest = dzi(str(_dzsave(tmp_path, tmp_path / "src.png", 50, 2, ".png")))
     definition = json.loads(manifest.get("0/refstore.virtual.json"))
-    # one layer per level, whatever the number of tiles (here 6 x 9)
-    assert len(definition["layers"]) == 1 and definition["chunks"] == [50, 50, 3]
-    y_map = definition["layers"][0]["map"][0]
-    assert y_map == {"dim": 0, "start": 0, "step": 1, "block": 50, "stride": 54, "offsets": [0, 2]}
+    # one layer per level, whatever the number of tiles (here 6 x 9); (c, y, x) by default since issue 15
+    assert len(definition["layers"]) == 1 and definition["chunks"] == [3, 50, 50]
+    y_map = definition["layers"][0]["map"][1]
+    assert y_map == {"dim": 1, "start": 0, "step": 1, "block": 50, "stride": 54, "offsets": [0, 2]}
     assert sum(1 for k in manifest.keys() if k.startswith("0/.sources/0/c/")) == 6 * 9
     # a single-tile level stays a plain array of whole-file references
     last = str(math.ceil(math.log2(410)))
     assert manifest.get(f"{last}/refstore.virtual.json") is None
     group = _open(tmp_path / "dz.json", manifest)
-    level0 = group["0"]
-    for sel in [np.s_[37:151, 61:203], np.s_[49:51, 99:101], np.s_[::7, 5::11, 1], np.s_[299, :, 2]]:
-        np.testing.assert_array_equal(level0[sel], src[sel])
+    level0, src_c = group["0"], np.moveaxis(src, -1, 0)
+    for sel in [np.s_[:, 37:151, 61:203], np.s_[:, 49:51, 99:101], np.s_[1, ::7, 5::11], np.s_[2, 299, :]]:
+        np.testing.assert_array_equal(level0[sel], src_c[sel])
 
 
 def test_overlap_missing_tile_reads_as_fill(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_overlap_missing_tile_reads_as_fill(tmp_path: Path) -> None:
     top = math.ceil(math.log2(130))
     (tmp_path / "dz_files" / str(top) / "1_1.png").unlink()
     group = _open(tmp_path / "dz.json", dzi(str(path)))
-    got = group["0"][:]
+    got = np.moveaxis(group["0"][:], 0, -1)
     expected = src.copy()
     expected[64:128, 64:128] = 0  # the missing tile's own block; its overlap pixels come from neighbours
     np.testing.assert_array_equal(got, expected)
@@ -134,5 +134,5 @@ def test_cli_build_dzi_with_overlap(tmp_path: Path) -> None:
     args = parser.parse_args(["build", "dzi", str(path), "-o", str(tmp_path / "out.json"), "-q"])
     assert args.func(args) == 0
     group = zarr.open_group(refstore.ReferenceStore(str(tmp_path / "out.json")), mode="r")
-    np.testing.assert_array_equal(group["0"][:], src)
-    assert group["1"].shape == (60, 100, 3)
+    np.testing.assert_array_equal(np.moveaxis(group["0"][:], 0, -1), src)
+    assert group["1"].shape == (3, 60, 100)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import pytest
 import zarr
 
-from refstore.multiscale import LEVELS_KEY, levels, multiscale_attributes, pick_level
+from refstore.multiscale import LEVELS_KEY, Level, levels, multiscale_attributes, pick_level
 
 
 def test_ngff_05_and_exact_levels() -> None:
@@ -41,3 +42,44 @@ def test_levels_from_ngff_only() -> None:
     group.create_array("0", shape=(8, 8), dtype="u1")
     group.create_array("1", shape=(4, 4), dtype="u1")
     assert [lv.factor for lv in levels(group)] == [(1, 1), (2, 2)]
+
+
+def _pyramid() -> zarr.Group:
+    shapes = [(3, 300, 200), (3, 150, 100), (3, 75, 50), (3, 38, 25)]
+    offsets = [[0, Fraction(2**k - 1, 2), Fraction(2**k - 1, 2)] for k in range(4)]
+    attrs = multiscale_attributes([str(i) for i in range(4)], shapes, ["c", "y", "x"], offsets=offsets)
+    group = zarr.create_group(zarr.storage.MemoryStore(), attributes=attrs)
+    for i, shape in enumerate(shapes):
+        a = group.create_array(str(i), shape=shape, dtype="u1", dimension_names=["c", "y", "x"])
+        a[:] = i + 1
+    return group
+
+
+def test_levels_carry_their_arrays_opened_on_access() -> None:
+    group = _pyramid()
+    lv = levels(group)
+    assert [level.path for level in lv] == ["0", "1", "2", "3"]
+    assert all("array" not in vars(level) for level in lv)  # nothing opened yet
+    assert lv[2].array.shape == (3, 75, 50) and int(lv[2].array[0, 0, 0]) == 3
+    assert "array" in vars(lv[2]) and "array" not in vars(lv[1])
+    assert lv[2].factors == (1, 4, 4) and lv[2].offsets == (0, Fraction(3, 2), Fraction(3, 2))
+    assert lv[3].factors == (1, Fraction(300, 38), 8)  # exact, from refstore:levels
+    assert lv[0].axes == ("c", "y", "x")
+    with pytest.raises(ValueError, match="no group"):
+        _ = Level("0", (1,), (Fraction(1),), (Fraction(0),)).array
+
+
+def test_pick_level_for_a_resolution_or_an_output_size() -> None:
+    group = _pyramid()
+    lv = levels(group)
+    assert pick_level(group, resolution=4).path == "2"
+    assert pick_level(group, resolution=3.9).path == "1"
+    assert pick_level(group, resolution=[1, 2, 8]).path == "1"
+    assert pick_level(lv, shape=(70, 40)).path == "2"  # a display of 70 x 40: the smallest level covering it
+    assert pick_level(lv, shape=(76, 40)).path == "1"
+    assert pick_level(lv, shape=(3000, 2000)).path == "0"
+    assert pick_level(lv, shape=(10, 10)).array.shape == (3, 38, 25)
+    with pytest.raises(ValueError, match="either a resolution"):
+        pick_level(group)
+    with pytest.raises(ValueError, match="either a resolution"):
+        pick_level(group, resolution=2, shape=(10, 10))

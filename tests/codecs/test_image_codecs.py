@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from _entry_points import fresh_env, probe_site
 from zarr.core.buffer import default_buffer_prototype
 from zarr.storage import MemoryStore
 
@@ -25,7 +25,6 @@ import refstore.codecs as rc
 from refstore.codecs import ImageCodec, ImageCodecError, ImageNumcodec
 from refstore.errors import RefstoreError
 
-REPO = Path(__file__).resolve().parents[2]
 rc.register()
 
 # --- real encoders, and imagecodecs' own decoders as the reference -------------------------
@@ -608,24 +607,8 @@ async def test_async_decode_single_runs_in_a_thread() -> None:
 # --- entry points: pyproject.toml's own lines ------------------------------------------------
 
 
-def _entry_points_txt() -> str:
-    """The zarr and numcodecs codec entry points declared in pyproject.toml, as an entry_points.txt."""
-    import tomllib
-
-    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]
-    return "\n".join(
-        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in declared[group].items())
-        for group in ("zarr.codecs", "numcodecs.codecs")
-    )
-
-
 def test_entry_points_open_arrays_without_import(tmp_path: Path) -> None:
-    dist = tmp_path / "site" / "refstore_codecs_probe-0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: refstore-codecs-probe\nVersion: 0.0\n"
-    )
-    (dist / "entry_points.txt").write_text(_entry_points_txt())
+    site = probe_site(tmp_path / "site")
     data = encode("png", rgb(20, 30))[0]
     for fmt, meta, key in [
         (
@@ -673,9 +656,8 @@ def test_entry_points_open_arrays_without_import(tmp_path: Path) -> None:
             assert a.shape == (32, 32, 3) and (a[20:] == 5).all(), a
         print("ok", sorted(m for m in sys.modules if m.startswith("refstore.codecs"))[:1])
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), str(REPO)]))
     done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", script], env=fresh_env(site), capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
     assert "ok ['refstore.codecs']" in done.stdout
