@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from refstore.errors import CombineError, CoordinateOrderError, InputsDiffer, UnknownDimension
+from refstore.virtual._layout import DEFAULT_INLINE_LIMIT, ArrayLayout, save_layout
 from refstore.virtual._source import DIMENSIONS_ATTR, dimension_names_of, same_value
 
 #: xarray's ``combine_attrs`` choices, for global attributes and those of concatenated variables.
@@ -68,6 +69,8 @@ def combine(
     keep_order: bool = False,
     combine_attrs: str = "override",
     flatten: bool = False,
+    layout: str = "auto",
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
     zarr_format: int | None = None,
     **options: Any,
 ) -> Any:
@@ -114,7 +117,19 @@ def combine(
         ``"drop_conflicts"``. Attributes xarray decodes values with
         (:data:`DECODING_ATTRS`) are always kept, as they are in xarray's encoding.
     flatten
-        Write a plain kerchunk manifest (only when every chunk aligns).
+        The same as ``layout="kerchunk"`` (kept from before ``layout`` existed).
+    layout
+        How the result is written. ``"auto"`` (the default): flat where representable,
+        as kerchunk's ``MultiZarrToZarr`` writes it: plain kerchunk references for every
+        variable whose chunks each are one aligned input chunk; coordinates (1-d arrays
+        named after their dimension, and variables that a ``coordinates`` or ``bounds``
+        attribute names) inlined as values where they cannot be, and the ``concat_dim``
+        coordinate always (as ``MultiZarrToZarr`` does); virtual arrays for the rest.
+        ``"kerchunk"``: the same, but a variable that would need a virtual array is
+        refused (:class:`~refstore.errors.NotRepresentable`), so the result is readable by
+        any kerchunk reader. ``"virtual"``: every concatenated variable as a virtual array.
+    inline_limit
+        Coordinates larger than this (bytes, decoded) are not inlined.
     zarr_format
         The metadata format of the result; None (the default) keeps the inputs'. zarr 2
         inputs (kerchunk's scans) written as zarr 3 get a ``_FillValue`` attribute as
@@ -140,11 +155,34 @@ def combine(
         A variable differs between inputs in a checked field, or global attributes
         conflict under ``combine_attrs="identical"``/``"no_conflicts"``; the message names
         the input, the variable and the field.
+    refstore.errors.NotRepresentable
+        With ``layout="kerchunk"``, a variable needs a virtual array (the message names it
+        and why).
     refstore.errors.CombineError
         A variable is missing from an input, or the inputs' zarr formats differ.
     """
+    return combine_with_layout(
+        inputs, concat_dim, out, new_dim=new_dim, keep_order=keep_order, combine_attrs=combine_attrs,
+        flatten=flatten, layout=layout, inline_limit=inline_limit, zarr_format=zarr_format, **options,
+    )[0]
+
+
+def combine_with_layout(
+    inputs: Sequence[Any],
+    concat_dim: str,
+    out: str | None = None,
+    *,
+    new_dim: bool = False,
+    keep_order: bool = False,
+    combine_attrs: str = "override",
+    flatten: bool = False,
+    layout: str = "auto",
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
+    zarr_format: int | None = None,
+    **options: Any,
+) -> tuple[Any, list[ArrayLayout]]:
+    """:func:`combine`, also returning how each variable was written (references, inlined or virtual)."""
     from refstore.virtual._array import concat, stack
-    from refstore.virtual._save import save_virtual
 
     if not inputs:
         raise CombineError("combine: no inputs")
@@ -185,7 +223,25 @@ def combine(
             arrays[name] = _with_attrs(arr, merged)
     attrs = _merge_attrs([ds.attrs for ds in datasets], datasets, combine_attrs, "global attributes", decoding=False)
     fmt = zarr_format or first.zarr_format
-    return save_virtual(arrays, out, flatten=flatten, zarr_format=fmt, attrs=attrs)
+    coords = _coordinates(first)
+    always = {concat_dim} if not new_dim and first.arrays.get(concat_dim) is not None and first.dims(concat_dim) == (
+        concat_dim,) else set()
+    return save_layout(
+        arrays, out, layout="kerchunk" if flatten else layout, inline=coords, always_inline=always,
+        inline_limit=inline_limit, zarr_format=fmt, attrs=attrs,
+    )
+
+
+def _coordinates(ds: _Dataset) -> set[str]:
+    """The coordinates of ``ds``: 1-d arrays named after their dimension, and the variables that a
+    ``coordinates`` or ``bounds`` attribute names."""
+    found = {name for name in ds.arrays if ds.dims(name) == (name,)}
+    for arr in ds.arrays.values():
+        for attr in ("coordinates", "bounds"):
+            value = arr.attrs.get(attr)
+            if isinstance(value, str):
+                found.update(n for n in value.split() if n in ds.arrays)
+    return found
 
 
 def _with_attrs(arr: Any, attrs: dict[str, Any]) -> Any:
