@@ -43,7 +43,7 @@ def _combine(args: argparse.Namespace) -> int:
     _, layouts = combine_with_layout(
         args.inputs, args.concat_dim, out, new_dim=args.new_dim, keep_order=args.keep_order,
         combine_attrs=args.combine_attrs, zarr_format=args.zarr_format, layout=layout,
-        inline_limit=args.inline_limit,
+        inline_limit=args.inline_limit, progress=True if args.progress else None, scanner=args.scanner,
     )
     print(f"wrote {out}")
     for how, label in (("references", "kerchunk references"), ("inlined", "inlined values"),
@@ -106,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"(default {DEFAULT_INLINE_LIMIT})")
     p.add_argument("--format", choices=("json", "parquet"), default=None,
                    help="output format (default: parquet if -o ends with .parq/.parquet, else JSON)")
+    p.add_argument("--progress", action="store_true",
+                   help="draw a progress line on stderr while scanning netCDF/HDF5 files even when stderr is "
+                        "not a terminal (on a terminal it is drawn anyway)")
+    p.add_argument("--scanner", choices=("kerchunk", "virtualizarr"), default=None,
+                   help="what scans netCDF/HDF5 inputs (default: kerchunk if installed, else VirtualiZarr)")
     p.add_argument("--new-dim", action="store_true",
                    help="--concat-dim is a new dimension: stack the inputs along it, in the order given")
     p.add_argument("--keep-order", action="store_true",

@@ -55,22 +55,35 @@ def _remote(store: Any) -> bool:
 
 
 async def _entries(array: Any) -> list[tuple[str, Any]]:
-    """``(relative key, bytes | Reference)`` for every stored key of a zarr array."""
+    """``(relative key, bytes | Reference)`` for every stored key of a zarr array.
+
+    Keys are listed from the store, except on remote fsspec stores (HTTP cannot list):
+    there the metadata documents and the chunk keys of the array's grid are tried.
+    """
+    from zarr.storage import FsspecStore
+
     store, path = array.store_path.store, array.store_path.path
     prefix = f"{path}/" if path else ""
-    keys = [k async for k in store.list_prefix(prefix)]
-    out: list[tuple[str, Any]] = []
+    if isinstance(store, FsspecStore) and _remote(store):
+        meta = array.metadata
+        grid = [range(-(-s // c)) for s, c in zip(array.shape, array.chunks)]
+        rels = sorted(_METADATA) + [meta.encode_chunk_key(tuple(c)) for c in itertools.product(*grid)]
+        keys = [prefix + rel for rel in rels]
+    else:
+        keys = [k async for k in store.list_prefix(prefix)]
     proto = default_buffer_prototype()
-    for key in keys:
+
+    async def one(key: str) -> tuple[str, Any]:
         rel = key[len(prefix) :]
         if rel.rsplit("/", 1)[-1] in _METADATA:
             buf = await store.get(key, proto)
-            entry = None if buf is None else buf.to_bytes()
-        else:
-            entry = await stored_entry(store, key)
-        if entry is not None:
-            out.append((rel, entry))
-    return out
+            return rel, None if buf is None else buf.to_bytes()
+        return rel, await stored_entry(store, key)
+
+    found = []
+    for start in range(0, len(keys), 64):  # a few requests at a time on remote stores
+        found += await asyncio.gather(*(one(k) for k in keys[start : start + 64]))
+    return [(rel, entry) for rel, entry in found if entry is not None]
 
 
 async def source_entry(src: ZarrSource, coords: tuple[int, ...]) -> Any:
@@ -189,7 +202,7 @@ def put_virtual(manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, by
     embedded: dict[int, str] = {}
 
     def ref(src: ZarrSource) -> dict[str, Any]:
-        if src.ref is not None and "path" not in src.ref:
+        if src.ref is not None and set(src.ref) != {"path"}:  # names its own store (a "path" alone is ours)
             return dict(src.ref)
         if id(src.array) not in embedded:
             path = f"{name}/{SOURCES_DIR}/{len(embedded)}"
