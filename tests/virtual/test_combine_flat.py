@@ -171,3 +171,25 @@ def test_layout_virtual_keeps_every_concatenated_variable_virtual(tmp_path: Path
     assert "tas/refstore.virtual.json" in refs_of(out)
     with xr.open_mfdataset(files, combine="by_coords") as expected:
         assert_same_as_xarray(open_with_refstore(out), expected)
+
+
+def test_bounds_are_inlined_like_coordinates(tmp_path: Path) -> None:
+    """A ``bounds`` variable (time_bnds, contiguous per file: chunked (365, 2) and (366, 2)) is a coordinate:
+    inlined, so daily-chunked data stays plain kerchunk output."""
+    files = []
+    for y in YEARS:
+        raw = write_year(tmp_path / f"raw{y}.nc", y, chunk=1)
+        with xr.open_dataset(raw, decode_times=False) as ds:
+            ds = ds.load()
+        t = ds.time.values
+        ds["time_bnds"] = (("time", "nv"), np.stack([t - 0.5, t + 0.5], axis=1))
+        ds.time.attrs["bounds"] = "time_bnds"
+        files.append(str(tmp_path / f"b{y}.nc"))
+        ds.to_netcdf(files[-1])
+    out = str(tmp_path / "bounds.json")
+    _, layouts = combine_with_layout(files, "time", out, layout="kerchunk")
+    how = {a.name: a.how for a in layouts}
+    assert how["time_bnds"] == how["time"] == "inlined" and how["tas"] == "references"
+    assert "an input is chunked (366, 2)" in {a.name: a.reason for a in layouts}["time_bnds"]
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        assert_same_as_xarray(open_with_fsspec(out), expected)

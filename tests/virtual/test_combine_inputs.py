@@ -160,6 +160,19 @@ def test_remote_zarr_stores(tmp_path: Path, remote: Any) -> None:
         xr.testing.assert_identical(got.load(), expected.load())
 
 
+def test_netcdf_files_over_http(tmp_path: Path, ncfiles: list[str], http: Any) -> None:
+    """netCDF files given by URL are scanned over HTTP; the result references the URLs."""
+    urls = []
+    for f in ncfiles:
+        shutil.copy(f, http.root / Path(f).name)
+        urls.append(f"{http.url}/{Path(f).name}")
+    out = str(tmp_path / "http.json")
+    refstore.combine(urls[::-1], "time", out)
+    assert {ref.url for ref in refstore.Manifest.open(out).values() if isinstance(ref, refstore.Reference)} == set(urls)
+    with xr.open_mfdataset(ncfiles, combine="by_coords") as expected:
+        assert_same_as_xarray(open_ref(out), expected)
+
+
 def test_kinds_of_input(tmp_path: Path, ncfiles: list[str]) -> None:
     nameless = tmp_path / "data"  # a netCDF4 file without a suffix: recognized by its signature
     shutil.copy(ncfiles[0], nameless)
