@@ -38,7 +38,10 @@ def _combine(args: argparse.Namespace) -> int:
 
     layout = "kerchunk" if args.kerchunk_only or args.flatten else args.layout
     out = args.output
-    if args.format == "parquet" and not out.rstrip("/").endswith((".parq", ".parquet")):
+    parquet = out.rstrip("/").endswith((".parq", ".parquet"))
+    if args.format == "json" and parquet:
+        raise ValueError(f"-o {out!r} names a parquet directory (.parq/.parquet) but --format json was given")
+    if args.format == "parquet" and not parquet:
         out = out.rstrip("/") + ".parq"
     _, layouts = combine_with_layout(
         args.inputs, args.concat_dim, out, new_dim=args.new_dim, keep_order=args.keep_order,
@@ -105,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="inline coordinates up to this size (decoded) where they cannot be references "
                         f"(default {DEFAULT_INLINE_LIMIT})")
     p.add_argument("--format", choices=("json", "parquet"), default=None,
-                   help="output format (default: parquet if -o ends with .parq/.parquet, else JSON)")
+                   help="output format (default: parquet if -o ends with .parq/.parquet, else JSON); "
+                        "parquet appends .parq to -o if it has no parquet suffix")
     p.add_argument("--progress", action="store_true",
                    help="draw a progress line on stderr while scanning netCDF/HDF5 files even when stderr is "
                         "not a terminal (on a terminal it is drawn anyway)")

@@ -175,7 +175,11 @@ async def _flat_entries(v: VirtualArray, docs: Mapping[str, bytes]) -> tuple[dic
     arr = await _open_meta(docs)
     encoding = encoding_of(arr)
     for src in leaf_sources(v):
-        if encoding_of(await src.open_async()) != encoding:
+        leaf = await src.open_async()
+        if leaf.metadata.zarr_format != arr.metadata.zarr_format:
+            return None, (f"its inputs are zarr {leaf.metadata.zarr_format} and the result zarr "
+                          f"{arr.metadata.zarr_format}, so their chunks cannot be referenced as they are")
+        if encoding_of(leaf) != encoding:
             return None, "its inputs are encoded differently (codecs, compressor, filters or dtype)"
     planner = ChunkPlanner(v, encoding)
     entries: dict[str, Any] = {}

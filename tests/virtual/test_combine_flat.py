@@ -193,3 +193,17 @@ def test_bounds_are_inlined_like_coordinates(tmp_path: Path) -> None:
     assert "an input is chunked (366, 2)" in {a.name: a.reason for a in layouts}["time_bnds"]
     with xr.open_mfdataset(files, combine="by_coords") as expected:
         assert_same_as_xarray(open_with_fsspec(out), expected)
+
+
+def test_zarr_3_result_of_zarr_2_inputs_names_why_it_is_virtual(tmp_path: Path, aligned: Any) -> None:
+    files, manifests = aligned
+    out = str(tmp_path / "v3.json")
+    _, layouts = combine_with_layout(manifests, "time", out, zarr_format=3)
+    how = {a.name: (a.how, a.reason) for a in layouts}
+    assert how["tas"] == ("virtual", "its inputs are zarr 2 and the result zarr 3, so their chunks cannot be "
+                                     "referenced as they are")
+    assert how["lat"][0] == how["time"][0] == "inlined"
+    with pytest.raises(NotRepresentable, match="variable 'cnt' .* inputs are zarr 2 and the result zarr 3"):
+        refstore.combine(manifests, "time", str(tmp_path / "k.json"), zarr_format=3, layout="kerchunk")
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        assert_same_as_xarray(open_with_refstore(out), expected)
