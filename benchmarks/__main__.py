@@ -21,10 +21,11 @@ Scenarios:
 * ``decode_zstd`` / ``decode_gzip`` - read 256 compressed 1 MiB chunks (32)
   under zarr's threading/concurrency settings, with CPU time / wall time,
   against numcodecs in 2 threads (``benchmarks/decode.py``).
-* ``virtual_aligned`` / ``virtual_misaligned`` - read a virtual concatenation
-  of 20 (4) netCDF4 files through zarr + ReferenceStore: aligned against one flat
-  manifest (refstore and fsspec), misaligned (365/366-day years, assembled) against
-  h5py + numpy.concatenate (``benchmarks/virtual.py``).
+* ``virtual_aligned`` / ``virtual_misaligned`` - ``refstore combine`` of 20 (4)
+  netCDF4 files (default layout and ``--layout virtual``) read through zarr +
+  ReferenceStore, open+read and read alone: aligned against kerchunk MZZ's manifest
+  of the same files (refstore and fsspec), misaligned (365/366-day years, assembled)
+  against h5py + numpy.concatenate (``benchmarks/virtual.py``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,28 @@
-"""Scenarios ``virtual_aligned`` and ``virtual_misaligned``: virtual arrays over many netCDF4 files.
+"""Scenarios ``virtual_aligned`` and ``virtual_misaligned``: ``refstore combine`` of many netCDF4 files.
 
 Each input is a netCDF4 file (written by netCDF4-python: ``tas(time, lat, lon)``
-float32, zlib, chunked along time) described by kerchunk references; ``refstore
-combine`` joins the files along ``time`` into one virtual manifest. Every
-implementation opens its store, then the array ``tas`` through zarr, and reads it
-whole; the result is compared with the files' values read by h5py.
+float32, zlib, chunked along time) described by kerchunk references. They are joined
+along ``time`` three ways: ``refstore combine`` as it writes by default (flat kerchunk
+references where chunks align, virtual arrays only where needed), ``refstore combine
+--layout virtual`` (every concatenated variable a virtual array, chunks passed through
+or assembled when read), and kerchunk's ``MultiZarrToZarr`` (MZZ). Each is read whole
+(``tas``) through zarr, timed two ways: *open+read* (a fresh store, open the array,
+read it) and *read* (the store and array opened untimed, then the read). Every read is
+compared with the files' values read by h5py.
 
-* ``virtual_aligned``: N files of 365 days, chunk 5 along time, so every virtual
-  chunk is one source chunk (passed through as stored bytes). Compared with one flat
-  kerchunk manifest of the same chunks read by refstore (the goal: the virtual
-  manifest costs at most 1.1x) and by fsspec's own ReferenceFileSystem; limit: h5py
-  reading every file plus ``numpy.concatenate``.
-* ``virtual_misaligned``: years of 365 and 366 days, chunk 10 along time: every
-  chunk after the first year straddles source chunks and is assembled (decoded,
-  cropped, re-encoded). fsspec cannot read it (n/a). Limit: h5py plus
-  ``numpy.concatenate``.
+* ``virtual_aligned``: N files of 365 days, chunk 5 along time: every chunk is one
+  source chunk, so the default output is flat (the same references as MZZ). Goal:
+  each combined result within 1.1x of the MZZ manifest read by refstore; also read by
+  fsspec's own ReferenceFileSystem.
+* ``virtual_misaligned``: years of 365 and 366 days, chunk 10 along time: every chunk
+  after the first leap year straddles files, so ``tas`` is a virtual array (assembled
+  chunks). MZZ's manifest places such chunks wrongly (its read fails the check and is
+  listed as an error); the limit is h5py plus ``numpy.concatenate``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +37,17 @@ from ._common import (
     Row,
     Timing,
     array_checker,
-    fsspec_reader,
     import_refstore,
-    refstore_reader,
+    median_cpu,
     run_interleaved,
 )
 
-FSSPEC = "fsspec RFS + FsspecStore (flat)"
-REF_VIRTUAL = "refstore.ReferenceStore (virtual)"
-REF_FLAT = "refstore.ReferenceStore (flat)"
+COMBINED = "refstore combine"
+VIRTUAL = "refstore combine --layout virtual"
+MZZ_REF = "kerchunk MZZ via refstore"
+MZZ_FSSPEC = "kerchunk MZZ via fsspec RFS"
 H5PY = "h5py + np.concatenate"
+MODES = ("open+read", "read")
 
 
 @dataclass(frozen=True)
@@ -116,20 +121,29 @@ def _kerchunk(path: Path) -> dict[str, Any]:
         return SingleHdf5ToZarr(f, url=str(path), inline_threshold=0).translate()
 
 
-def manifests(paths: list[Path], s: Sizes) -> tuple[Path, Path | None]:
-    """The virtual manifest of the files combined along ``time``, and the flat one if every chunk aligns."""
+def manifests(paths: list[Path]) -> dict[str, tuple[Path, str]]:
+    """``{label: (manifest path, how tas is written)}`` of the files combined along ``time`` (made once)."""
+    import json
+
     refstore = import_refstore()
     assert refstore is not None
-    from refstore.virtual._combine import combine
+    from refstore.virtual._combine import combine_with_layout
 
     folder = paths[0].parent
-    virtual, flat = folder / "virtual.json", folder / "flat.json"
-    if not virtual.exists():
+    out = {COMBINED: folder / "combined_v2.json", VIRTUAL: folder / "virtual_v2.json", MZZ_REF: folder / "mzz.json"}
+    layouts = folder / "layouts_v2.json"
+    if not layouts.exists():
         refs = [_kerchunk(p) for p in paths]
-        combine(refs, "time", str(virtual))
-        if all(d % s.chunk == 0 for d in s.days[:-1]):
-            combine(refs, "time", str(flat), flatten=True)
-    return virtual, (flat if flat.exists() else None)
+        _, auto = combine_with_layout(refs, "time", str(out[COMBINED]))
+        combine_with_layout(refs, "time", str(out[VIRTUAL]), layout="virtual")
+        from kerchunk.combine import MultiZarrToZarr
+
+        mzz = MultiZarrToZarr(refs, concat_dims=["time"], identical_dims=["lat", "lon"]).translate()
+        out[MZZ_REF].write_text(json.dumps(mzz))
+        layouts.write_text(json.dumps({a.name: a.how for a in auto}))
+    how = json.loads(layouts.read_text())["tas"]
+    return {COMBINED: (out[COMBINED], f"tas: {how}"), VIRTUAL: (out[VIRTUAL], "tas: virtual"),
+            MZZ_REF: (out[MZZ_REF], "tas: references"), MZZ_FSSPEC: (out[MZZ_REF], "tas: references")}
 
 
 def _read_h5(paths: list[Path]) -> np.ndarray:
@@ -142,45 +156,104 @@ def _read_h5(paths: list[Path]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _opener(label: str, path: Path) -> Any:
+    """A function opening ``tas`` of the manifest at ``path`` with a fresh store (refstore's or fsspec's)."""
+    import zarr
+
+    if label == MZZ_FSSPEC:
+        from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+        from zarr.storage import FsspecStore
+
+        def open_fsspec() -> Any:
+            fs = FsspecRFS(fo=str(path), remote_protocol="file", remote_options={"asynchronous": True},
+                           asynchronous=True)
+            return zarr.open_array(store=FsspecStore(fs, read_only=True), path="tas", mode="r")
+
+        return open_fsspec
+    refstore = import_refstore()
+    assert refstore is not None
+
+    def open_refstore() -> Any:
+        return zarr.open_array(store=refstore.ReferenceStore(str(path)), path="tas", mode="r")
+
+    return open_refstore
+
+
+class _ReadAlone:
+    """Times only the read: the array is opened (untimed) in ``before``."""
+
+    def __init__(self, opener: Any) -> None:
+        self.opener = opener
+        self.array: Any = None
+
+    def before(self) -> None:
+        self.array = self.opener()
+
+    def __call__(self) -> Any:
+        return self.array[:]
+
+
 def run(name: str, cfg: Config) -> list[Row]:
     """Run scenario ``name`` (``virtual_aligned`` or ``virtual_misaligned``) and return its rows."""
     s = sizes(name, cfg.quick)
     paths = make_files(cfg.cache_dir, s)
     expected = _read_h5(paths)
     check = array_checker(expected)
-    fns = {H5PY: CpuTimed(lambda: _read_h5(paths))}
+    h5 = CpuTimed(lambda: _read_h5(paths))
+    jobs = [Job(H5PY, h5, check, cfg.repeat, after=h5.after)]
+    written: dict[str, str] = {}
     if import_refstore() is not None:
-        virtual, flat = manifests(paths, s)
-        fns[REF_VIRTUAL] = CpuTimed(refstore_reader(str(virtual), "tas"))
-        if flat is not None:
-            fns[REF_FLAT] = CpuTimed(refstore_reader(str(flat), "tas"))
-            fns[FSSPEC] = CpuTimed(fsspec_reader(str(flat), "tas"))
-    for fn in fns.values():  # warm up: imports, zarr's loop, the OS page cache; untimed
-        check(fn())
-    results = run_interleaved([Job(label, fn, check, cfg.repeat) for label, fn in fns.items()], cfg.verbose)
-    for label, fn in fns.items():
-        results[label].extra["cpu_times"] = fn.times[1:]
-    return _rows(name, s, results, {label: fn.median for label, fn in fns.items()})
+        for label, (path, how) in manifests(paths).items():
+            written[label] = how
+            opener = _opener(label, path)
+            alone = _ReadAlone(opener)
+            both = CpuTimed(lambda opener=opener: opener()[:])
+            read = CpuTimed(alone)
+            jobs.append(Job(f"{label} | open+read", both, check, cfg.repeat, after=both.after))
+            jobs.append(Job(f"{label} | read", read, check, cfg.repeat, before=alone.before, after=read.after))
+    failed: dict[str, str] = {}
+    for job in jobs:  # warm up: imports, zarr's loop, the OS page cache; untimed
+        try:
+            if job.before is not None:
+                job.before()
+            check(job.fn())
+        except Exception as exc:  # MZZ's misplaced chunks: listed, not timed
+            failed[job.label] = f"{type(exc).__name__}: {exc}"
+    results = run_interleaved([j for j in jobs if j.label not in failed], cfg.verbose)
+    for label, error in failed.items():
+        results[label] = Timing(error=error)
+    return _rows(name, s, results, written)
 
 
-def _rows(name: str, s: Sizes, results: dict[str, Timing], cpu: dict[str, float | None]) -> list[Row]:
-    """Table rows, wall time then CPU time: the virtual read against the flat manifest
-    (aligned only) and against h5py."""
+def _rows(name: str, s: Sizes, results: dict[str, Timing], written: dict[str, str]) -> list[Row]:
+    """Table rows per mode: each combined result against MZZ read by refstore (the flat manifest of the
+    same chunks; goal <= 1.1x) when MZZ reads right, else against h5py."""
     notes = [f"{label}: {t.error}" for label, t in results.items() if t.error]
-    if FSSPEC not in results:
-        notes.append("fsspec cannot read a virtual manifest (no flat one exists when chunks straddle files)")
-    variant = f"{REF_VIRTUAL}, {'pass-through' if REF_FLAT in results else 'assembled'}"
     rows = []
-    for unit, values in (("s", {k: t.median for k, t in results.items()}), ("cpu s", cpu)):
-        common = {"unit": unit, "refstore": values.get(REF_VIRTUAL), "fsspec": values.get(FSSPEC)}
-        if REF_FLAT in results:
-            rows.append(Row(name, variant, limit=values[REF_FLAT], limit_name="refstore, flat manifest (goal <= 1.1x)",
-                            **common))
-        rows.append(Row(name, variant, limit=values[H5PY], limit_name=H5PY, **common))
-    rows[0].note = "; ".join(notes)
-    rows[0].raw = {
-        "files": len(s.days), "days": list(s.days), "grid": [s.lat, s.lon], "time_chunk": s.chunk,
-        "virtual_chunks": -(-sum(s.days) // s.chunk), "source_chunks": sum(-(-d // s.chunk) for d in s.days),
-        "timings": {k: v.to_json() for k, v in results.items()},
-    }
+    for unit, mode in itertools.product(("s", "cpu s"), MODES):
+        def med(label: str, mode: str = mode, unit: str = unit) -> float | None:
+            t = results.get(label if label == H5PY else f"{label} | {mode}")
+            if t is None:
+                return None
+            return t.median if unit == "s" else median_cpu(t)
+
+        flat = med(MZZ_REF)
+        for label in (COMBINED, VIRTUAL, MZZ_REF):
+            if label not in written:
+                continue
+            variant = f"{label} ({written[label]}), {mode}"
+            group = f"{name} {unit} {mode}"
+            if flat is not None and label != MZZ_REF:
+                rows.append(Row(name, variant, unit, refstore=med(label), fsspec=med(MZZ_FSSPEC), limit=flat,
+                                limit_name="kerchunk MZZ via refstore (goal <= 1.1x)", group=group))
+            else:
+                rows.append(Row(name, variant, unit, refstore=med(label), fsspec=med(MZZ_FSSPEC), limit=med(H5PY),
+                                limit_name=H5PY, group=group))
+    if rows:
+        rows[0].note = "; ".join(notes)
+        rows[0].raw = {
+            "files": len(s.days), "days": list(s.days), "grid": [s.lat, s.lon], "time_chunk": s.chunk,
+            "virtual_chunks": -(-sum(s.days) // s.chunk), "source_chunks": sum(-(-d // s.chunk) for d in s.days),
+            "written": written, "timings": {k: v.to_json() for k, v in results.items()},
+        }
     return rows

@@ -12,8 +12,10 @@ working::
     │       │                                and the field; nothing is written
     │       ├── UnknownDimension             the concat dimension is none of the inputs' (lists those present)
     │       ├── CoordinateOrderError         the concat coordinate is not monotonic, or inputs overlap
-    │       └── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
-    │                                        or CF attribute differs between inputs
+    │       ├── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
+    │       │                                or CF attribute differs between inputs
+    │       └── NotRepresentable             kerchunk-only output was asked for, but a variable needs a
+    │                                        virtual array (names it and why: e.g. misaligned chunks)
     ├── ImageCodecError(ValueError)          an image tile cannot be decoded into (or encoded from) a chunk
     ├── ChunkDecodeError(ValueError)         a chunk's bytes do not decode: names key, where its bytes
     │                                        come from and the codec; the codec's error is ``__cause__``
@@ -50,6 +52,7 @@ __all__ = [
     "InputsDiffer",
     "KeyNotInManifest",
     "ManifestError",
+    "NotRepresentable",
     "ReferenceNotReachable",
     "RefstoreError",
     "RefstoreWarning",
@@ -118,6 +121,14 @@ class InputsDiffer(CombineError, IncompatibleSources):
     ``units``, ``calendar``, ``scale_factor``, ``add_offset``, ``_FillValue``,
     ``missing_value`` and the other CF decoding attributes; or, for variables
     without the concat dimension, the values themselves.
+    """
+
+
+class NotRepresentable(CombineError):
+    """Plain kerchunk output was asked for (``layout="kerchunk"``, ``--kerchunk-only``), but a
+    variable cannot be expressed as kerchunk references.
+
+    The message names the variable and the reason (e.g. a chunk spanning two inputs).
     """
 
 

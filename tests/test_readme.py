@@ -62,6 +62,15 @@ CHECKS: dict[str, str] = {
         assert len(levels) > 2 and levels[0].shape == (3, *image.shape[:2])
         assert np.array_equal(np.moveaxis(group[levels[0].path][:], 0, -1), image)
     """,
+    "refstore.concat(": """
+        back = zarr.open_group(refstore.ReferenceStore("virtual.json"), mode="r")
+        assert np.array_equal(back["tas"][:], np.concatenate([truth["tas"], truth["tas"]]))
+        assert np.array_equal(window, np.concatenate([truth["tas"], truth["tas"]])[2:8, ::2])
+        assert np.array_equal(back["pr"][:], np.stack([truth["pr"], truth["pr"]]))
+        n, y, x = truth["pr"].shape
+        assert back["padded"].shape == (n, y + 6, x) and np.array_equal(back["padded"][:, 3:-3], truth["pr"])
+        assert (back["padded"][:, :3] == g["pr"].fill_value).all()
+    """,
     "codec_pipeline.path": """
         import refstore
         assert zarr.config.get("codec_pipeline.path") == "refstore.pipeline.ThreadedCodecPipeline"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from refstore.errors import CombineError, CoordinateOrderError, InputsDiffer, UnknownDimension
+from refstore.virtual._inputs import open_inputs
+from refstore.virtual._layout import DEFAULT_INLINE_LIMIT, ArrayLayout, save_layout
 from refstore.virtual._source import DIMENSIONS_ATTR, dimension_names_of, same_value
 
 #: xarray's ``combine_attrs`` choices, for global attributes and those of concatenated variables.
@@ -32,31 +33,33 @@ def _decoding(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class _Dataset:
-    """One input: its arrays, global attributes and how messages name it."""
+    """One input: its arrays, global attributes, how messages name it, and how definitions name its arrays."""
 
     label: str
     arrays: dict[str, Any]
     attrs: dict[str, Any]
     zarr_format: int
+    refs: dict[str, dict[str, Any]]
 
     def dims(self, name: str) -> tuple[str | None, ...]:
         return tuple(dimension_names_of(self.arrays[name]) or ())
 
+    def source(self, name: str) -> Any:
+        """Array ``name`` as a concat input: a ``ZarrSource`` named by its store's URL, if it has one."""
+        from refstore.virtual._source import ZarrSource
 
-def _label(fo: Any, index: int) -> str:
-    if isinstance(fo, (str, os.PathLike)):
-        return repr(os.fspath(fo))
-    return f"input {index}"
+        ref = self.refs.get(name)
+        return self.arrays[name] if ref is None else ZarrSource(self.arrays[name], ref=ref)
 
 
-def _open(fo: Any, index: int, options: Mapping[str, Any]) -> _Dataset:
+def _datasets(inputs: Sequence[Any], options: Mapping[str, Any], **kwargs: Any) -> list[_Dataset]:
     import zarr
 
-    from refstore.virtual._spec import open_manifest_store
-
-    group = zarr.open_group(open_manifest_store(fo, **options), mode="r")
-    arrays = {name: node for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)}
-    return _Dataset(_label(fo, index), arrays, dict(group.attrs), group.metadata.zarr_format)
+    out = []
+    for inp in open_inputs(inputs, options, **kwargs):
+        arrays = {name: node for name, node in inp.group.members(max_depth=None) if isinstance(node, zarr.Array)}
+        out.append(_Dataset(inp.label, arrays, dict(inp.group.attrs), inp.group.metadata.zarr_format, inp.refs))
+    return out
 
 
 def combine(
@@ -68,7 +71,12 @@ def combine(
     keep_order: bool = False,
     combine_attrs: str = "override",
     flatten: bool = False,
+    layout: str = "auto",
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
     zarr_format: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    scanner: str | None = None,
     **options: Any,
 ) -> Any:
     """Combine datasets given as reference manifests along dimension ``concat_dim``, as xarray would.
@@ -93,8 +101,11 @@ def combine(
     Parameters
     ----------
     inputs
-        Manifests (paths, URLs, dicts or :class:`refstore.Manifest`), e.g. kerchunk
-        scans of netCDF files.
+        Datasets: reference manifests (kerchunk JSON or parquet, e.g. kerchunk's or
+        VirtualiZarr's scans of netCDF files; paths, URLs, dicts or
+        :class:`refstore.Manifest`), zarr stores (v2 or v3; a local directory, or a URL
+        ending in ``.zarr`` or ``/``), or netCDF/HDF5 files, which are scanned first (see
+        :func:`refstore.virtual._inputs.kind_of` for how each is recognized).
     concat_dim
         The dimension to join along; it must be a dimension of the inputs unless
         ``new_dim`` is true.
@@ -114,7 +125,28 @@ def combine(
         ``"drop_conflicts"``. Attributes xarray decodes values with
         (:data:`DECODING_ATTRS`) are always kept, as they are in xarray's encoding.
     flatten
-        Write a plain kerchunk manifest (only when every chunk aligns).
+        The same as ``layout="kerchunk"`` (kept from before ``layout`` existed).
+    layout
+        How the result is written. ``"auto"`` (the default): flat where representable,
+        as kerchunk's ``MultiZarrToZarr`` writes it: plain kerchunk references for every
+        variable whose chunks each are one aligned input chunk; coordinates (1-d arrays
+        named after their dimension, and variables that a ``coordinates`` or ``bounds``
+        attribute names) inlined as values where they cannot be, and the ``concat_dim``
+        coordinate always (as ``MultiZarrToZarr`` does); virtual arrays for the rest.
+        ``"kerchunk"``: the same, but a variable that would need a virtual array is
+        refused (:class:`~refstore.errors.NotRepresentable`), so the result is readable by
+        any kerchunk reader. ``"virtual"``: every concatenated variable as a virtual array.
+    inline_limit
+        Coordinates larger than this (bytes, decoded) are not inlined.
+    storage_options
+        fsspec options for zarr stores and files given by URL (e.g. ``{"anon": True}``).
+    progress
+        A progress line on stderr while scanning files: None (the default) when stderr
+        is a terminal, True always, False never.
+    scanner
+        ``"kerchunk"`` or ``"virtualizarr"`` to scan netCDF/HDF5 files with; None takes
+        kerchunk if it is installed (and not a version known to drop variables), else
+        VirtualiZarr.
     zarr_format
         The metadata format of the result; None (the default) keeps the inputs'. zarr 2
         inputs (kerchunk's scans) written as zarr 3 get a ``_FillValue`` attribute as
@@ -140,17 +172,44 @@ def combine(
         A variable differs between inputs in a checked field, or global attributes
         conflict under ``combine_attrs="identical"``/``"no_conflicts"``; the message names
         the input, the variable and the field.
+    refstore.errors.NotRepresentable
+        With ``layout="kerchunk"``, a variable needs a virtual array (the message names it
+        and why).
     refstore.errors.CombineError
         A variable is missing from an input, or the inputs' zarr formats differ.
     """
+    return combine_with_layout(
+        inputs, concat_dim, out, new_dim=new_dim, keep_order=keep_order, combine_attrs=combine_attrs,
+        flatten=flatten, layout=layout, inline_limit=inline_limit, zarr_format=zarr_format,
+        storage_options=storage_options, progress=progress, scanner=scanner, **options,
+    )[0]
+
+
+def combine_with_layout(
+    inputs: Sequence[Any],
+    concat_dim: str,
+    out: str | None = None,
+    *,
+    new_dim: bool = False,
+    keep_order: bool = False,
+    combine_attrs: str = "override",
+    flatten: bool = False,
+    layout: str = "auto",
+    inline_limit: int = DEFAULT_INLINE_LIMIT,
+    zarr_format: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+    scanner: str | None = None,
+    **options: Any,
+) -> tuple[Any, list[ArrayLayout]]:
+    """:func:`combine`, also returning how each variable was written (references, inlined or virtual)."""
     from refstore.virtual._array import concat, stack
-    from refstore.virtual._save import save_virtual
 
     if not inputs:
         raise CombineError("combine: no inputs")
     if combine_attrs not in COMBINE_ATTRS:
         raise ValueError(f"combine: combine_attrs must be one of {COMBINE_ATTRS}, got {combine_attrs!r}")
-    datasets = [_open(fo, k, options) for k, fo in enumerate(inputs)]
+    datasets = _datasets(inputs, options, storage_options=storage_options, show_progress=progress, scanner=scanner)
     _check_variables_and_format(datasets)
     dims = sorted({d for ds in datasets for name in ds.arrays for d in ds.dims(name) if d is not None})
     if new_dim and concat_dim in dims:
@@ -172,11 +231,12 @@ def combine(
     arrays: dict[str, Any] = {}
     for name, arr in first.arrays.items():
         column = [ds.arrays[name] for ds in datasets]
+        sources = [ds.source(name) for ds in datasets]
         if new_dim:
-            arrays[name] = stack(column, axis=0, dimension_name=concat_dim)
+            arrays[name] = stack(sources, axis=0, dimension_name=concat_dim)
             arrays[name].attrs = _merge_attrs([a.attrs for a in column], datasets, combine_attrs, f"variable {name!r}")
         elif concat_dim in first.dims(name):
-            arrays[name] = concat(column, axis=first.dims(name).index(concat_dim))
+            arrays[name] = concat(sources, axis=first.dims(name).index(concat_dim))
             arrays[name].attrs = _merge_attrs([a.attrs for a in column], datasets, combine_attrs, f"variable {name!r}")
         else:
             _check_identical(name, datasets, concat_dim)
@@ -185,7 +245,25 @@ def combine(
             arrays[name] = _with_attrs(arr, merged)
     attrs = _merge_attrs([ds.attrs for ds in datasets], datasets, combine_attrs, "global attributes", decoding=False)
     fmt = zarr_format or first.zarr_format
-    return save_virtual(arrays, out, flatten=flatten, zarr_format=fmt, attrs=attrs)
+    coords = _coordinates(first)
+    always = {concat_dim} if not new_dim and first.arrays.get(concat_dim) is not None and first.dims(concat_dim) == (
+        concat_dim,) else set()
+    return save_layout(
+        arrays, out, layout="kerchunk" if flatten else layout, inline=coords, always_inline=always,
+        inline_limit=inline_limit, zarr_format=fmt, attrs=attrs,
+    )
+
+
+def _coordinates(ds: _Dataset) -> set[str]:
+    """The coordinates of ``ds``: 1-d arrays named after their dimension, and the variables that a
+    ``coordinates`` or ``bounds`` attribute names."""
+    found = {name for name in ds.arrays if ds.dims(name) == (name,)}
+    for arr in ds.arrays.values():
+        for attr in ("coordinates", "bounds"):
+            value = arr.attrs.get(attr)
+            if isinstance(value, str):
+                found.update(n for n in value.split() if n in ds.arrays)
+    return found
 
 
 def _with_attrs(arr: Any, attrs: dict[str, Any]) -> Any:

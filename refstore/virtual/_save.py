@@ -18,48 +18,86 @@ from refstore.virtual._source import ZarrSource, encoding_of
 from refstore.virtual._store import _METADATA, DEFINITION_NAME, SOURCES_DIR, _open_meta
 
 
-async def _entries(array: Any) -> list[tuple[str, Any]]:
-    """``(relative key, bytes | Reference)`` for every stored key of a zarr array."""
-    from zarr.storage import LocalStore
+async def stored_entry(store: Any, key: str) -> Any:
+    """The manifest entry of ``key`` of a zarr store: a Reference, inline bytes, or None if absent.
+
+    A refstore store gives its manifest's entry; a ``LocalStore`` a ``file://`` reference
+    to the file; a remote fsspec store (HTTP, S3, ...) a reference to the whole object;
+    any other store (e.g. a ``MemoryStore``) the bytes themselves.
+    """
+    from zarr.storage import FsspecStore, LocalStore
 
     from refstore.manifest import Manifest, Reference
+
+    found = getattr(store, "manifest", None)
+    if isinstance(found, Manifest):  # refstore's stores
+        return found.get(key)
+    if isinstance(store, LocalStore):
+        full = os.path.abspath(os.path.join(str(store.root), key))  # noqa: ASYNC240 - string work only
+        try:
+            size = await asyncio.to_thread(os.path.getsize, full)
+        except FileNotFoundError:
+            return None
+        return Reference("file://" + full, 0, size)
+    if isinstance(store, FsspecStore) and _remote(store):
+        if not await store.exists(key):
+            return None
+        return Reference(store.fs.unstrip_protocol(f"{store.path.rstrip('/')}/{key}"), 0, None)
+    buf = await store.get(key, default_buffer_prototype())
+    return None if buf is None else buf.to_bytes()
+
+
+def _remote(store: Any) -> bool:
+    """True if an fsspec store reads objects by URL (not from memory)."""
+    protocol = store.fs.protocol
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    return not ({"memory", "reference"} & set(protocols))
+
+
+async def _entries(array: Any) -> list[tuple[str, Any]]:
+    """``(relative key, bytes | Reference)`` for every stored key of a zarr array.
+
+    Keys are listed from the store, except on remote fsspec stores (HTTP cannot list):
+    there the metadata documents and the chunk keys of the array's grid are tried.
+    """
+    from zarr.storage import FsspecStore
 
     store, path = array.store_path.store, array.store_path.path
     prefix = f"{path}/" if path else ""
-    keys = [k async for k in store.list_prefix(prefix)]
-    out: list[tuple[str, Any]] = []
+    if isinstance(store, FsspecStore) and _remote(store):
+        meta = array.metadata
+        grid = [range(-(-s // c)) for s, c in zip(array.shape, array.chunks)]
+        rels = sorted(_METADATA) + [meta.encode_chunk_key(tuple(c)) for c in itertools.product(*grid)]
+        keys = [prefix + rel for rel in rels]
+    else:
+        keys = [k async for k in store.list_prefix(prefix)]
     proto = default_buffer_prototype()
-    for key in keys:
+
+    async def one(key: str) -> tuple[str, Any]:
         rel = key[len(prefix) :]
-        if isinstance(getattr(store, "manifest", None), Manifest):  # refstore's stores
-            out.append((rel, store.manifest.get(key)))
-        elif isinstance(store, LocalStore) and rel.rsplit("/", 1)[-1] not in _METADATA:
-            full = os.path.abspath(os.path.join(str(store.root), key))  # noqa: ASYNC240 - string work only
-            size = await asyncio.to_thread(os.path.getsize, full)
-            out.append((rel, Reference("file://" + full, 0, size)))
-        else:
+        if rel.rsplit("/", 1)[-1] in _METADATA:
             buf = await store.get(key, proto)
-            if buf is not None:
-                out.append((rel, buf.to_bytes()))
-    return out
+            return rel, None if buf is None else buf.to_bytes()
+        return rel, await stored_entry(store, key)
+
+    found = []
+    for start in range(0, len(keys), 64):  # a few requests at a time on remote stores
+        found += await asyncio.gather(*(one(k) for k in keys[start : start + 64]))
+    return [(rel, entry) for rel, entry in found if entry is not None]
+
+
+async def source_entry(src: ZarrSource, coords: tuple[int, ...]) -> Any:
+    """The manifest entry (bytes or Reference) of one stored source chunk, or None."""
+    arr = await src.open_async()
+    path = arr.store_path.path
+    return await stored_entry(arr.store_path.store, (f"{path}/" if path else "") + arr.metadata.encode_chunk_key(coords))
 
 
 def _source_entry(src: ZarrSource, coords: tuple[int, ...]) -> Any:
-    """The manifest entry (bytes or Reference) of one stored source chunk, or None."""
+    """:func:`source_entry`, from outside zarr's event loop."""
     from zarr.core.sync import sync
-    from zarr.storage import LocalStore
 
-    from refstore.manifest import Manifest, Reference
-
-    arr = src.array
-    store, path = arr.store_path.store, arr.store_path.path
-    key = (f"{path}/" if path else "") + arr.metadata.encode_chunk_key(coords)
-    if isinstance(getattr(store, "manifest", None), Manifest):  # refstore's stores
-        return store.manifest.get(key)
-    if isinstance(store, LocalStore):
-        full = os.path.join(str(store.root), key)
-        return Reference("file://" + os.path.abspath(full), 0, os.path.getsize(full)) if os.path.exists(full) else None
-    return sync(src.get_chunk_bytes(coords))
+    return sync(source_entry(src, coords))
 
 
 def _put_docs(manifest: Any, name: str, docs: Mapping[str, bytes]) -> None:
@@ -141,8 +179,6 @@ def save_virtual(
     They are embedded under ``<name>/.sources/<i>/`` and named ``{"path": ...}`` by the
     definition, unless the source has its own ``ref`` (e.g. loaded from a definition).
     """
-    from zarr.core.sync import sync
-
     from refstore.manifest import Manifest
 
     if flatten:
@@ -154,23 +190,30 @@ def save_virtual(
     for name, v in arrays.items():
         if _is_zarr_array(v):
             _put_plain(manifest, name, v, all_docs[name])
-            continue
-        embedded: dict[int, str] = {}
-
-        def ref(src: ZarrSource, name: str = name, embedded: dict[int, str] = embedded) -> dict[str, Any]:
-            if src.ref is not None and "path" not in src.ref:
-                return dict(src.ref)
-            if id(src.array) not in embedded:
-                path = f"{name}/{SOURCES_DIR}/{len(embedded)}"
-                for rel, entry in sync(_entries(src.array)):
-                    manifest.set(f"{path}/{rel}", entry)
-                embedded[id(src.array)] = path
-            return {"path": embedded[id(src.array)]}
-
-        definition = v.to_dict(source_ref=ref)
-        _put_docs(manifest, name, all_docs[name])
-        manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
+        else:
+            put_virtual(manifest, name, v, all_docs[name])
     return _finish(manifest, out, arrays)
+
+
+def put_virtual(manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, bytes]) -> None:
+    """Virtual array ``v`` under ``name``: metadata ``docs``, its definition, and its sources embedded."""
+    from zarr.core.sync import sync
+
+    embedded: dict[int, str] = {}
+
+    def ref(src: ZarrSource) -> dict[str, Any]:
+        if src.ref is not None and set(src.ref) != {"path"}:  # names its own store (a "path" alone is ours)
+            return dict(src.ref)
+        if id(src.array) not in embedded:
+            path = f"{name}/{SOURCES_DIR}/{len(embedded)}"
+            for rel, entry in sync(_entries(src.array)):
+                manifest.set(f"{path}/{rel}", entry)
+            embedded[id(src.array)] = path
+        return {"path": embedded[id(src.array)]}
+
+    definition = v.to_dict(source_ref=ref)
+    _put_docs(manifest, name, docs)
+    manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
 
 
 def _finish(manifest: Any, out: str | None, arrays: Mapping[str, Any]) -> Any:
