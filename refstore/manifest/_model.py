@@ -141,6 +141,7 @@ class Manifest:
         self._generation = 0  # bumped by every edit (see ._snapshot)
         self._open_args: dict[str, Any] = {}  # how to open it again from .source (see ._snapshot)
         self._opened_generation: int | None = None  # ._generation when it matched its source
+        self._open_source: str | None = None  # .source resolved when opened (a relative path made absolute)
 
     # -- construction -------------------------------------------------------------------
 

@@ -229,7 +229,23 @@ class ChunkTable:
             return None
         return uid, int(self.offset[flat]), int(self.length[flat])
 
+    def shared(self) -> ChunkTable:
+        """A table over the same columns, read-only until its first edit copies them (copy-on-write)."""
+        table = ChunkTable.__new__(ChunkTable)
+        table.layout, table.count = self.layout, self.count
+        for col in ("url_id", "offset", "length"):
+            view = getattr(self, col).view()
+            view.flags.writeable = False
+            setattr(table, col, view)
+        return table
+
+    def _own(self) -> None:
+        """Copy shared columns (see :meth:`shared`) before writing to them."""
+        if not self.url_id.flags.writeable:
+            self.url_id, self.offset, self.length = self.url_id.copy(), self.offset.copy(), self.length.copy()
+
     def assign(self, flat: int, uid: int, offset: int, length: int) -> None:
+        self._own()
         if self.url_id[flat] == ABSENT:
             self.count += 1
         self.url_id[flat] = uid
@@ -238,6 +254,7 @@ class ChunkTable:
 
     def put(self, start: int, url_id: np.ndarray, offset: np.ndarray, length: np.ndarray) -> None:
         """Set the cells ``start, start + 1, ...`` from whole columns at once."""
+        self._own()
         sl = slice(start, start + len(url_id))
         self.count += len(url_id) - int((self.url_id[sl] != ABSENT).sum())
         self.url_id[sl] = url_id
@@ -247,6 +264,7 @@ class ChunkTable:
     def remove(self, flat: int) -> bool:
         if self.url_id[flat] == ABSENT:
             return False
+        self._own()
         self.url_id[flat] = ABSENT
         self.count -= 1
         return True

@@ -137,3 +137,77 @@ def test_unpickled_copies_share_the_fetcher_and_its_sessions(tmp_path, s3_server
         total, clients = map(int, out.stdout.split())
         assert total == int(data.astype("u8").sum())
         assert clients == 1, f"{type(obj).__name__}: {clients} S3 clients for 4 unpickled copies"
+
+
+def test_pickles_of_opened_manifests_are_o1_whatever_their_size(tmp_path):
+    """Small manifests used to pickle their whole state; with a source they carry only the source."""
+    for n_side in (20, 300):  # 400 references (under the snapshot threshold) and 90,000
+        folder = tmp_path / str(n_side)
+        folder.mkdir()
+        m = Manifest.open(_write(folder, n_side))
+        blob = pickle.dumps(m)
+        assert len(blob) < 2_000, (n_side, len(blob))
+        assert dict(pickle.loads(blob).items()) == dict(m.items())
+    from_dict = Manifest.from_dict(_big_refs(20))  # no source: nowhere else to come from
+    assert len(pickle.dumps(from_dict)) > 4_000  # its state: 400 references
+
+
+def test_unpickling_one_source_many_times_parses_it_once_per_process(tmp_path):
+    """As a dask worker does once per task: the copies share one parse's columns, copy-on-write."""
+    path = _write(tmp_path, 60)  # 3,600 references: no snapshot, so each unpickle reopens the source
+    blob = pickle.dumps(Manifest.open(path))
+    copies = [pickle.loads(blob) for _ in range(20)]
+    first, second = copies[0]._tables["a"], copies[1]._tables["a"]
+    assert np.shares_memory(first.offset, second.offset)  # one parse, shared
+    copies[0].set("a/0.0", Reference("s3://b/edited", 7, 8))  # an edit copies that copy's columns only
+    assert copies[0].get("a/0.0") == Reference("s3://b/edited", 7, 8)
+    assert all(c.get("a/0.0") == Reference("s3://b/f0.bin", 0, 1) for c in copies[1:])
+    assert pickle.loads(blob).get("a/0.0") == Reference("s3://b/f0.bin", 0, 1)
+    assert not np.shares_memory(copies[0]._tables["a"].offset, second.offset)
+
+
+def test_a_source_changed_since_is_parsed_again(tmp_path):
+    path = _write(tmp_path, 60)
+    blob = pickle.dumps(Manifest.open(path))
+    before = pickle.loads(blob)
+    refs = _big_refs(60)
+    refs["refs"]["a/0.0"] = ["s3://b/rewritten.bin", 3, 4]
+    with open(path, "w") as f:
+        f.write(json.dumps(refs) + " " * 10)  # another size too, whatever the clock's resolution
+    after = pickle.loads(blob)
+    assert before.get("a/0.0") == Reference("s3://b/f0.bin", 0, 1)
+    assert after.get("a/0.0") == Reference("s3://b/rewritten.bin", 3, 4)
+
+
+def test_a_relative_path_is_resolved_when_opened(tmp_path, monkeypatch):
+    _write(tmp_path, 60)
+    monkeypatch.chdir(tmp_path)
+    m = Manifest.open("big.json")
+    blob = pickle.dumps(m)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = "import pickle, sys; m = pickle.loads(sys.stdin.buffer.read()); print(len(m))"
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, cwd=elsewhere, check=False)
+    assert out.returncode == 0, out.stderr.decode()
+    assert int(out.stdout) == len(m)
+
+
+def test_snapshots_of_a_killed_process_are_swept(tmp_path):
+    """A process killed before its exit handlers ran leaves its snapshot; the next writer removes it."""
+    path = _write(tmp_path)  # 90,000 references: pickling writes a snapshot
+    root = tmp_path / "snapshots"
+    code = (
+        "import os, pickle, signal, sys\n"
+        "from refstore import Manifest\n"
+        "pickle.dumps(Manifest.open(sys.argv[1]))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**__import__("os").environ, "REFSTORE_SNAPSHOT_DIR": str(root)}
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, env=env, check=False)
+    assert out.returncode == -9, out.stderr.decode()
+    left = [p.name for p in root.iterdir()]
+    assert len(left) == 1
+    mine = root / f"{__import__('os').getpid()}-live"
+    mine.mkdir()  # a live process's snapshot is kept
+    assert _snapshot.sweep_stale(str(root)) == left
+    assert [p.name for p in root.iterdir()] == [mine.name]
