@@ -129,6 +129,8 @@ class RangeHTTPServer(LoopbackServer):
       * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
       * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
       * ``delay``: seconds to sleep before answering every request.
+      * ``directory_status``: the status a directory gets (404 by default; 403 acts as a
+        server that refuses listings). No directory is ever listed.
     Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``.
     ``reset()`` clears counters and fault settings.
     """
@@ -142,6 +144,7 @@ class RangeHTTPServer(LoopbackServer):
         self.fail_paths: set[str] = set()
         self.flaky: dict[str, int] = {}
         self.delay: float = 0.0
+        self.directory_status: int = 404
         self.log: list[RequestRecord] = []
         self.get_counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -155,6 +158,7 @@ class RangeHTTPServer(LoopbackServer):
             self.fail_paths.clear()
             self.flaky.clear()
             self.delay = 0.0
+            self.directory_status = 404
 
     @property
     def total_gets(self) -> int:
@@ -228,6 +232,8 @@ class RangeHTTPServer(LoopbackServer):
         local = (self.root / path.lstrip("/")).resolve()
         if local != self.root and self.root not in local.parents:
             return web.Response(status=403, text="path traversal refused")
+        if local.is_dir():
+            return web.Response(status=self.directory_status, text="directory listing refused")
         if not local.is_file():
             return web.Response(status=404, text="not found")
         size = local.stat().st_size

@@ -1,12 +1,10 @@
-"""Shared pieces of the builders: zarr 3 metadata documents, image probing, progress lines."""
+"""Shared pieces of the builders: zarr 3 metadata documents, image probing, axis order."""
 
 from __future__ import annotations
 
 import json
 import struct
-import sys
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -160,22 +158,3 @@ def chunk_key(array: str, index: Sequence[int]) -> str:
 def common_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
     """Return the smallest dtype every one of *dtypes* widens to without loss."""
     return np.result_type(*dtypes)
-
-
-def progress(items: Sequence[T], label: str, enabled: bool = True) -> Iterator[T]:
-    """Yield *items*, drawing a ``label: n/total`` line on stderr at most 10 times a second.
-
-    Nothing is drawn when *enabled* is false or stderr is not a terminal and fewer
-    than 1000 items are scanned.
-    """
-    total = len(items)
-    draw = enabled and (sys.stderr.isatty() or total >= 1000)
-    last = 0.0
-    for n, item in enumerate(items, 1):
-        yield item
-        if draw and (time.monotonic() - last > 0.1 or n == total):
-            last = time.monotonic()
-            sys.stderr.write(f"\r{label}: {n}/{total}")
-            if n == total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()

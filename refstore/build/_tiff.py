@@ -227,7 +227,7 @@ def _open(path: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, 
         return open(path, "rb"), os.path.abspath(path), local_identity(path)
     fs, fspath = fsspec.core.url_to_fs(path, **(storage_options or {}))
     info = fs.info(fspath)
-    handle = fs.open(fspath, "rb", block_size=1 << 18, cache_type="readahead")
+    handle = fs.open(fspath, "rb", block_size=1 << 16, cache_type="readahead")  # header pages, not tiles
     return handle, path, identity_from_info(info)
 
 
