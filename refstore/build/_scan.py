@@ -64,8 +64,9 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
-        """End the line if a bar was drawn and the scan stopped early."""
+        """Draw where a scan that stopped early got to, and end the line."""
         if self.enabled and 0 < self.done < self.total:
+            self._draw()
             self.stream.write("\n")
             self.stream.flush()
 
