@@ -276,3 +276,26 @@ def test_refuses_what_it_cannot_decode(tmp_path: Path) -> None:
         tiff(str(path))
     with pytest.raises(ValueError, match="series 3 requested"):
         tiff(str(path), series=3)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize(
+    ("axes", "shape", "options"),
+    [
+        ("ZCYX", (5, 3, 50, 40), {"imagej": True}),  # contiguous ImageJ hyperstack
+        ("TZCYX", (2, 3, 2, 64, 64), {"ome": True, "tile": (32, 32), "compression": "zstd"}),
+        ("ZYXS", (3, 64, 48, 3), {"ome": True, "photometric": "rgb", "compression": "lzw", "predictor": True}),
+    ],
+)
+def test_page_axes_move_to_ngff_order(
+    tmp_path: Path, axes: str, shape: tuple[int, ...], options: dict[str, Any], zarr_format: int
+) -> None:
+    data = np.random.default_rng(4).integers(0, 200, shape, dtype="u1")
+    path = tmp_path / "h.tif"
+    tifffile.imwrite(path, data, metadata={"axes": axes}, **options)
+    tiff(str(path), zarr_format=zarr_format).save(str(tmp_path / "h.json"))
+    array = zarr.open_group(refstore.ReferenceStore(str(tmp_path / "h.json")), mode="r")["0"]
+    dims = list(array.metadata.dimension_names) if zarr_format == 3 else array.attrs["_ARRAY_DIMENSIONS"]
+    names = [{"S": "c"}.get(a, a.lower()) for a in axes]
+    assert dims == sorted(names, key=lambda a: "tczyx".index(a))  # OME-NGFF order: t, c, z, y, x
+    np.testing.assert_array_equal(array[:].transpose([dims.index(a) for a in names]), tifffile.imread(path))
