@@ -297,6 +297,9 @@ def tiff(
             where = f"{path} (series {series}, level {i})"
             page = level.keyframe
             _check_supported(page, where)
+            if getattr(level, "is_multifile", False):
+                raise ValueError(f"{where}: the series has pages in other files (multi-file OME-TIFF); "
+                                 "build a manifest of each file instead")
             seg, grid = _segment(page, where)
             axes = _ordered(_level_axes(level, where), channel_last)
             if page.jpegtables is not None and any(
