@@ -128,9 +128,9 @@ class RangeHTTPServer(LoopbackServer):
     Attributes settable from tests (thread-safe enough: plain container ops):
       * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
       * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
-      * ``delay``: seconds to sleep before answering every request.
       * ``directory_status``: the status a directory gets (404 by default; 403 acts as a
         server that refuses listings). No directory is ever listed.
+      * ``delay``: seconds to sleep before answering every request.
     Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``.
     ``reset()`` clears counters and fault settings.
     """
@@ -142,9 +142,9 @@ class RangeHTTPServer(LoopbackServer):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.fail_paths: set[str] = set()
+        self.directory_status: int = 404
         self.flaky: dict[str, int] = {}
         self.delay: float = 0.0
-        self.directory_status: int = 404
         self.log: list[RequestRecord] = []
         self.get_counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -154,11 +154,11 @@ class RangeHTTPServer(LoopbackServer):
         """Clear counters, request log and all fault injection."""
         with self._lock:
             self.log.clear()
+            self.directory_status = 404
             self.get_counts.clear()
             self.fail_paths.clear()
             self.flaky.clear()
             self.delay = 0.0
-            self.directory_status = 404
 
     @property
     def total_gets(self) -> int:
