@@ -299,3 +299,21 @@ def test_page_axes_move_to_ngff_order(
     names = [{"S": "c"}.get(a, a.lower()) for a in axes]
     assert dims == sorted(names, key=lambda a: "tczyx".index(a))  # OME-NGFF order: t, c, z, y, x
     np.testing.assert_array_equal(array[:].transpose([dims.index(a) for a in names]), tifffile.imread(path))
+
+
+def test_cli_jpeg_ome_tiff_needs_no_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's case: ``refstore build tiff slide.ome.tif -o out.json`` on a JPEG OME-TIFF."""
+    import argparse
+
+    from refstore.build._cli import add_build_parser
+
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(_rgb(256, 192), subifds=1, tile=(64, 64), compression="jpeg", photometric="rgb")
+        tif.write(_rgb(256, 192)[::2, ::2], subfiletype=1, tile=(64, 64), compression="jpeg", photometric="rgb")
+    parser = argparse.ArgumentParser()
+    add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", "tiff", str(path), "-o", str(tmp_path / "out.json")])
+    assert args.func(args) == 0
+    assert capsys.readouterr().err == ""  # no "register imagecodecs first" note any more
+    _levels_equal(path, refstore.Manifest.open(str(tmp_path / "out.json")), tmp_path / "again.json")
