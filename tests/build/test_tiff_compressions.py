@@ -269,13 +269,47 @@ def test_codec_refuses_bad_configuration_and_writing() -> None:
     assert TiffSegmentCodec.from_dict(TiffSegmentCodec(axes="syx", segment=[1, 8, 8, 3]).to_dict()).segment.axes == "syx"
 
 
-def test_refuses_what_it_cannot_decode(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize(
+    ("bits", "compression", "tile"),
+    [(1, "zlib", None), (1, "packbits", None), (1, None, (16, 16)), (2, None, (16, 32)), (4, None, None),
+     (12, None, None), (12, None, (16, 16))],
+)
+def test_packed_and_bilevel_samples(
+    tmp_path: Path, bits: int, compression: str | None, tile: tuple[int, int] | None, zarr_format: int
+) -> None:
+    data = np.random.default_rng(5).integers(0, 2**bits, (37, 29)).astype("u2" if bits > 8 else "u1")
     path = tmp_path / "bits.tif"
-    tifffile.imwrite(path, np.zeros((16, 16), "u1"), bitspersample=4)
-    with pytest.raises(ValueError, match="bits.tif.*4-bit"):
-        tiff(str(path))
+    if bits == 1:
+        tifffile.imwrite(path, data.astype(bool), compression=compression, rowsperstrip=10, tile=tile)
+    else:
+        tifffile.imwrite(path, data, bitspersample=bits, rowsperstrip=10, tile=tile)
+    _levels_equal(path, tiff(str(path), zarr_format=zarr_format), tmp_path / "bits.json")
+
+
+@vips
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("tiled", [False, True])
+def test_vips_ccitt_fax4_bilevel(tmp_path: Path, tiled: bool, zarr_format: int) -> None:
+    y, x = np.mgrid[0:75, 0:90]
+    (tmp_path / "src.png").write_bytes(imagecodecs.png_encode((((x // 7 + y // 5) % 2) * 255).astype("u1")))
+    tiles = ["--tile", "--tile-width", "32", "--tile-height", "32"] if tiled else []
+    subprocess.run(["vips", "tiffsave", str(tmp_path / "src.png"), str(tmp_path / "fax.tif"), "--compression",
+                    "ccittfax4", "--bitdepth", "1", *tiles], check=True)
+    with tifffile.TiffFile(tmp_path / "fax.tif") as tif:
+        assert tif.pages[0].compression == 4 and tif.pages[0].bitspersample == 1
+    path = tmp_path / "fax.tif"
+    _levels_equal(path, tiff(str(path), zarr_format=zarr_format), tmp_path / "fax.json")
+    assert tifffile.imread(path).any() and not tifffile.imread(path).all()
+
+
+def test_refuses_what_it_cannot_decode(tmp_path: Path) -> None:
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((16, 16), "u1"))
     with pytest.raises(ValueError, match="series 3 requested"):
         tiff(str(path), series=3)
+    with pytest.raises(ValueError, match="zarr_format=4"):
+        tiff(str(path), zarr_format=4)
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
