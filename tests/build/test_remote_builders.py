@@ -131,6 +131,9 @@ def test_xyz_by_zoom_range_probing_and_bounds(tmp_path: Path, served: Remote) ->
     np.testing.assert_array_equal(wgroup["1"][:], local["1"][:, 0:128, 0:128])  # their parents, one zoom down
     offsets = wgroup.attrs["refstore:levels"][1]["offset"]
     assert offsets == [0, "-127/2", "-127/2"]  # that tile starts 64 level-0 pixels before the window
+    ngff_zarr = pytest.importorskip("ngff_zarr")
+    for g in (group, wgroup):
+        ngff_zarr.validate(dict(g.attrs), version="0.5", strict=True)
 
 
 def test_tiff_reads_only_headers_remotely(tmp_path: Path, served: Remote) -> None:
