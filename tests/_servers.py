@@ -128,6 +128,8 @@ class RangeHTTPServer(LoopbackServer):
     Attributes settable from tests (thread-safe enough: plain container ops):
       * ``fail_paths``: URL paths (``"/a/b.bin"``) answered with 500.
       * ``flaky``: ``{path: n}`` -> the next ``n`` requests to ``path`` get 503.
+      * ``directory_status``: the status a directory gets (404 by default; 403 acts as a
+        server that refuses listings). No directory is ever listed.
       * ``delay``: seconds to sleep before answering every request.
     Counters: ``total_gets``, ``total_heads``, ``get_counts[path]``, ``log``,
     ``max_in_flight`` (most requests being answered at once).
@@ -141,6 +143,7 @@ class RangeHTTPServer(LoopbackServer):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.fail_paths: set[str] = set()
+        self.directory_status: int = 404
         self.flaky: dict[str, int] = {}
         self.delay: float = 0.0
         self.log: list[RequestRecord] = []
@@ -153,6 +156,7 @@ class RangeHTTPServer(LoopbackServer):
         """Clear counters, request log and all fault injection."""
         with self._lock:
             self.log.clear()
+            self.directory_status = 404
             self.get_counts.clear()
             self.fail_paths.clear()
             self.flaky.clear()
@@ -238,6 +242,8 @@ class RangeHTTPServer(LoopbackServer):
         local = (self.root / path.lstrip("/")).resolve()
         if local != self.root and self.root not in local.parents:
             return web.Response(status=403, text="path traversal refused")
+        if local.is_dir():
+            return web.Response(status=self.directory_status, text="directory listing refused")
         if not local.is_file():
             return web.Response(status=404, text="not found")
         size = local.stat().st_size

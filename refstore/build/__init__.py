@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from refstore.build._images import images
 from refstore.build._tiff import needs_imagecodecs, tiff
-from refstore.build._tiles import dzi, xyz
+from refstore.build._tiles import dzi
+from refstore.build._xyz import xyz
 
 __all__ = ["dzi", "images", "needs_imagecodecs", "tiff", "xyz"]

@@ -13,6 +13,21 @@ def _save(manifest: Any, out: str) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> bool | str:
+    """``-q``: no bar; ``--progress``: a bar whatever stderr is; else a bar on a terminal."""
+    return False if args.quiet else "always" if args.progress else True
+
+
+def _say_channel_last(args: argparse.Namespace) -> None:
+    """Tell on stderr that a channel-last pyramid carries no OME-NGFF metadata."""
+    if args.channel_last:
+        print(
+            "note: --channel-last: RGB levels are (y, x, c), which OME-NGFF cannot express; the group carries "
+            "only refstore:levels, so OME-NGFF readers (napari-ome-zarr, ngff-zarr, vizarr) see no pyramid",
+            file=sys.stderr,
+        )
+
+
 def _images(args: argparse.Namespace) -> int:
     from refstore.build import images
 
@@ -23,7 +38,8 @@ def _images(args: argparse.Namespace) -> int:
         mosaic=args.mosaic,
         channel_first=args.channel_first,
         on_size_mismatch=args.on_size_mismatch,
-        show_progress=not args.quiet,
+        show_progress=_progress(args),  # type: ignore[arg-type]
+        concurrency=args.concurrency,
     )
     return _save(manifest, args.out)
 
@@ -38,28 +54,36 @@ def _tiff(args: argparse.Namespace) -> int:
     return _save(manifest, args.out)
 
 
-def _say_channel_last(args: argparse.Namespace) -> None:
-    """Tell on stderr that a channel-last pyramid carries no OME-NGFF metadata."""
-    if args.channel_last:
-        print(
-            "note: --channel-last: RGB levels are (y, x, c), which OME-NGFF cannot express; the group carries "
-            "only refstore:levels, so OME-NGFF readers (napari-ome-zarr, ngff-zarr, vizarr) see no pyramid",
-            file=sys.stderr,
-        )
-
-
 def _dzi(args: argparse.Namespace) -> int:
     from refstore.build import dzi
 
     _say_channel_last(args)
-    return _save(dzi(args.file, channel_last=args.channel_last, show_progress=not args.quiet), args.out)
+    check = {"list": True, "probe": "probe", "none": False}[args.check_tiles]
+    manifest = dzi(
+        args.file,
+        channel_last=args.channel_last,
+        check_tiles=check,  # type: ignore[arg-type]
+        show_progress=_progress(args),  # type: ignore[arg-type]
+        concurrency=args.concurrency,
+    )
+    return _save(manifest, args.out)
 
 
 def _xyz(args: argparse.Namespace) -> int:
     from refstore.build import xyz
 
     _say_channel_last(args)
-    manifest = xyz(args.dir, channel_last=args.channel_last, tile_size=args.tile_size, show_progress=not args.quiet)
+    manifest = xyz(
+        args.dir,
+        channel_last=args.channel_last,
+        tile_size=args.tile_size,
+        show_progress=_progress(args),  # type: ignore[arg-type]
+        zooms=tuple(args.zooms) if args.zooms else None,  # type: ignore[arg-type]
+        bounds=tuple(args.bounds) if args.bounds else None,  # type: ignore[arg-type]
+        probe=args.probe,
+        suffix=args.suffix,
+        concurrency=args.concurrency,
+    )
     return _save(manifest, args.out)
 
 
@@ -72,24 +96,27 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     build = subparsers.add_parser("build", help="build a manifest from images, a TIFF, a DZI or an XYZ tile folder")
     sub = build.add_subparsers(dest="builder", required=True)
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, remote: bool = True) -> None:
         p.add_argument("-o", "--out", required=True, help="manifest to write (.json, .json.gz, .parq)")
-        p.add_argument("--channel-first", action="store_true", help="RGB(A) arrays as (c, y, x) instead of (y, x, c)")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+        shown = p.add_mutually_exclusive_group()
+        shown.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        shown.add_argument("--progress", action="store_true", help="a progress bar on stderr even if not a terminal")
+        if remote:
+            p.add_argument("--concurrency", type=int, default=32, help="remote files probed at once (default 32)")
 
-    def pyramid(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-o", "--out", required=True, help="manifest to write (.json, .json.gz, .parq)")
+    def pyramid(p: argparse.ArgumentParser, remote: bool = True) -> None:
+        common(p, remote)
         order = p.add_mutually_exclusive_group()
         order.add_argument("--channel-last", action="store_true",
                            help="RGB(A) levels as (y, x, c); not OME-NGFF, so only refstore's own level metadata")
         order.add_argument("--channel-first", action="store_true", help="RGB(A) levels as (c, y, x): the default")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
     p = sub.add_parser("images", help="image files named by a regex as one N-d array (one file per chunk)")
-    p.add_argument("files", nargs="+", help="a glob (quote it) or a list of files")
+    p.add_argument("files", nargs="+", help="a glob (quote it), a folder or S3 prefix, or a list of files or URLs")
     p.add_argument("--pattern", required=True, help="regex with named groups; each group becomes an axis")
     p.add_argument("--mosaic", action="store_true", help="groups 'row' and 'col' place tiles in one image")
     p.add_argument("--on-size-mismatch", choices=("pad", "error"), default="pad")
+    p.add_argument("--channel-first", action="store_true", help="RGB(A) arrays as (c, y, x) instead of (y, x, c)")
     common(p)
     p.set_defaults(func=_images)
 
@@ -98,17 +125,25 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--series", type=int, default=0)
     p.add_argument("--url", default=None, help="URL to write into references instead of the file's path")
     p.add_argument("--zarr-format", type=int, choices=(2, 3), default=2, help="2: NGFF 0.4 (default), 3: NGFF 0.5")
-    pyramid(p)
+    pyramid(p, remote=False)
     p.set_defaults(func=_tiff)
 
     p = sub.add_parser("dzi", help="a Deep Zoom image (.dzi + _files/), local or any fsspec URL")
     p.add_argument("file")
+    p.add_argument("--check-tiles", choices=("list", "probe", "none"), default="list",
+                   help="list: list level folders where the storage lists (not HTTP); probe: ask for every tile "
+                        "(HEAD); none: assume every tile present")
     pyramid(p)
     p.set_defaults(func=_dzi)
 
-    p = sub.add_parser("xyz", help="an XYZ tile folder <z>/<y>/<x>.<fmt>, local or listable URL")
+    p = sub.add_parser("xyz", help="an XYZ tile set <z>/<y>/<x>.<fmt>: a listable folder, or zooms and bounds")
     p.add_argument("dir")
     p.add_argument("--tile-size", type=int, default=None)
+    p.add_argument("--zooms", type=int, nargs=2, metavar=("MIN", "MAX"), help="zoom range (needed without listing)")
+    p.add_argument("--bounds", type=int, nargs=4, metavar=("XMIN", "YMIN", "XMAX", "YMAX"),
+                   help="tile columns and rows at the highest zoom, inclusive")
+    p.add_argument("--probe", action="store_true", help="ask for each tile (HEAD), or discover the tiles from MIN up")
+    p.add_argument("--suffix", default=None, help="tile file suffix (png, jpg, ...), needed without listing")
     pyramid(p)
     p.set_defaults(func=_xyz)
     return build

@@ -1,4 +1,4 @@
-"""Shared pieces of the builders: zarr 3 metadata documents, image probing, progress lines."""
+"""Shared pieces of the builders: zarr 3 metadata documents, image probing, axis order."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Sequence
@@ -18,8 +19,8 @@ from refstore.build._common import (
     image_axes,
     image_shape,
     probe_image,
-    progress,
 )
+from refstore.build._scan import ProgressMode, scan
 from refstore.manifest import Manifest, Reference
 from refstore.manifest._sources import SourceIdentity, identity_from_info, record_sources
 
@@ -29,16 +30,22 @@ _NUMERIC = re.compile(r"[+-]?\d+")
 _HEAD = 1 << 16
 
 
-def _expand(files: str | Sequence[str]) -> tuple[Any, list[str]]:
-    """Return the filesystem and the sorted list of files of a glob or a list."""
+def _expand(files: str | Sequence[str], storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
+    """Return the filesystem and the sorted files of a glob, a folder or prefix, or a list."""
     first = files if isinstance(files, str) else (files[0] if files else "")
-    fs, _ = fsspec.core.url_to_fs(first or ".")
-    if isinstance(files, str):
-        found = sorted(fs.glob(fsspec.core.url_to_fs(files)[1]))
-        if not found:
-            raise ValueError(f"{files!r}: the glob matches no files")
-        return fs, [f if "://" not in files else fs.unstrip_protocol(f) for f in found]
-    return fs, list(files)
+    fs, _ = fsspec.core.url_to_fs(first or ".", **(storage_options or {}))
+    if not isinstance(files, str):
+        return fs, list(files)
+    fspath = fsspec.core.url_to_fs(files, **(storage_options or {}))[1]
+    if glob.has_magic(fspath):
+        found = sorted(fs.glob(fspath))
+    elif fs.isdir(fspath):  # a folder, or an object store prefix: everything under it
+        found = sorted(fs.find(fspath))
+    else:
+        found = [fspath] if fs.exists(fspath) else []
+    if not found:
+        raise ValueError(f"{files!r}: the glob, folder or prefix matches no files")
+    return fs, [f if "://" not in files else fs.unstrip_protocol(f) for f in found]
 
 
 def _probe(fs: Any, path: str, seen: dict[str, SourceIdentity]) -> ImageInfo:
@@ -76,14 +83,17 @@ def images(
     channel_first: bool = False,
     on_size_mismatch: Literal["pad", "error"] = "pad",
     name: str = "image",
-    show_progress: bool = True,
+    show_progress: ProgressMode = True,
+    storage_options: dict[str, Any] | None = None,
+    concurrency: int = 32,
 ) -> Manifest:
     """Build a manifest reading image files as one array, each file one chunk.
 
     Parameters
     ----------
     files
-        A glob (local or fsspec URL) or a list of paths/URLs.
+        A glob, a folder or object-store prefix (every file under it), local or an
+        fsspec URL; or a list of paths or URLs (nothing is listed then).
     pattern
         A regular expression searched in each path. Its named groups become the
         leading axes, in the order they appear; each axis holds the group's distinct
@@ -100,6 +110,12 @@ def images(
         bottom/right with 0 by the codec; ``"error"``: refuse differing sizes.
     name
         The array's path in the group.
+    show_progress
+        Draw a progress bar on stderr.
+    storage_options
+        Options of the fsspec filesystem of URL *files* (for example an S3 endpoint).
+    concurrency
+        How many remote files are probed at once (local files are read one by one).
 
     Returns
     -------
@@ -122,7 +138,7 @@ def images(
     groups = [g for g, _ in sorted(regex.groupindex.items(), key=lambda kv: kv[1])]
     if mosaic and not {"row", "col"} <= set(groups):
         raise ValueError(f"pattern {pattern!r}: mosaic needs named groups 'row' and 'col'")
-    fs, paths = _expand(files)
+    fs, paths = _expand(files, storage_options)
     matched: list[tuple[str, dict[str, str]]] = []
     for path in paths:
         m = regex.search(path.replace(os.sep, "/"))
@@ -131,7 +147,9 @@ def images(
     if not matched:
         raise ValueError(f"pattern {pattern!r} matches none of the {len(paths)} files (first: {paths[:1]})")
     identities: dict[str, SourceIdentity] = {}
-    infos = [_probe(fs, path, identities) for path, _ in progress(matched, "images: probing", show_progress)]
+    remote = any("://" in path for path, _ in matched[:1])
+    infos = scan(lambda item: _probe(fs, item[0], identities), matched, label="images: probing",
+                 show_progress=show_progress, concurrency=concurrency if remote else 1)
     height, width = max(i.height for i in infos), max(i.width for i in infos)
     if on_size_mismatch == "error":
         odd = [(p, i) for (p, _), i in zip(matched, infos) if (i.height, i.width) != (infos[0].height, infos[0].width)]

@@ -14,7 +14,7 @@ import fsspec
 import numpy as np
 
 from refstore.build._common import pyramid_channel_last
-from refstore.codecs._tiffseg import JPEG_COMPRESSIONS, TiffSegment
+from refstore.codecs._tiffseg import CCITT_FAX4, JPEG_COMPRESSIONS, TiffSegment
 from refstore.codecs._tiffseg_codecs import TIFF_SEGMENT
 from refstore.manifest import Manifest, Reference
 from refstore.manifest._sources import (
@@ -30,7 +30,7 @@ __all__ = ["needs_imagecodecs", "tiff"]
 _AXES = {"Y": "y", "X": "x", "S": "c", "C": "c", "Z": "z", "T": "t", "Q": "q", "I": "i"}
 _PAGE = ("sample plane", "z", "y", "x", "c")  # tifffile's normalised page shape (separate, depth, length, width, contig)
 _SEGMENT = ("-", "z", "y", "x", "s")  # where each page axis sits in a decoded segment
-_UNSUPPORTED = {2: "CCITT RLE", 3: "CCITT T.4", 4: "CCITT T.6", 6: "old-style JPEG", 65000: "EER", 65001: "EER",
+_UNSUPPORTED = {2: "CCITT RLE", 3: "CCITT T.4", 6: "old-style JPEG", 65000: "EER", 65001: "EER",
                 65002: "EER", 48124: "Jetraw"}
 
 
@@ -55,9 +55,11 @@ def _check_supported(page: Any, where: str) -> None:
         raise ValueError(f"{where}: TIFF compression {compression} ({name}) is not supported")
     if page.dtype is None or page.sampleformat not in (1, 2, 3):
         raise ValueError(f"{where}: sample format {page.sampleformat} with {page.bitspersample} bits is not supported")
-    image = compression in JPEG_COMPRESSIONS or compression in tifffile.TIFF.IMAGE_COMPRESSIONS
-    if not image and page.bitspersample not in (8, 16, 32, 64):
-        raise ValueError(f"{where}: {page.bitspersample}-bit samples (packed) are not supported")
+    image = compression in JPEG_COMPRESSIONS or compression in tifffile.TIFF.IMAGE_COMPRESSIONS or compression == CCITT_FAX4
+    bits = page.bitspersample
+    packed = isinstance(bits, int) and bits not in (8, 16, 32, 64)
+    if not image and (not isinstance(bits, int) or not 1 <= bits <= 64 or (packed and page.predictor != 1)):
+        raise ValueError(f"{where}: {bits}-bit samples with predictor {page.predictor} are not supported")
     if page.is_subsampled and compression not in JPEG_COMPRESSIONS:
         raise ValueError(f"{where}: chroma subsampling without JPEG compression is not supported")
     if not page.is_tiled and page.shaped[1] > 1:
@@ -138,6 +140,8 @@ def _codec_config(page: Any, axes: list[_Axis], seg: tuple[int, int, int, int], 
             "jpeg_outcolorspace": outcolorspace,
             "bitspersample": int(page.bitspersample),
         }
+    elif int(page.compression) != CCITT_FAX4 and int(page.bitspersample) not in (8, 16, 32, 64):
+        extra = {"bitspersample": int(page.bitspersample)}  # packed samples
     letters = "".join("-" if a.page_dim is None else _SEGMENT[a.page_dim] for a in axes)
     segment = TiffSegment(
         axes=letters,
@@ -227,7 +231,7 @@ def _open(path: str, storage_options: dict[str, Any] | None) -> tuple[Any, str, 
         return open(path, "rb"), os.path.abspath(path), local_identity(path)
     fs, fspath = fsspec.core.url_to_fs(path, **(storage_options or {}))
     info = fs.info(fspath)
-    handle = fs.open(fspath, "rb", block_size=1 << 18, cache_type="readahead")
+    handle = fs.open(fspath, "rb", block_size=1 << 16, cache_type="readahead")  # header pages, not tiles
     return handle, path, identity_from_info(info)
 
 
@@ -297,6 +301,9 @@ def tiff(
             where = f"{path} (series {series}, level {i})"
             page = level.keyframe
             _check_supported(page, where)
+            if getattr(level, "is_multifile", False):
+                raise ValueError(f"{where}: the series has pages in other files (multi-file OME-TIFF); "
+                                 "build a manifest of each file instead")
             seg, grid = _segment(page, where)
             axes = _ordered(_level_axes(level, where), channel_last)
             if page.jpegtables is not None and any(
@@ -306,6 +313,7 @@ def tiff(
             dtype = np.dtype(level.dtype).newbyteorder("<")
             fill = page.nodata if page.nodata is not None else 0
             fill = fill.item() if isinstance(fill, np.generic) else fill
+            fill = bool(fill) if dtype.kind == "b" else fill
             config = _codec_config(page, axes, seg, byteorder)
             for key, doc in _array_docs(str(i), axes, dtype, fill, config, zarr_format).items():
                 manifest.set(key, doc)

@@ -1,4 +1,4 @@
-"""Tile pyramids as manifests: Deep Zoom (``.dzi`` + ``_files/``) and XYZ (``z/y/x.fmt``) folders."""
+"""Deep Zoom images (``.dzi`` + ``_files/``) as manifests, and the level arrays every tile pyramid shares."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import posixpath
 import re
 import xml.etree.ElementTree as ET
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -21,22 +21,22 @@ from refstore.build._common import (
     image_axes,
     image_shape,
     probe_image,
-    progress,
     pyramid_channel_last,
 )
+from refstore.build._scan import ProgressMode, exists_all, scan
 from refstore.manifest import Manifest, Reference
 from refstore.manifest._sources import record_sources
 from refstore.multiscale import multiscale_attributes
 
-__all__ = ["dzi", "xyz"]
+__all__ = ["can_list", "dzi", "level_arrays", "listing", "location", "sample_tile"]
 
 
-def _location(path: str) -> str:
+def location(path: str) -> str:
     """Return *path* as written into references: an absolute path, or the URL unchanged."""
     return path if "://" in path else os.path.abspath(path)
 
 
-def _listing(fs: Any, folder: str) -> set[str] | None:
+def listing(fs: Any, folder: str) -> set[str] | None:
     """Return the file names directly in *folder*, or None if the filesystem cannot list it."""
     try:
         return {posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False)}
@@ -44,7 +44,7 @@ def _listing(fs: Any, folder: str) -> set[str] | None:
         return None
 
 
-def _level_arrays(
+def level_arrays(
     manifest: Manifest,
     levels: list[tuple[int, int, dict[tuple[int, int], str]]],
     tile: int,
@@ -54,12 +54,14 @@ def _level_arrays(
     resampling_offset: bool,
     name: str,
     overlap: int = 0,
+    shifts: list[tuple[Fraction, Fraction]] | None = None,
 ) -> None:
     """Write the group and level arrays ``0``, ``1``, ... (largest first) of a tile pyramid.
 
     *levels* holds ``(height, width, {(row, col): url})`` per level, largest first.
     With *overlap*, levels of more than one tile are virtual arrays over their tiles
-    (see :func:`_overlap_level`).
+    (see :func:`_overlap_level`). *shifts* adds a ``(y, x)`` offset per level, in
+    level-0 pixels (an XYZ level whose first tile starts before level 0's).
     """
     info = probe_image(sample, sample_name)
     axes, layout = image_axes(info.channels, channel_first)
@@ -67,6 +69,9 @@ def _level_arrays(
     spatial = [a in ("y", "x") for a in axes]
     factors = [[Fraction(2**k) if s else Fraction(1) for s in spatial] for k in range(len(levels))]
     offsets = [[(f - 1) / 2 if resampling_offset else Fraction(0) for f in fs] for fs in factors]
+    for level_offsets, (dy, dx) in zip(offsets, shifts or [], strict=False):
+        for d, a in enumerate(axes):
+            level_offsets[d] += dy if a == "y" else dx if a == "x" else 0
     paths = [str(i) for i in range(len(levels))]
     attrs = multiscale_attributes(paths, shapes, axes, factors=factors, offsets=offsets, name=name)
     manifest.set("zarr.json", group_metadata(attrs))
@@ -151,12 +156,30 @@ def _dzi_descriptor(text: str, where: str) -> tuple[int, int, int, int, str]:
     return width, height, tile, overlap, fmt
 
 
+def can_list(fs: Any) -> bool:
+    """Whether *fs* lists folders by its nature: not HTTP, which has no listing (only index pages)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return not {"http", "https"} & set(protocols)
+
+
+def sample_tile(fs: Any, candidates: list[tuple[str, str]]) -> tuple[bytes, str]:
+    """Return the bytes and name of the first of *candidates* (fs path, url) that can be read."""
+    for fspath, url in candidates:
+        try:
+            return fs.cat_file(fspath), url
+        except FileNotFoundError:
+            continue
+    raise ValueError(f"no tile could be read (tried {', '.join(u for _, u in candidates[:3])}, ...)")
+
+
 def dzi(
     path: str,
     *,
     channel_last: bool = False,
-    check_tiles: bool = True,
-    show_progress: bool = True,
+    check_tiles: bool | Literal["probe"] = True,
+    show_progress: ProgressMode = True,
+    storage_options: dict[str, Any] | None = None,
+    concurrency: int = 32,
     channel_first: bool | None = None,
 ) -> Manifest:
     """Build a manifest reading a Deep Zoom image as a multiscale group.
@@ -164,17 +187,26 @@ def dzi(
     Parameters
     ----------
     path
-        The ``.dzi`` descriptor: a local path or any fsspec URL. Tiles are read from
-        ``<name>_files/<level>/<col>_<row>.<format>`` beside it.
+        The ``.dzi`` descriptor: a local path or any fsspec URL (``http(s)://``,
+        ``s3://``, ...). Tiles are read from ``<name>_files/<level>/<col>_<row>.<format>``
+        beside it. The descriptor alone gives every level's tile grid; nothing is listed
+        unless *check_tiles* asks.
     channel_last
         Make RGB(A) levels ``(y, x, c)``, as the tiles store them, instead of the
         default OME-NGFF ``(c, y, x)``; the group then has no NGFF ``multiscales``.
         Gray images are ``(y, x)`` either way.
     check_tiles
-        List each level folder and leave out tiles that do not exist (they read as
-        the fill value 0). Where listing is impossible every tile is assumed present.
+        True: on filesystems that list folders (local, S3, GCS, ...), list each level
+        folder (one listing per level) and leave out tiles that do not exist; over HTTP,
+        which has no listings, every tile is assumed present. ``"probe"``: ask for every
+        tile (a HEAD over HTTP), *concurrency* at a time. False: assume every tile present.
+        Missing tiles read as the fill value 0.
     show_progress
-        Draw a progress line on stderr (see ``spec/builders.md``).
+        Draw a progress bar on stderr (see ``spec/builders.md``).
+    storage_options
+        Options of the fsspec filesystem of a URL *path* (for example an S3 endpoint).
+    concurrency
+        How many listings or probes run at once.
     channel_first
         The older keyword: ``channel_first=False`` means ``channel_last=True``.
 
@@ -193,9 +225,11 @@ def dzi(
     ------
     ValueError
         If the descriptor is malformed (naming the file and the field), its
-        ``TileSize`` is below 1 or its ``Overlap`` is negative.
+        ``TileSize`` is below 1 or its ``Overlap`` is negative, or no tile can be read.
     """
-    fs, fspath = fsspec.core.url_to_fs(path)
+    if check_tiles not in (True, False, "probe"):
+        raise ValueError(f"check_tiles={check_tiles!r}: use True, False or 'probe'")
+    fs, fspath = fsspec.core.url_to_fs(path, **(storage_options or {}))
     with fs.open(fspath, "rb") as f:
         width, height, tile, overlap, fmt = _dzi_descriptor(f.read().decode("utf-8", "replace"), path)
     if tile < 1 or not overlap >= 0:
@@ -203,103 +237,44 @@ def dzi(
     base = re.sub(r"\.(dzi|xml)$", "", path, flags=re.IGNORECASE) + "_files"
     fsbase = re.sub(r"\.(dzi|xml)$", "", fspath, flags=re.IGNORECASE) + "_files"
     top = math.ceil(math.log2(max(width, height))) if max(width, height) > 1 else 0
-    levels = []
-    sample: tuple[bytes, str] | None = None
-    for level in progress(list(range(top, -1, -1)), f"dzi {path}", show_progress):
+    grid: list[tuple[int, int, int, list[tuple[int, int]]]] = []  # (dzi level, h, w, [(row, col)])
+    for level in range(top, -1, -1):
         k = top - level
         h, w = math.ceil(height / 2**k), math.ceil(width / 2**k)
-        names = _listing(fs, f"{fsbase}/{level}") if check_tiles else None
-        tiles = {}
-        for row in range(math.ceil(h / tile)):
-            for col in range(math.ceil(w / tile)):
-                name = f"{col}_{row}.{fmt}"
-                if names is None or name in names:
-                    tiles[(row, col)] = _location(f"{base}/{level}/{name}")
-                    if sample is None:
-                        sample = (fs.cat_file(f"{fsbase}/{level}/{name}"), f"{base}/{level}/{name}")
+        grid.append((level, h, w, [(r, c) for r in range(math.ceil(h / tile)) for c in range(math.ceil(w / tile))]))
+
+    def name(row: int, col: int) -> str:
+        return f"{col}_{row}.{fmt}"
+
+    present: list[set[tuple[int, int]] | None] = [None] * len(grid)
+    if check_tiles is True and can_list(fs):
+        listed = scan(lambda g: listing(fs, f"{fsbase}/{g[0]}"), grid, label=f"dzi {path}: listing levels",
+                      show_progress=show_progress, concurrency=concurrency)
+        present = [None if names is None else {rc for rc in g[3] if name(*rc) in names}
+                   for g, names in zip(grid, listed, strict=True)]
+    elif check_tiles == "probe":
+        wanted = [(i, rc) for i, g in enumerate(grid) for rc in g[3]]
+        found = exists_all(fs, [f"{fsbase}/{grid[i][0]}/{name(*rc)}" for i, rc in wanted], label=f"dzi {path}: probing",
+                           show_progress=show_progress, concurrency=concurrency)
+        present = [set() for _ in grid]
+        for (i, rc), ok in zip(wanted, found, strict=True):
+            if ok:
+                present[i].add(rc)  # type: ignore[union-attr]
+    levels = []
+    for (level, h, w, cells), have in zip(grid, present, strict=True):
+        tiles = {rc: location(f"{base}/{level}/{name(*rc)}") for rc in cells if have is None or rc in have}
         levels.append((h, w, tiles))
-    if sample is None:
+    # the smallest levels' tiles are the cheapest to fetch for the sample
+    candidates = [(f"{fsbase}/{g[0]}/{name(*rc)}", url)
+                  for g, (_, _, tiles) in zip(reversed(grid), reversed(levels), strict=True)
+                  for rc, url in sorted(tiles.items())[:1]]
+    if not candidates:
         raise ValueError(f"{path}: no tiles found under {base}")
+    sample, sample_name = sample_tile(fs, candidates)
     manifest = Manifest()
-    _level_arrays(
-        manifest, levels, tile, sample[0], sample[1], not pyramid_channel_last(channel_last, channel_first), True,
+    level_arrays(
+        manifest, levels, tile, sample, sample_name, not pyramid_channel_last(channel_last, channel_first), True,
         posixpath.basename(base[:-6]), overlap,
     )
-    record_sources(manifest)  # local tiles: size and mtime (a stat each)
-    return manifest
-
-
-_XYZ = re.compile(r"(\d+)/(\d+)/(\d+)\.(\w+)$")
-
-
-def xyz(
-    root: str,
-    *,
-    channel_last: bool = False,
-    tile_size: int | None = None,
-    show_progress: bool = True,
-    channel_first: bool | None = None,
-) -> Manifest:
-    """Build a manifest reading an XYZ (slippy-map, vips ``--layout google``) tile folder.
-
-    Parameters
-    ----------
-    root
-        A local folder or listable fsspec URL holding ``<z>/<y>/<x>.<fmt>``.
-    channel_last
-        Make RGB(A) levels ``(y, x, c)`` instead of the default OME-NGFF ``(c, y, x)``;
-        the group then has no NGFF ``multiscales``.
-    tile_size
-        Tile edge in pixels; default: the size of the first tile found.
-    show_progress
-        Draw a progress line on stderr.
-    channel_first
-        The older keyword: ``channel_first=False`` means ``channel_last=True``.
-
-    Returns
-    -------
-    Manifest
-        A zarr 3 group whose arrays ``0``, ``1``, ... are zoom levels, the highest
-        zoom (largest) first. Level ``k`` spans ``max(tiles present, ceil(n0 / 2**k))``
-        tiles per axis, where ``n0`` is the tile count of the highest zoom, so the
-        arrays cover every tile present and no more of the world. Absent tiles
-        read as fill 0.
-
-    Raises
-    ------
-    ValueError
-        If no ``z/y/x.fmt`` tiles are found, or tiles are not square.
-    """
-    fs, fsroot = fsspec.core.url_to_fs(root)
-    fsroot = fsroot.rstrip("/")
-    found: dict[int, dict[tuple[int, int], str]] = {}
-    for p in progress(sorted(fs.find(fsroot)), f"xyz {root}", show_progress):
-        m = _XYZ.search(p[len(fsroot):])
-        if m:
-            z, y, x = int(m[1]), int(m[2]), int(m[3])
-            found.setdefault(z, {})[(y, x)] = p
-    if not found:
-        raise ValueError(f"{root}: no <z>/<y>/<x>.<format> tiles found")
-    zooms = sorted(found, reverse=True)
-    first = found[zooms[0]][min(found[zooms[0]])]
-    sample = fs.cat_file(first)
-    info = probe_image(sample, first)
-    if tile_size is None:
-        if info.height != info.width:
-            raise ValueError(f"{first}: tile is {info.height}x{info.width}; pass tile_size for non-square tiles")
-        tile_size = info.height
-    rows0 = max(r for r, _ in found[zooms[0]]) + 1
-    cols0 = max(c for _, c in found[zooms[0]]) + 1
-    prefix = root.rstrip("/")
-    levels = []
-    for k, z in enumerate(range(zooms[0], -1, -1)):
-        tiles = found.get(z, {})
-        rows = max([math.ceil(rows0 / 2**k)] + [r + 1 for r, _ in tiles])
-        cols = max([math.ceil(cols0 / 2**k)] + [c + 1 for _, c in tiles])
-        refs = {rc: _location(prefix + p[len(fsroot):]) for rc, p in tiles.items()}
-        levels.append((rows * tile_size, cols * tile_size, refs))
-    manifest = Manifest()
-    channel_first_levels = not pyramid_channel_last(channel_last, channel_first)
-    _level_arrays(manifest, levels, tile_size, sample, first, channel_first_levels, True, posixpath.basename(prefix))
     record_sources(manifest)  # local tiles: size and mtime (a stat each)
     return manifest

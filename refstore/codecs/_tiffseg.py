@@ -17,10 +17,13 @@ import numpy as np
 
 from refstore.errors import ImageCodecError
 
-__all__ = ["JPEG_COMPRESSIONS", "SEGMENT_AXES", "TiffSegment", "decode_segment"]
+__all__ = ["CCITT_FAX4", "JPEG_COMPRESSIONS", "SEGMENT_AXES", "TiffSegment", "decode_segment"]
 
 JPEG_COMPRESSIONS: Final[frozenset[int]] = frozenset({7, 33007, 34892})
 """TIFF compression codes of (new-style) JPEG, decoded with the JPEGTables and colour spaces."""
+
+CCITT_FAX4: Final[int] = 4
+"""TIFF compression code of CCITT Group 4 fax (bilevel images)."""
 
 SEGMENT_AXES: Final[str] = "zyxs"
 """Names of a decoded segment's axes: depth, length (rows), width, samples per pixel."""
@@ -54,7 +57,8 @@ class TiffSegment:
         What the JPEG segments hold and what to decode them to (as tifffile's
         ``jpeg_decode_colorspace`` says: YCbCr is decoded to RGB).
     bitspersample
-        For JPEG: 8 or 12.
+        For JPEG: 8 or 12. For other compressions, set only for packed samples
+        (1 to 63 bits other than 8, 16, 32), which are unpacked row by row.
     """
 
     axes: str
@@ -132,6 +136,9 @@ def _decompressed(data: Any, seg: TiffSegment, dtype: np.dtype) -> np.ndarray:
             shape=(length, width),
         )
         return _as_segment(np.asarray(image), seg)
+    if compression == CCITT_FAX4:  # bilevel rows; a short last strip decodes to extra rows outside the image
+        image = imagecodecs.ccittfax4_decode(imagecodecs.bitorder_decode(data) if seg.bitorder else data, length, width)
+        return _as_segment(np.asarray(image).astype(dtype.newbyteorder("=")), seg)
     if compression in tifffile.TIFF.IMAGE_COMPRESSIONS:
         if compression == 50001 and samples == 4:  # WebP drops an alpha that is opaque everywhere
             image = imagecodecs.webp_decode(data, hasalpha=True)
@@ -144,6 +151,12 @@ def _decompressed(data: Any, seg: TiffSegment, dtype: np.dtype) -> np.ndarray:
     if compression != 1:
         data = tifffile.TIFF.DECOMPRESSORS[compression](data, out=size * dtype.itemsize)
     order: Literal["<", ">"] = "<" if seg.byteorder == "<" else ">"
+    bits = seg.bitspersample
+    if bits is not None and bits not in (8, 16, 32, 64):  # packed integers, bilevel: each row starts on a byte
+        unpacked = "u1" if dtype.kind == "b" else dtype.char
+        values = imagecodecs.packints_decode(data, np.dtype(unpacked).newbyteorder(order), bits, runlen=width * samples)
+        whole = values.size - values.size % (depth * width * samples)
+        return np.asarray(values[: min(whole, size)]).reshape(depth, -1, width, samples).astype(dtype.newbyteorder("="))
     raw = np.dtype(dtype.char) if seg.predictor in _PREDICTOR_FLOAT else np.dtype(dtype.char).newbyteorder(order)
     buffer = memoryview(data).cast("B")
     usable = min(len(buffer) // raw.itemsize, size)
