@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 
 pytest.importorskip("kerchunk.hdf")
 pytest.importorskip("dask")
@@ -196,3 +197,19 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CombineError, match=r"kerchunk could not scan '.*broken.nc'"):
         refstore.combine([str(broken), str(broken)], "time", str(out))
     assert not out.exists()
+
+
+def test_sharded_zarr_3_stores(tmp_path: Path) -> None:
+    stores = []
+    for k in range(2):
+        g = zarr.open_group(str(tmp_path / f"sh{k}.zarr"), mode="w", zarr_format=3)
+        t = g.create_array("time", shape=(20,), chunks=(20,), dtype="i8", dimension_names=("time",))
+        t[:] = np.arange(20) + 20 * k
+        a = g.create_array("tas", shape=(20, 4), chunks=(5, 4), shards=(10, 4), dtype="f4", dimension_names=("time", "x"))
+        a[:] = np.arange(80, dtype="f4").reshape(20, 4) + 100 * k
+        stores.append(str(tmp_path / f"sh{k}.zarr"))
+    out = str(tmp_path / "sharded.json")
+    _, layouts = combine_with_layout(stores[::-1], "time", out)
+    assert {a.name: a.reason for a in layouts}["tas"].startswith("an input is sharded")
+    with xr.open_mfdataset(stores, engine="zarr", combine="by_coords", consolidated=False) as expected:
+        xr.testing.assert_identical(open_ref(out).load(), expected.load())
