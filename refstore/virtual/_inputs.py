@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,9 +143,21 @@ def _open_zarr(fo: Any, label: str, storage_options: Mapping[str, Any] | None) -
         if isinstance(node, zarr.Array):
             ref: dict[str, Any] = {"zarr": url, "path": name}
             if storage_options and not local:
-                ref["storage_options"] = dict(storage_options)
+                ref["storage_options"] = public_options(storage_options)
             refs[name] = ref
     return Input(label, group, refs)
+
+
+_SECRET = re.compile(r"key|secret|token|password|passwd|credential|session|auth", re.IGNORECASE)
+
+
+def public_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the entries that look like credentials (names with key, secret,
+    token, password, credential, session or auth), at any depth: they are written into
+    saved definitions, which readers are given."""
+    return {
+        k: public_options(v) if isinstance(v, Mapping) else v for k, v in options.items() if not _SECRET.search(str(k))
+    }
 
 
 def scan_file(

@@ -25,7 +25,7 @@ import refstore  # noqa: E402
 from refstore.cli import main  # noqa: E402
 from refstore.errors import CombineError  # noqa: E402
 from refstore.virtual._combine import combine_with_layout  # noqa: E402
-from refstore.virtual._inputs import _kerchunk_drops_fill_values, kind_of, scan_file  # noqa: E402
+from refstore.virtual._inputs import _kerchunk_drops_fill_values, kind_of, public_options, scan_file  # noqa: E402
 
 ALIGNED_YEARS = (2005, 2006, 2007)
 
@@ -159,6 +159,18 @@ def test_remote_zarr_stores(tmp_path: Path, remote: Any) -> None:
     with xr.open_mfdataset(stores, engine="zarr", combine="by_coords") as expected:
         got = open_ref(out, remote_options=remote.storage_options)
         xr.testing.assert_identical(got.load(), expected.load())
+    # misaligned (whole-year chunks): virtual arrays naming the remote stores, read back through them
+    files = [str(write_year(tmp_path / f"m{y}.nc", y)) for y in YEARS]
+    mixed = [remote.upload(s) for s in _zarr_stores(tmp_path / "m", files, 2, chunk=None)]
+    out = str(tmp_path / "remote_mixed.json")
+    _, layouts = combine_with_layout(mixed, "time", out, storage_options=remote.storage_options)
+    assert {a.name for a in layouts if a.how == "virtual"} == {"tas", "pr", "ts", "cnt"}
+    definition = json.loads(refstore.Manifest.open(out).get("tas/refstore.virtual.json"))
+    assert [layer["source"]["zarr"] for layer in definition["layers"]] == mixed
+    assert "secret" not in json.dumps(definition)
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        got = open_ref(out, remote_options=remote.storage_options)
+        xr.testing.assert_identical(got.load(), expected.load())
 
 
 def test_netcdf_files_over_http(tmp_path: Path, ncfiles: list[str], http: Any) -> None:
@@ -172,6 +184,12 @@ def test_netcdf_files_over_http(tmp_path: Path, ncfiles: list[str], http: Any) -
     assert {ref.url for ref in refstore.Manifest.open(out).values() if isinstance(ref, refstore.Reference)} == set(urls)
     with xr.open_mfdataset(ncfiles, combine="by_coords") as expected:
         assert_same_as_xarray(open_ref(out), expected)
+
+
+def test_credentials_are_not_written_into_definitions() -> None:
+    opts = {"key": "AKIA", "secret": "s", "anon": False, "client_kwargs": {"endpoint_url": "http://x",
+                                                                          "aws_session_token": "t"}}
+    assert public_options(opts) == {"anon": False, "client_kwargs": {"endpoint_url": "http://x"}}
 
 
 def test_kinds_of_input(tmp_path: Path, ncfiles: list[str]) -> None:
