@@ -81,6 +81,24 @@ def kind_of(fo: Any) -> str:
     return "manifest"
 
 
+def expand_pattern(pattern: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The paths (or URLs) matching glob ``pattern``, sorted.
+
+    Raises
+    ------
+    refstore.errors.CombineError
+        If nothing matches.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern, **dict(storage_options or {}))
+    local = "://" not in pattern or pattern.startswith("file://")
+    found = sorted(fs.glob(path))
+    if not found:
+        raise CombineError(f"combine: nothing matches {pattern!r}; give a list of inputs or a pattern that matches")
+    return [p if local else fs.unstrip_protocol(p) for p in found]
+
+
 def open_inputs(
     inputs: Sequence[Any],
     options: Mapping[str, Any],

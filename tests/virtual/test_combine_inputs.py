@@ -60,6 +60,15 @@ def test_netcdf_files_are_scanned_with_kerchunk(tmp_path: Path, ncfiles: list[st
     assert "combine: scanning files: 3/3" in capsys.readouterr().err
 
 
+def test_a_pattern_names_the_inputs(tmp_path: Path, ncfiles: list[str]) -> None:
+    out = str(tmp_path / "glob.json")
+    refstore.combine(str(Path(ncfiles[0]).parent / "y*.nc"), "time", out)
+    with xr.open_mfdataset(ncfiles, combine="by_coords") as expected:
+        assert_same_as_xarray(open_ref(out), expected)
+    with pytest.raises(CombineError, match=r"nothing matches '.*nope\*.nc'"):
+        refstore.combine(str(tmp_path / "nope*.nc"), "time", out)
+
+
 def test_kerchunk_versions_known_to_drop_fill_values() -> None:
     newer_numpy = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4)
     assert _kerchunk_drops_fill_values("0.2.9") is newer_numpy
