@@ -69,6 +69,33 @@ def test_a_pattern_names_the_inputs(tmp_path: Path, ncfiles: list[str]) -> None:
         refstore.combine(str(tmp_path / "nope*.nc"), "time", out)
 
 
+def test_progress_line_is_drawn_on_a_terminal(tmp_path: Path, ncfiles: list[str]) -> None:
+    """Without --progress, the scanning line appears when stderr is a terminal (a pseudo-terminal here)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    code = "import sys; from refstore.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "combine", "--concat-dim", "time", "-o",
+                           str(tmp_path / "tty.json"), *ncfiles], stderr=follower, stdout=subprocess.PIPE,
+                          timeout=120, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            part = os.read(leader, 65536)
+        except OSError:
+            break
+        if not part:
+            break
+        drawn += part
+    os.close(leader)
+    assert done.returncode == 0
+    assert b"combine: scanning files: 3/3" in drawn
+
+
 def test_kerchunk_versions_known_to_drop_fill_values() -> None:
     newer_numpy = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 4)
     assert _kerchunk_drops_fill_values("0.2.9") is newer_numpy
