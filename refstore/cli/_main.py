@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="datasets with the same variables: reference manifests (kerchunk JSON or parquet), "
                         "zarr stores (v2 or v3), or netCDF/HDF5 files (scanned with kerchunk)")
     p.add_argument("--concat-dim", required=True, help="the dimension to concatenate along (one the inputs have)")
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-o", "--output", required=True,
+                   help="where to write the result: .json (.json.gz, .json.zst) or a .parq directory")
     p.add_argument("--layout", choices=("auto", "kerchunk", "virtual"), default="auto",
                    help="auto (default): plain kerchunk references where chunks align, small coordinates "
                         "inlined, virtual arrays only where needed; kerchunk: refuse what kerchunk cannot "

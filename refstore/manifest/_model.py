@@ -190,10 +190,13 @@ class Manifest:
         from refstore.manifest._kerchunk import to_refs
         from refstore.manifest._sources import SOURCES_KEY, sources_to_json
 
-        out: dict[str, Any] = {"version": 1, "refs": to_refs(self)}
+        out: dict[str, Any] = {"version": 1}
         sources = sources_to_json(self.sources, self._urls) if self.sources else {}
         if sources:
+            # before refs: the streaming reader then ends its last block of refs at the closing
+            # brace, instead of retrying whole-block parses that fail on what follows (10x slower)
             out[SOURCES_KEY] = sources
+        out["refs"] = to_refs(self)
         return out
 
     # -- the URL table ------------------------------------------------------------------

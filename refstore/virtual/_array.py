@@ -24,6 +24,7 @@ from refstore.virtual._source import (
     ZarrSource,
     dimension_names_of,
     fill_of,
+    is_sharded,
     same_value,
     xarray_fill_attr,
 )
@@ -283,6 +284,8 @@ def _aligned(v: VirtualArray, layer: Layer) -> bool:
     """True if ``layer`` can pass every chunk it fully covers through (its own encoding aside)."""
     src = layer.source
     if not isinstance(src, ZarrSource) or layer.blocked or any(isinstance(m, int) for m in layer.src_map):
+        return False
+    if is_sharded(src.array):
         return False
     mapped = layer.mapped()
     src_chunks = src.chunks

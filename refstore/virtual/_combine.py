@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from refstore.errors import CombineError, CoordinateOrderError, InputsDiffer, UnknownDimension
-from refstore.virtual._inputs import open_inputs
+from refstore.virtual._inputs import expand_pattern, open_inputs
 from refstore.virtual._layout import DEFAULT_INLINE_LIMIT, ArrayLayout, save_layout
 from refstore.virtual._source import DIMENSIONS_ATTR, dimension_names_of, same_value
 
@@ -101,7 +102,8 @@ def combine(
     Parameters
     ----------
     inputs
-        Datasets: reference manifests (kerchunk JSON or parquet, e.g. kerchunk's or
+        A sequence of datasets, or one string: a glob pattern (``"tas_*.nc"``, also
+        by URL), whose matches are the inputs in sorted order. Datasets are reference manifests (kerchunk JSON or parquet, e.g. kerchunk's or
         VirtualiZarr's scans of netCDF files; paths, URLs, dicts or
         :class:`refstore.Manifest`), zarr stores (v2 or v3; a local directory, or a URL
         ending in ``.zarr`` or ``/``), or netCDF/HDF5 files, which are scanned first (see
@@ -205,6 +207,8 @@ def combine_with_layout(
     """:func:`combine`, also returning how each variable was written (references, inlined or virtual)."""
     from refstore.virtual._array import concat, stack
 
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = expand_pattern(os.fspath(inputs), storage_options)
     if not inputs:
         raise CombineError("combine: no inputs")
     if combine_attrs not in COMBINE_ATTRS:

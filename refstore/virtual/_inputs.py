@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,24 @@ def kind_of(fo: Any) -> str:
     return "manifest"
 
 
+def expand_pattern(pattern: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The paths (or URLs) matching glob ``pattern``, sorted.
+
+    Raises
+    ------
+    refstore.errors.CombineError
+        If nothing matches.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(pattern, **dict(storage_options or {}))
+    local = "://" not in pattern or pattern.startswith("file://")
+    found = sorted(fs.glob(path))
+    if not found:
+        raise CombineError(f"combine: nothing matches {pattern!r}; give a list of inputs or a pattern that matches")
+    return [p if local else fs.unstrip_protocol(p) for p in found]
+
+
 def open_inputs(
     inputs: Sequence[Any],
     options: Mapping[str, Any],
@@ -142,9 +161,21 @@ def _open_zarr(fo: Any, label: str, storage_options: Mapping[str, Any] | None) -
         if isinstance(node, zarr.Array):
             ref: dict[str, Any] = {"zarr": url, "path": name}
             if storage_options and not local:
-                ref["storage_options"] = dict(storage_options)
+                ref["storage_options"] = public_options(storage_options)
             refs[name] = ref
     return Input(label, group, refs)
+
+
+_SECRET = re.compile(r"key|secret|token|password|passwd|credential|session|auth", re.IGNORECASE)
+
+
+def public_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the entries that look like credentials (names with key, secret,
+    token, password, credential, session or auth), at any depth: they are written into
+    saved definitions, which readers are given."""
+    return {
+        k: public_options(v) if isinstance(v, Mapping) else v for k, v in options.items() if not _SECRET.search(str(k))
+    }
 
 
 def scan_file(

@@ -25,7 +25,7 @@ from refstore.virtual._save import (
     put_virtual,
     source_entry,
 )
-from refstore.virtual._source import ChunkEncoder, encoding_of, same_value
+from refstore.virtual._source import ChunkEncoder, encoding_of, is_sharded, same_value
 from refstore.virtual._store import _open_meta
 
 #: How the arrays of a combined result are written (``layout=``).
@@ -216,6 +216,8 @@ async def _why(v: VirtualArray, planner: ChunkPlanner, coords: tuple[int, ...]) 
     if isinstance(src, VirtualArray) or layer.blocked:
         return f"{where} comes from a nested or blocked virtual array"
     arr = await src.open_async()
+    if is_sharded(arr):
+        return "an input is sharded: its stored objects are shards of many chunks, not single chunks"
     if not same_value(src.fill_value, v.fill_value):
         return f"an input's fill value ({src.fill_value!r}) differs from the result's ({v.fill_value!r})"
     mapped = layer.mapped()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from refstore.virtual._source import ZarrSource, encoding_of, same_value
+from refstore.virtual._source import ZarrSource, encoding_of, is_sharded, same_value
 
 #: ``("fill", None, None)``, ``("pass", source, source_coords)`` or ``("assemble", None, None)``.
 Plan = tuple[str, Any, Any]
@@ -95,7 +95,8 @@ class ChunkPlanner:
                 return self._static[i]
             src_chunks = tuple(arr.chunks)
             if (
-                encoding_of(arr) == self.encoding
+                not is_sharded(arr)  # a stored object is a shard of many chunks: assembled instead
+                and encoding_of(arr) == self.encoding
                 and same_value(src.fill_value, v.fill_value)
                 and all(step == 1 and src_chunks[k] == v.chunks[d] for d, (k, _, step) in mapped.items())
             ):

@@ -186,6 +186,12 @@ def encoding_of(array: Any) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+def is_sharded(array: Any) -> bool:
+    """True if ``array`` (zarr 3) stores shards: its stored objects are not single chunks."""
+    codecs = getattr(array.metadata, "codecs", ()) if array.metadata.zarr_format == 3 else ()
+    return any(type(c).__name__ == "ShardingCodec" for c in codecs)
+
+
 def chunk_key_parser(meta: Any) -> Callable[[str], tuple[int, ...] | None]:
     """A function from a chunk key (relative to the array) to its grid coordinates, or None."""
     ndim = len(meta.shape)

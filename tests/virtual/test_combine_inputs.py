@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 
 pytest.importorskip("kerchunk.hdf")
 pytest.importorskip("dask")
@@ -24,7 +25,7 @@ import refstore  # noqa: E402
 from refstore.cli import main  # noqa: E402
 from refstore.errors import CombineError  # noqa: E402
 from refstore.virtual._combine import combine_with_layout  # noqa: E402
-from refstore.virtual._inputs import _kerchunk_drops_fill_values, kind_of, scan_file  # noqa: E402
+from refstore.virtual._inputs import _kerchunk_drops_fill_values, kind_of, public_options, scan_file  # noqa: E402
 
 ALIGNED_YEARS = (2005, 2006, 2007)
 
@@ -57,6 +58,42 @@ def test_netcdf_files_are_scanned_with_kerchunk(tmp_path: Path, ncfiles: list[st
         assert got.tas.encoding["_FillValue"] == np.float32(1e20) and int(got.tas.isnull().sum()) > 0
     assert main(["combine", "--concat-dim", "time", "-o", out, "--progress", *ncfiles]) == 0
     assert "combine: scanning files: 3/3" in capsys.readouterr().err
+
+
+def test_a_pattern_names_the_inputs(tmp_path: Path, ncfiles: list[str]) -> None:
+    out = str(tmp_path / "glob.json")
+    refstore.combine(str(Path(ncfiles[0]).parent / "y*.nc"), "time", out)
+    with xr.open_mfdataset(ncfiles, combine="by_coords") as expected:
+        assert_same_as_xarray(open_ref(out), expected)
+    with pytest.raises(CombineError, match=r"nothing matches '.*nope\*.nc'"):
+        refstore.combine(str(tmp_path / "nope*.nc"), "time", out)
+
+
+def test_progress_line_is_drawn_on_a_terminal(tmp_path: Path, ncfiles: list[str]) -> None:
+    """Without --progress, the scanning line appears when stderr is a terminal (a pseudo-terminal here)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    code = "import sys; from refstore.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", code, "combine", "--concat-dim", "time", "-o",
+                           str(tmp_path / "tty.json"), *ncfiles], stderr=follower, stdout=subprocess.PIPE,
+                          timeout=120, check=False, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            part = os.read(leader, 65536)
+        except OSError:
+            break
+        if not part:
+            break
+        drawn += part
+    os.close(leader)
+    assert done.returncode == 0
+    assert b"combine: scanning files: 3/3" in drawn
 
 
 def test_kerchunk_versions_known_to_drop_fill_values() -> None:
@@ -158,6 +195,18 @@ def test_remote_zarr_stores(tmp_path: Path, remote: Any) -> None:
     with xr.open_mfdataset(stores, engine="zarr", combine="by_coords") as expected:
         got = open_ref(out, remote_options=remote.storage_options)
         xr.testing.assert_identical(got.load(), expected.load())
+    # misaligned (whole-year chunks): virtual arrays naming the remote stores, read back through them
+    files = [str(write_year(tmp_path / f"m{y}.nc", y)) for y in YEARS]
+    mixed = [remote.upload(s) for s in _zarr_stores(tmp_path / "m", files, 2, chunk=None)]
+    out = str(tmp_path / "remote_mixed.json")
+    _, layouts = combine_with_layout(mixed, "time", out, storage_options=remote.storage_options)
+    assert {a.name for a in layouts if a.how == "virtual"} == {"tas", "pr", "ts", "cnt"}
+    definition = json.loads(refstore.Manifest.open(out).get("tas/refstore.virtual.json"))
+    assert [layer["source"]["zarr"] for layer in definition["layers"]] == mixed
+    assert "secret" not in json.dumps(definition)
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        got = open_ref(out, remote_options=remote.storage_options)
+        xr.testing.assert_identical(got.load(), expected.load())
 
 
 def test_netcdf_files_over_http(tmp_path: Path, ncfiles: list[str], http: Any) -> None:
@@ -171,6 +220,12 @@ def test_netcdf_files_over_http(tmp_path: Path, ncfiles: list[str], http: Any) -
     assert {ref.url for ref in refstore.Manifest.open(out).values() if isinstance(ref, refstore.Reference)} == set(urls)
     with xr.open_mfdataset(ncfiles, combine="by_coords") as expected:
         assert_same_as_xarray(open_ref(out), expected)
+
+
+def test_credentials_are_not_written_into_definitions() -> None:
+    opts = {"key": "AKIA", "secret": "s", "anon": False, "client_kwargs": {"endpoint_url": "http://x",
+                                                                          "aws_session_token": "t"}}
+    assert public_options(opts) == {"anon": False, "client_kwargs": {"endpoint_url": "http://x"}}
 
 
 def test_kinds_of_input(tmp_path: Path, ncfiles: list[str]) -> None:
@@ -196,3 +251,19 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CombineError, match=r"kerchunk could not scan '.*broken.nc'"):
         refstore.combine([str(broken), str(broken)], "time", str(out))
     assert not out.exists()
+
+
+def test_sharded_zarr_3_stores(tmp_path: Path) -> None:
+    stores = []
+    for k in range(2):
+        g = zarr.open_group(str(tmp_path / f"sh{k}.zarr"), mode="w", zarr_format=3)
+        t = g.create_array("time", shape=(20,), chunks=(20,), dtype="i8", dimension_names=("time",))
+        t[:] = np.arange(20) + 20 * k
+        a = g.create_array("tas", shape=(20, 4), chunks=(5, 4), shards=(10, 4), dtype="f4", dimension_names=("time", "x"))
+        a[:] = np.arange(80, dtype="f4").reshape(20, 4) + 100 * k
+        stores.append(str(tmp_path / f"sh{k}.zarr"))
+    out = str(tmp_path / "sharded.json")
+    _, layouts = combine_with_layout(stores[::-1], "time", out)
+    assert {a.name: a.reason for a in layouts}["tas"].startswith("an input is sharded")
+    with xr.open_mfdataset(stores, engine="zarr", combine="by_coords", consolidated=False) as expected:
+        xr.testing.assert_identical(open_ref(out).load(), expected.load())

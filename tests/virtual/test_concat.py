@@ -170,3 +170,20 @@ def test_validation_ok_cases() -> None:
         stack([_mem(shape=(10, 4)), _mem(shape=(3, 4))])
     with pytest.raises(refstore.ManifestError):
         concat([])
+
+
+def test_sharded_sources_are_assembled_not_passed_through(tmp_path) -> None:
+    """A sharded zarr 3 array stores shards, not chunks: passing a stored object through as one chunk read
+    garbage (a checksum error); its chunks are assembled, saved, flattened or not."""
+    arrays = []
+    for k in range(2):
+        a = zarr.create_array(str(tmp_path / f"s{k}.zarr"), shape=(20, 4), chunks=(5, 4), shards=(10, 4), dtype="f4")
+        a[:] = np.arange(80, dtype="f4").reshape(20, 4) + 100 * k
+        arrays.append(a)
+    expected = np.concatenate([a[:] for a in arrays])
+    v = concat(arrays, axis=0)
+    np.testing.assert_array_equal(v[...], expected)
+    g = zarr.open_group(refstore.ReferenceStore(refstore.save_virtual({"x": v}).to_dict()), mode="r")
+    np.testing.assert_array_equal(g["x"][:], expected)
+    with pytest.raises(refstore.ManifestError, match="cannot flatten 'x'"):
+        refstore.save_virtual({"x": v}, flatten=True)
