@@ -284,3 +284,80 @@ def peer_rows(
                 note="; ".join(errors),
             ))
     return rows
+
+
+# ------------------------------------------------------------------ open_json
+def expanded_json(path: Path, template: str) -> Path:
+    """The kerchunk JSON at *path* with its one template ``{{u}}`` written out in every URL (made once).
+
+    VirtualiZarr's kerchunk reader does not expand templates, so it is given this
+    file: the same references, each URL spelled in full (a larger file).
+    """
+    out = path.with_name(path.stem + "_expanded.json")
+    if not out.exists():
+        text = path.read_text().replace("{{u}}", template)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    return out
+
+
+def _big_v3_metadata(rows: int, cols: int) -> dict[str, Any]:
+    """zarr v3 metadata equal to the big JSON's v2 ``data/.zarray`` (float32, chunks 100 x 100)."""
+    return {
+        "zarr_format": 3, "node_type": "array", "shape": [rows * 100, cols * 100], "data_type": "float32",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [100, 100]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        "attributes": {"units": "K"}, "dimension_names": ["y", "x"], "storage_transformers": [],
+    }
+
+
+def icechunk_refs_repo(cache_dir: Path, n_refs: int, template: str, n_files: int, cols: int) -> Path:
+    """An Icechunk repository holding the big JSON's references as virtual chunks (made once per
+    Icechunk major version, whose on-disk formats differ); returns its folder.
+
+    The array ``data`` has the big JSON's chunk grid; chunk ``i`` points into
+    ``{template}/file_{i % n_files}.bin`` at ``(i // n_files) * 40000`` for 40000 bytes.
+    """
+    import shutil
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    ic = _quiet_icechunk()
+    major = ic.__version__.split(".")[0]
+    folder = cache_dir / f"icechunk{major}_refs_{n_refs}"
+    if (folder / ".complete").exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    rows = n_refs // cols
+    bucket = template.split("://", 1)[1].split("/", 1)[0]
+    prefix = f"s3://{bucket}/"
+    config = ic.RepositoryConfig.default()
+    config.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, ic.s3_store(region="us-east-1",
+                                                                                    anonymous=True)))
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(folder)), config)
+    session = repo.writable_session("main")
+    store = session.store
+    proto = default_buffer_prototype()
+    group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+    sync(store.set("zarr.json", proto.buffer.from_bytes(group)))
+    sync(store.set("data/zarr.json", proto.buffer.from_bytes(json.dumps(_big_v3_metadata(rows, cols)).encode())))
+    i = np.arange(rows * cols)
+    offsets = ((i // n_files) * 40000).astype(np.uint64)
+    lengths = np.full(i.size, 40000, dtype=np.uint64)
+    names = [f"{template}/file_{k}.bin" for k in range(n_files)]
+    locations = [names[k] for k in (i % n_files).tolist()]
+    if hasattr(store, "set_virtual_refs_arr"):
+        failed = store.set_virtual_refs_arr("data", (rows, cols), locations, offsets, lengths)
+    else:
+        specs = [ic.VirtualChunkSpec(index=[k // cols, k % cols], location=loc, offset=int(o), length=40000)
+                 for k, (loc, o) in enumerate(zip(locations, offsets.tolist()))]
+        failed = store.set_virtual_refs("data", specs)
+    if failed:
+        raise RuntimeError(f"Icechunk refused {len(failed)} virtual references")
+    session.commit("the big JSON's references")
+    (folder / ".complete").write_text("ok")
+    return folder
