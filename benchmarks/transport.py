@@ -104,6 +104,34 @@ async def _refstore_s3(opts: dict[str, Any]) -> tuple[Reader, Callable[[], Await
     return read, target.close
 
 
+async def _plain_aiohttp(base: str) -> tuple[Reader, Callable[[], Awaitable[None]]]:
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+
+    async def read(rel: str, s: int, e: int) -> bytes:
+        async with session.get(f"{base}/{rel}", headers={"Range": f"bytes={s}-{e - 1}"}) as resp:
+            resp.raise_for_status()
+            return await resp.read()
+
+    return read, session.close
+
+
+async def _plain_s3fs(opts: dict[str, Any]) -> tuple[Reader, Callable[[], Awaitable[None]]]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts, asynchronous=True, skip_instance_cache=True)
+    await fs.set_session()
+
+    async def read(rel: str, s: int, e: int) -> bytes:
+        return bytes(await fs._cat_file(f"{BUCKET}/{rel}", start=s, end=e))
+
+    async def close() -> None:
+        await fs._s3creator.__aexit__(None, None, None)
+
+    return read, close
+
+
 def _obstore_reader(store: Any) -> tuple[Reader, Callable[[], Awaitable[None]]]:
     import obstore
 
@@ -168,6 +196,57 @@ def _time(make: Any, w: Workload, concurrency: int, server: ByteServer, repeat: 
     return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "requests": reqs, "walls": walls}
 
 
+async def _redirect_probe() -> list[str]:
+    """Does obstore follow a cross-host redirect?  One loopback server answers every GET with
+    ``307`` to another loopback server (another port), which answers ``206 EVIL``; each obstore
+    store (S3, HTTP) reads 4 bytes, with ``max_retries=0``.  Returns one line per store."""
+    import obstore
+    from aiohttp import web
+    from obstore.store import HTTPStore, S3Store
+
+    seen: list[str] = []
+
+    async def start(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_route("GET", "/{p:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner, runner.addresses[0][1]
+
+    async def elsewhere(req: web.Request) -> web.StreamResponse:
+        seen.append(f"other host got {req.path} Range={req.headers.get('Range')} "
+                    f"Authorization={'yes' if 'Authorization' in req.headers else 'no'}")
+        return web.Response(status=206, body=b"EVIL", headers={"Content-Range": "bytes 0-3/4"})
+
+    other, other_port = await start(elsewhere)
+
+    async def redirect(req: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other_port}/elsewhere")
+
+    origin, port = await start(redirect)
+    stores = {
+        "S3Store": S3Store("bkt", endpoint=f"http://127.0.0.1:{port}", access_key_id="a", secret_access_key="b",
+                           region="us-east-1", virtual_hosted_style_request=False,
+                           client_options={"allow_http": True}, retry_config={"max_retries": 0}),
+        "HTTPStore": HTTPStore.from_url(f"http://127.0.0.1:{port}", client_options={"allow_http": True},
+                                        retry_config={"max_retries": 0}),
+    }
+    out = []
+    try:
+        for name, store in stores.items():
+            seen.clear()
+            try:
+                got = bytes(await obstore.get_range_async(store, "key", start=0, end=4))
+                out.append(f"obstore {name}: followed the redirect, returned {got!r}; {'; '.join(seen)}")
+            except Exception as exc:
+                out.append(f"obstore {name}: refused ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+    finally:
+        await origin.cleanup()
+        await other.cleanup()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print one table per backend."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.transport", description=__doc__,
@@ -177,19 +256,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--backends", default="http,s3")
     p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--redirect-probe", action="store_true",
+                   help="only check whether obstore follows a cross-host redirect (refstore's URL policy needs "
+                        "every hop checked, or redirects refused)")
     a = p.parse_args(argv)
+    if a.redirect_probe:
+        print("\n".join(asyncio.run(_redirect_probe())))
+        return 0
     cfg = Config(quick=a.quick, cache_dir=a.cache_dir or default_cache_dir())
     if a.quick:
         cfg.n_chunks = 512
     root = cfg.cache_dir
     loads = _workloads(cfg, root)
-    lines = [f"{'backend':8} {'workload':11} {'ranges':>6} {'MiB':>6}  {'transport':26} {'s':>7} {'cpu s':>7} "
-             f"{'requests':>8}  {'refstore/obstore':>16}"]
+    lines = [f"{'backend':8} {'workload':11} {'ranges':>6} {'MiB':>6}  {'transport':29} {'s':>7} {'cpu s':>7} "
+             f"{'requests':>8}  {'refstore/this':>13}"]
     for backend in a.backends.split(","):
         if backend == "http":
             server = ByteServer("http", root)
-            makers = {"refstore aiohttp (HTTPTarget)": lambda: _refstore_http(server.url),
-                      "obstore HTTPStore": lambda: _obstore_http(server.url)}
+            base = server.url
+            makers = {"refstore aiohttp (HTTPTarget)": lambda base=base: _refstore_http(base),
+                      "obstore HTTPStore": lambda base=base: _obstore_http(base),
+                      "plain aiohttp session.get": lambda base=base: _plain_aiohttp(base)}
         elif backend == "s3":
             import s3fs
 
@@ -200,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             fs.mkdir(BUCKET)
             files = sorted({rel for w in loads for rel, _, _ in w.spans})
             fs.put([str(root / f) for f in files], [f"{BUCKET}/{f}" for f in files], batch_size=8)
-            makers = {"refstore s3fs (FsspecTarget)": lambda: _refstore_s3(opts),
-                      "obstore S3Store": lambda: _obstore_s3(opts)}
+            makers = {"refstore s3fs (FsspecTarget)": lambda opts=opts: _refstore_s3(opts),
+                      "obstore S3Store": lambda opts=opts: _obstore_s3(opts),
+                      "plain s3fs _cat_file": lambda opts=opts: _plain_s3fs(opts)}
         else:
             raise SystemExit(f"unknown backend {backend!r}")
         try:
@@ -210,17 +298,17 @@ def main(argv: list[str] | None = None) -> int:
                 for label, make in makers.items():
                     res[label] = _time(make, w, a.concurrency, server, a.repeat)
                     print(f"  {backend} {w.name} {label}: {res[label]['walls']}", flush=True)
-                ref, obs = list(res.values())
+                ref = next(iter(res.values()))
                 for label, r in res.items():
-                    ratio = f"{ref['wall'] / obs['wall']:.2f}x" if label.startswith("obstore") else ""
-                    lines.append(f"{backend:8} {w.name:11} {len(w.spans):>6} {w.nbytes / 2**20:>6.1f}  {label:26} "
-                                 f"{r['wall']:>7.3f} {r['cpu']:>7.3f} {r['requests']:>8}  {ratio:>16}")
+                    ratio = f"{ref['wall'] / r['wall']:.2f}x" if r is not ref else ""
+                    lines.append(f"{backend:8} {w.name:11} {len(w.spans):>6} {w.nbytes / 2**20:>6.1f}  {label:29} "
+                                 f"{r['wall']:>7.3f} {r['cpu']:>7.3f} {r['requests']:>8}  {ratio:>13}")
         finally:
             server.close()
     print()
     print("\n".join(lines))
     print(f"\nmedians of {a.repeat} (after a warm-up run); {a.concurrency} requests in flight; "
-          "cpu s = this process (all threads); refstore/obstore > 1: obstore is faster")
+          "cpu s = this process (all threads); refstore/this > 1: this transport is faster than refstore's")
     return 0
 
 
