@@ -296,11 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             for w in loads:
                 res = {}
                 for label, make in makers.items():
-                    res[label] = _time(make, w, a.concurrency, server, a.repeat)
+                    try:
+                        res[label] = _time(make, w, a.concurrency, server, a.repeat)
+                    except Exception as exc:  # obstore not installed, a failed check, ...
+                        res[label] = {"wall": None, "cpu": None, "requests": "-", "walls": [],
+                                      "error": f"{type(exc).__name__}: {exc}"}
                     print(f"  {backend} {w.name} {label}: {res[label]['walls']}", flush=True)
                 ref = next(iter(res.values()))
                 for label, r in res.items():
-                    ratio = f"{ref['wall'] / r['wall']:.2f}x" if r is not ref else ""
+                    if r["wall"] is None:
+                        lines.append(f"{backend:8} {w.name:11} {len(w.spans):>6} {w.nbytes / 2**20:>6.1f}  "
+                                     f"{label:29} FAILED: {r['error']}")
+                        continue
+                    ratio = f"{ref['wall'] / r['wall']:.2f}x" if r is not ref and ref["wall"] else ""
                     lines.append(f"{backend:8} {w.name:11} {len(w.spans):>6} {w.nbytes / 2**20:>6.1f}  {label:29} "
                                  f"{r['wall']:>7.3f} {r['cpu']:>7.3f} {r['requests']:>8}  {ratio:>13}")
         finally:
