@@ -197,10 +197,6 @@ def _container(backend: Any) -> tuple[str, Any, Any]:
     raise ValueError(f"Icechunk has no virtual chunk container for protocol {backend.protocol!r}")
 
 
-def _authorize(prefix: str, cred: Any) -> dict[str, Any]:
-    return {prefix: cred}
-
-
 def icechunk_maker(specs: list[ArraySpec], backend: Any, folder: Path) -> Callable[[], Any]:
     """Write an Icechunk repository in *folder* holding *specs* as virtual chunks (untimed);
     return a maker of read-only stores over it (opening the repository and a session is timed)."""
@@ -215,7 +211,7 @@ def icechunk_maker(specs: list[ArraySpec], backend: Any, folder: Path) -> Callab
         shutil.rmtree(folder)
     config = ic.RepositoryConfig.default()
     config.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, store_cfg))
-    auth = _authorize(prefix, cred)
+    auth = {prefix: cred}
     repo = ic.Repository.create(ic.local_filesystem_storage(str(folder)), config,
                                 authorize_virtual_chunk_access=auth)
     session = repo.writable_session("main")
