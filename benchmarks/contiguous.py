@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import peers
 from ._common import Config, Job, Row, Timing, array_checker, import_refstore, run_interleaved
 from .data import contiguous_file, contiguous_refs, localstore_copy
 from .servers import Server, s3_options, set_dummy_aws_env
@@ -41,11 +42,11 @@ class Backend:
     server: Server | None = None
 
 
-def _read_zarr(store: Any) -> np.ndarray:
-    """Open the array at the root of ``store`` and read all of it."""
+def _read_zarr(store: Any, path: str | None = None) -> np.ndarray:
+    """Open the array at *path* (the root if None) of ``store`` and read all of it."""
     import zarr
 
-    return zarr.open_array(store=store, mode="r")[:]
+    return zarr.open_array(store=store, path=path, mode="r")[:] if path else zarr.open_array(store=store, mode="r")[:]
 
 
 def fsspec_store(refs: dict[str, Any], b: Backend) -> Any:
@@ -141,11 +142,16 @@ class _Opened:
     """Remembers the last store a job built so it can be closed untimed."""
 
     def __init__(
-        self, make: Callable[[], Any], after: Callable[[], Any] | None, config: dict[str, Any] | None = None
+        self,
+        make: Callable[[], Any],
+        after: Callable[[], Any] | None,
+        config: dict[str, Any] | None = None,
+        path: str | None = None,
     ) -> None:
         self.make = make
         self._after = after
         self.config = config or {}
+        self.path = path
         self.store: Any = None
 
     def read(self) -> np.ndarray:
@@ -154,7 +160,7 @@ class _Opened:
 
         self.store = self.make()
         with zarr.config.set(self.config):
-            return _read_zarr(self.store)
+            return _read_zarr(self.store, self.path)
 
     def after(self) -> Any:
         """Close the store, then report the server counters (if any)."""
@@ -287,11 +293,50 @@ def run(name: str, cfg: Config) -> list[Row]:
             jobs.append(Job(label, opened.read, check, reps, before, opened.after))
         for lname, fn in backend.limits.items():
             jobs.append(Job(lname, fn, check, cfg.repeat, before, after))
+        reasons = _peer_jobs(jobs, refs, backend, cfg, name, check, before, after)
         results = run_interleaved(jobs, cfg.verbose)
     finally:
         if backend.server is not None:
             backend.server.close()
-    return _rows(name, cfg, backend, results)
+    rows = _rows(name, cfg, backend, results)
+    versus = [v for v in (REF_STORE, REF_WIDE) if v in results]
+    reqs = _requests if backend.server is not None else None
+    return rows + peers.peer_rows(name, results, versus, next(iter(backend.limits)), reasons, reqs)
+
+
+def _peer_jobs(
+    jobs: list[Job],
+    refs: dict[str, Any],
+    b: Backend,
+    cfg: Config,
+    name: str,
+    check: Callable[[Any], None],
+    before: Callable[[], Any] | None,
+    after: Callable[[], Any] | None,
+) -> dict[str, str]:
+    """Append a job per peer (VirtualiZarr, Icechunk) to *jobs*; return why the others cannot run.
+
+    Timed as refstore: building the store (a ManifestStore; opening the Icechunk
+    repository and a read-only session, written beforehand), opening the array, reading it.
+    """
+    reasons: dict[str, str] = {}
+    specs = peers.arrays_from_refs(refs)
+    for peer in peers.PEERS:
+        why = peers.missing(peer)
+        if why is not None:
+            reasons[peer] = why
+            continue
+        try:
+            if peer == peers.VZ:
+                make = peers.virtualizarr_maker(specs, b)
+            else:
+                make = peers.icechunk_maker(specs, b, cfg.cache_dir / f"icechunk_{name}_{cfg.n_chunks}")
+        except Exception as exc:
+            reasons[peer] = f"cannot be set up: {type(exc).__name__}: {exc}"
+            continue
+        opened = _Opened(make, after, None, peers.ROOT_ARRAY)
+        jobs.append(Job(peer, opened.read, check, cfg.repeat, before, opened.after))
+    return reasons
 
 
 def _requests(t: Timing | None) -> str:

@@ -22,14 +22,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import peers
 from ._common import Config, Row, import_refstore, measure_in_workers, reset_caches, worker_main
-from .data import TEMPLATE_URL, big_json, big_key
+from .data import GRID_COLS, N_TARGET_FILES, TEMPLATE_URL, big_json, big_key
 
 FSSPEC = "fsspec"
 MANIFEST = "refstore.Manifest"
 REF_RFS = "refstore.ReferenceFileSystem"
 LIMIT = "ujson.load"
-IMPLS = (FSSPEC, MANIFEST, REF_RFS, LIMIT)
+VZ = "virtualizarr"
+IC = "icechunk"
+IMPLS = (FSSPEC, MANIFEST, REF_RFS, LIMIT, VZ, IC)
+PEER_OF = {VZ: peers.VZ, IC: peers.IC}
 REMOTE = {"remote_protocol": "s3", "remote_options": {"anon": True}}
 MIB = 1024 * 1024
 
@@ -71,6 +75,33 @@ def _opener(impl: str, path: str) -> tuple[Any, Any]:
         import refstore
 
         return (lambda: refstore.ReferenceFileSystem(fo=path, **REMOTE)), (lambda o, k: o.info(k)["size"])
+    if impl == VZ:  # path: the JSON with its template written out (VirtualiZarr expands none)
+        from obspec_utils.registry import ObjectStoreRegistry
+        from obstore.store import LocalStore
+        from virtualizarr.parsers import KerchunkJSONParser
+
+        registry = ObjectStoreRegistry({"file://": LocalStore()})
+
+        def vz_length(o: Any, k: str) -> int:
+            array, _, idx = k.rpartition("/")
+            entry = o._group.arrays[array].manifest.get_entry(tuple(int(x) for x in idx.split(".")))
+            return int(entry["length"])
+
+        return (lambda: KerchunkJSONParser()(f"file://{Path(path).resolve()}", registry)), vz_length
+    if impl == IC:  # path: an Icechunk repository holding the same references
+        import asyncio
+
+        import icechunk
+
+        def ic_length(o: Any, k: str) -> int:
+            array, _, idx = k.rpartition("/")
+            return int(asyncio.run(o.getsize(f"{array}/c/{idx.replace('.', '/')}")))
+
+        def ic_open() -> Any:
+            repo = icechunk.Repository.open(icechunk.local_filesystem_storage(path))
+            return repo.readonly_session("main").store
+
+        return ic_open, ic_length
     if impl == LIMIT:
 
         def load() -> Any:
@@ -150,6 +181,18 @@ def run(cfg: Config) -> list[Row]:
         impls.append(REF_RFS)
     reps = max(1, min(cfg.repeat, 3))
     opened = {impl: _measure(impl, "open", path, n, reps, cfg.verbose) for impl in impls}
+    reasons: dict[str, str] = {}
+    for impl in (VZ, IC):
+        why = peers.missing(PEER_OF[impl])
+        try:
+            if why is None:
+                src = (peers.expanded_json(path, TEMPLATE_URL) if impl == VZ else
+                       peers.icechunk_refs_repo(cfg.cache_dir, n, TEMPLATE_URL, N_TARGET_FILES, min(GRID_COLS, n)))
+                opened[impl] = _measure(impl, "open", src, n, reps, cfg.verbose)
+        except Exception as exc:
+            why = f"cannot be set up: {type(exc).__name__}: {exc}"
+        if why is not None:
+            reasons[impl] = why
     pickled = {i: _measure(i, "pickle", path, n, 1, cfg.verbose) for i in impls if i != LIMIT}
     raw = {
         "path": str(path),
@@ -178,6 +221,13 @@ def run(cfg: Config) -> list[Row]:
             base = fs_p if pickle_metric else fs_o
             lim = pick(lim_o) if lname else None
             rows.append(Row(scen, variant, unit, pick(mine), pick(base), lim, lname, group="open_json"))
+    for scen, unit, pick, lname in metrics[:5]:  # the peers: opening only (no pickling measured)
+        for impl in (VZ, IC):
+            peer = PEER_OF[impl]
+            m = opened.get(impl)
+            note = reasons.get(impl) or (m or {}).get("error", "")
+            rows.append(Row(scen, f"Manifest vs {peers.SHORT[peer]} {peers.version(peer)}", unit,
+                            pick(opened.get(MANIFEST)), pick(m), pick(lim_o), lname, note=note, group="open_json"))
     rows[0].raw = raw
     rows[0].note = err
     return rows

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from . import peers
 from ._common import Config, Job, Row, Timing, default_cache_dir, import_refstore, run_interleaved
 from .contiguous import Backend, close_store, fsspec_store, refstore_rfs
 from .servers import (
@@ -736,11 +737,53 @@ def run(name: str, cfg: Config) -> list[Row]:
             else:
                 plain = Plain(fn, b.server, preads)
                 jobs.append(Job(lname, fn, _raw_check(sel), cfg.repeat, plain.before, plain.after))
+        reasons = _peer_jobs(jobs, refs, b, cfg, name, get, check)
         results = run_interleaved(jobs, cfg.verbose)
     finally:
         if b.server is not None:
             b.server.close()
-    return _rows(name, ds, sel, b, results, list(limits))
+    versus = [v for v in (REF_STORE, REF_WIDE) if v in results]
+
+    def reqs(t: Timing | None) -> str:
+        s = _last_stats(t)
+        return str(s["requests"]) if s else "n/a"
+
+    peer = peers.peer_rows(name, results, versus, next(iter(limits)), reasons, reqs if b.server is not None else None)
+    return _rows(name, ds, sel, b, results, list(limits)) + peer
+
+
+def _peer_jobs(
+    jobs: list[Job],
+    refs: dict[str, Any],
+    b: Backend,
+    cfg: Config,
+    name: str,
+    get: Callable[[Any], Any],
+    check: Callable[[Any], None],
+) -> dict[str, str]:
+    """Append a job per peer (VirtualiZarr, Icechunk) reading the same selection; return why others cannot.
+
+    As for refstore, building the store (or opening the Icechunk repository,
+    written beforehand) and opening the array are untimed; the selection is timed.
+    """
+    reasons: dict[str, str] = {}
+    specs = peers.arrays_from_refs(refs)
+    for peer in peers.PEERS:
+        why = peers.missing(peer)
+        if why is not None:
+            reasons[peer] = why
+            continue
+        try:
+            if peer == peers.VZ:
+                make = peers.virtualizarr_maker(specs, b)
+            else:
+                make = peers.icechunk_maker(specs, b, cfg.cache_dir / f"icechunk_{name}_{sizes(cfg.quick)[0]}")
+        except Exception as exc:
+            reasons[peer] = f"cannot be set up: {type(exc).__name__}: {exc}"
+            continue
+        reading = Reading(make, get, ARRAY, b.server)
+        jobs.append(Job(peer, reading.read, check, cfg.repeat, reading.before, reading.after))
+    return reasons
 
 
 def _last_stats(t: Timing | None) -> dict[str, Any] | None:
