@@ -10,7 +10,7 @@ engine, and ``{"manifest": ...}`` sources through a new engine with the same pol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import fsspec.asyn
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, BufferPrototype
 
     from refstore.fetch import URLPolicy
+
+
+#: The names of zarr's metadata documents (both formats).
+METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
 
 
 def to_range(byte_range: ByteRequest | None) -> tuple[int | None, int | None]:
@@ -195,6 +199,17 @@ class Engine:
             raise FileNotFoundError(key) from None
 
     # -- listing ----------------------------------------------------------------------------------
+
+    def metadata_keys(self) -> Iterator[str]:
+        """The keys of the zarr metadata documents in the manifest, in its order.
+
+        ``.zarray``, ``.zattrs``, ``.zgroup``, ``.zmetadata`` and ``zarr.json`` held inline
+        (as every builder and kerchunk writes them), virtual arrays' included; cheap for a
+        large manifest, whose chunk references are never visited.
+        """
+        for key in self.manifest.inline_keys():
+            if key.rpartition("/")[2] in METADATA_NAMES:
+                yield key
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key starting with *prefix*: the manifest's, then the virtual arrays' chunk keys."""

@@ -1,0 +1,120 @@
+"""Transcoding: decode a chunk with its source's codecs (zarr's own pipeline, so refstore's image
+codecs and ``imagecodecs_*`` too) and re-encode it with a codec every zarr client reads; with a
+bounded LRU of the results, concurrent asks for one chunk sharing one transcode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from refstore.serve._metadata import Compressor, ServedArray
+
+__all__ = ["ChunkCache", "transcode_chunk"]
+
+
+def _numcodec(compressor: Compressor, itemsize: int) -> Any:
+    from numcodecs import get_codec
+
+    return get_codec(compressor.v2(itemsize))
+
+
+def _register_imagecodecs(array: ServedArray) -> None:
+    if any(name.startswith("imagecodecs_") for name in array.source_codecs):
+        import imagecodecs.numcodecs
+
+        imagecodecs.numcodecs.register_codecs(verbose=False)
+
+
+async def decode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes) -> np.ndarray:
+    """The values of chunk *coords* of *array* from its stored bytes *data*: the whole chunk,
+    edge chunks padded with the fill value (zarr's codecs decide the rest).
+
+    Raises
+    ------
+    Exception
+        Whatever the source's codec raises for bytes it cannot decode.
+    """
+    from zarr.core.array import AsyncArray
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore, StorePath
+
+    _register_imagecodecs(array)
+    meta = array.source_meta
+    store = MemoryStore({meta.encode_chunk_key(coords): default_buffer_prototype().buffer.from_bytes(data)})
+    arr = AsyncArray(meta, StorePath(store))  # type: ignore[call-overload]
+    box = tuple(slice(c * n, min((c + 1) * n, s)) for c, n, s in zip(coords, array.chunks, array.shape))
+    values = np.asarray(await arr.getitem(box))
+    if values.shape == array.chunks:
+        return values
+    full = np.full(array.chunks, 0 if array.fill is None else array.fill, dtype=array.dtype)
+    full[tuple(slice(0, n) for n in values.shape)] = values
+    return full
+
+
+def encode_chunk(array: ServedArray, values: np.ndarray) -> bytes:
+    """*values* (one whole chunk) as the served encoding stores it: C order, served dtype, compressor."""
+    raw = np.ascontiguousarray(values, dtype=array.dtype).tobytes()
+    if array.compressor is None:
+        return raw
+    return bytes(_numcodec(array.compressor, array.dtype.itemsize).encode(raw))
+
+
+async def transcode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes) -> bytes:
+    """Chunk *coords* of *array* re-encoded from the source's stored bytes *data*."""
+    values = await decode_chunk(array, coords, data)
+    return await asyncio.to_thread(encode_chunk, array, values)
+
+
+class ChunkCache:
+    """An LRU of transcoded chunks bounded by bytes; concurrent misses of one key share one computation.
+
+    Parameters
+    ----------
+    max_bytes
+        The budget (0 keeps nothing, but still shares concurrent computations).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Any, bytes] = OrderedDict()
+        self._pending: dict[Any, asyncio.Future[bytes | None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self, key: Any, compute: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
+        """The cached value of *key*, else ``await compute()`` (kept if it fits; None is not kept)."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.hits += 1
+            return await asyncio.shield(pending)
+        self.misses += 1
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody is warned
+            raise
+        finally:
+            self._pending.pop(key, None)
+        future.set_result(value)
+        if value is not None and len(value) <= self.max_bytes:
+            self._items[key] = value
+            self.nbytes += len(value)
+            while self.nbytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.nbytes -= len(old)
+        return value
