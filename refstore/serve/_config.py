@@ -41,6 +41,9 @@ class DatasetConfig:
         Budget of the LRU of transcoded chunks (0 keeps none).
     token
         A bearer token every request for this dataset must carry (None: open).
+    build
+        Keyword arguments of the builder for a ``.dzi`` source (``channel_first = true``
+        gives OME-NGFF's axis order, and its metadata).
     """
 
     name: str
@@ -50,6 +53,7 @@ class DatasetConfig:
     level: int | None = None
     cache_bytes: int = 64 * 2**20
     token: str | None = None
+    build: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

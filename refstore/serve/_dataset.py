@@ -102,7 +102,7 @@ def open_source(config: DatasetConfig) -> Any:
     if source.lower().endswith(".dzi"):
         from refstore.build import dzi
 
-        return Engine(dzi(source, show_progress=False), options)
+        return Engine(dzi(source, **{"show_progress": False, **dict(config.build)}), options)
     return Engine(source, options)
 
 
@@ -150,10 +150,13 @@ class ServedDataset:
             data = await self.source.get(key)
             if data is not None:
                 by_node.setdefault(path, {})[name] = data
+        virtual = getattr(self.source, "virtual", None)
+        assembled = set(await virtual.prefixes()) if virtual is not None else set()
         nodes: dict[str, ServedArray | ServedGroup] = {}
         for path, docs in by_node.items():
             if ".zarray" in docs or _node_type(docs) == "array":
-                nodes[path] = translate_array(path, docs, self.config.transcode, self.config.level)
+                nodes[path] = translate_array(path, docs, self.config.transcode, self.config.level,
+                                              assembled=path in assembled)
             elif ".zgroup" in docs or _node_type(docs) == "group":
                 nodes[path] = translate_group(path, docs)
         for path in list(nodes):

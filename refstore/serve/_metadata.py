@@ -100,12 +100,28 @@ class ServedGroup:
     attributes: dict[str, Any]
 
     def docs(self) -> dict[str, dict[str, Any]]:
-        """The metadata documents by name."""
+        """The metadata documents by name (OME-NGFF 0.4 attributes for zarr 2, 0.5 for zarr 3)."""
         return {
             ".zgroup": {"zarr_format": 2},
-            ".zattrs": dict(self.attributes),
-            "zarr.json": {"zarr_format": 3, "node_type": "group", "attributes": dict(self.attributes)},
+            ".zattrs": ngff_attributes(self.attributes, 2),
+            "zarr.json": {"zarr_format": 3, "node_type": "group", "attributes": ngff_attributes(self.attributes, 3)},
         }
+
+
+def ngff_attributes(attrs: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
+    """*attrs* with OME-NGFF metadata in the version of *zarr_format*: 0.4 (``multiscales`` at the top,
+    each with its ``version``) for zarr 2, 0.5 (under ``ome``, with one ``version``) for zarr 3."""
+    out = dict(attrs)
+    ome = out.get("ome")
+    if zarr_format == 2 and isinstance(ome, Mapping) and "multiscales" in ome and "multiscales" not in out:
+        rest = {k: v for k, v in ome.items() if k not in ("version", "multiscales")}
+        out.pop("ome")
+        out["multiscales"] = [{**m, "version": "0.4"} for m in ome["multiscales"]]
+        out.update({k: v for k, v in rest.items() if k not in out})
+    elif zarr_format == 3 and isinstance(out.get("multiscales"), list) and "ome" not in out:
+        found = out.pop("multiscales")
+        out["ome"] = {"version": "0.5", "multiscales": [{k: v for k, v in m.items() if k != "version"} for m in found]}
+    return out
 
 
 @dataclass
@@ -183,7 +199,9 @@ def _codec_names(codecs: Any) -> list[str]:
     return out
 
 
-def translate_array(path: str, docs: Mapping[str, bytes], transcode_with: str, level: int | None) -> ServedArray:
+def translate_array(
+    path: str, docs: Mapping[str, bytes], transcode_with: str, level: int | None, *, assembled: bool = False
+) -> ServedArray:
     """The served form of the array whose source documents are *docs*.
 
     Parameters
@@ -194,6 +212,9 @@ def translate_array(path: str, docs: Mapping[str, bytes], transcode_with: str, l
         ``{"zarr.json": ...}`` or ``{".zarray": ..., ".zattrs": ...}`` as the source holds them.
     transcode_with, level
         The codec (and level) chunks are re-encoded with when the source's are not portable.
+    assembled
+        True for a virtual array, whose chunks the engine makes: uncompressed ones are
+        compressed on the way too (nothing is passed through for them).
 
     Raises
     ------
@@ -202,6 +223,13 @@ def translate_array(path: str, docs: Mapping[str, bytes], transcode_with: str, l
     """
     from zarr.core.metadata import ArrayV2Metadata, ArrayV3Metadata
 
+    if any(b"imagecodecs_" in d for d in docs.values()):
+        try:
+            import imagecodecs.numcodecs
+
+            imagecodecs.numcodecs.register_codecs(verbose=False)
+        except ImportError:
+            pass  # parsing then names the codec zarr lacks
     try:
         if "zarr.json" in docs:
             src = json.loads(docs["zarr.json"])
@@ -227,6 +255,8 @@ def translate_array(path: str, docs: Mapping[str, bytes], transcode_with: str, l
         return ServedArray(path, meta, False, shape, chunks or (), np.dtype("V1") if dtype is None else dtype,
                            None, "C", None, "", docs_out, chunk_key_parser(meta), source_codecs)
     assert dtype is not None and chunks is not None
+    if passthrough and assembled and compressor is None and transcode_with != "none":
+        passthrough = False  # raw bytes the engine assembled: compress them on the way
     if not passthrough:
         dtype = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
         order = "C"

@@ -22,13 +22,6 @@ def _numcodec(compressor: Compressor, itemsize: int) -> Any:
     return get_codec(compressor.v2(itemsize))
 
 
-def _register_imagecodecs(array: ServedArray) -> None:
-    if any(name.startswith("imagecodecs_") for name in array.source_codecs):
-        import imagecodecs.numcodecs
-
-        imagecodecs.numcodecs.register_codecs(verbose=False)
-
-
 async def decode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes) -> np.ndarray:
     """The values of chunk *coords* of *array* from its stored bytes *data*: the whole chunk,
     edge chunks padded with the fill value (zarr's codecs decide the rest).
@@ -42,7 +35,6 @@ async def decode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes)
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore, StorePath
 
-    _register_imagecodecs(array)
     meta = array.source_meta
     store = MemoryStore({meta.encode_chunk_key(coords): default_buffer_prototype().buffer.from_bytes(data)})
     arr = AsyncArray(meta, StorePath(store))  # type: ignore[call-overload]
