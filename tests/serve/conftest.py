@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+_VIRTUAL = str(Path(__file__).resolve().parent.parent / "virtual")  # _vdata: the virtual-array inputs
+if _VIRTUAL not in sys.path:
+    sys.path.insert(0, _VIRTUAL)
 
 
 class Running:

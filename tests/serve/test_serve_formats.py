@@ -5,19 +5,15 @@ saved definition, compared with h5py's read of the sources."""
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from _vdata import make_time_files, open_h5_var, read_h5  # tests/virtual, put on the path by conftest
 
 import refstore
 from refstore.serve import app
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "virtual"))
-from _vdata import make_time_files, open_h5_var, read_h5  # noqa: E402
 
 
 def _json(url: str) -> dict:
