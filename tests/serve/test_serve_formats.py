@@ -10,7 +10,11 @@ import urllib.request
 import numpy as np
 import pytest
 import zarr
-from _vdata import make_time_files, open_h5_var, read_h5  # tests/virtual, put on the path by conftest
+from _vdata import (  # tests/virtual, put on the path by conftest
+    make_time_files,
+    open_h5_var,
+    read_h5,
+)
 
 import refstore
 from refstore.serve import app
