@@ -5,7 +5,35 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_serve_parser", "config_from_args"]
+__all__ = ["add_serve_parser", "app_from_env", "config_from_args"]
+
+#: The environment variables :func:`app_from_env` reads.
+CONFIG_ENV = "REFSTORE_SERVE_CONFIG"
+DATASETS_ENV = "REFSTORE_SERVE_DATASETS"
+
+
+def app_from_env() -> Any:
+    """The app for ``uvicorn --factory refstore.serve._cli:app_from_env --workers N`` (or gunicorn).
+
+    Reads the TOML file named by ``REFSTORE_SERVE_CONFIG`` and/or the whitespace-separated
+    ``name=source`` items of ``REFSTORE_SERVE_DATASETS``; each worker process calls it once.
+
+    Raises
+    ------
+    ValueError
+        If neither variable names a dataset.
+    """
+    import os
+
+    from refstore.serve._app import app
+    from refstore.serve._config import ServerConfig, load_config, parse_dataset_args
+
+    path = os.environ.get(CONFIG_ENV)
+    base = load_config(path) if path else ServerConfig()
+    given = parse_dataset_args(os.environ.get(DATASETS_ENV, "").split())
+    if not base.datasets and not given:
+        raise ValueError(f"nothing to serve: set {CONFIG_ENV} to a TOML file or {DATASETS_ENV} to name=source items")
+    return app(config=base.replace(datasets=base.datasets + given))
 
 
 def config_from_args(args: argparse.Namespace) -> Any:

@@ -227,3 +227,38 @@ def test_refstore_serve_command(tmp_path, h5) -> None:
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (newer releases)
     assert proc.returncode in (0, -15) and "Traceback" not in err, err
     assert f"h5 at http://127.0.0.1:{port}/" in out
+
+
+def test_workers_share_etags(tmp_path, h5) -> None:
+    """uvicorn --factory ... --workers 2 (spec/serve.md, scaling out): both processes answer alike."""
+    import socket
+
+    path, manifest = h5
+    (tmp_path / "serve.toml").write_text(f'[datasets.h5]\nsource = "{manifest}"\n')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "REFSTORE_SERVE_CONFIG": str(tmp_path / "serve.toml"),
+           "PYTHONPATH": os.pathsep.join([str(Path(refstore.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "refstore.serve._cli:app_from_env",
+                             "--workers", "2", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, headers, _ = _get(f"http://127.0.0.1:{port}/h5/gz3d/1.1.1")
+            except OSError:  # not listening yet
+                status = 0
+            if status == 200:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no server: {status}")
+            time.sleep(0.2)
+        tags = {_get(f"http://127.0.0.1:{port}/h5/gz3d/1.1.1")[1]["etag"] for _ in range(20)}
+        assert tags == {headers["etag"]}
+        group = zarr.open_group(f"http://127.0.0.1:{port}/h5", mode="r", zarr_format=2)
+        np.testing.assert_array_equal(group["gz3d"][:], read_hdf5(path)["gz3d"])
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
