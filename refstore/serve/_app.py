@@ -149,7 +149,7 @@ class _Server:
                 return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name, key=key)
             return self._body(data, headers, rng, head, ds, key)
         if rng is None and not head:
-            data = await ds.source.get(chunk.source_key)
+            data = await ds.passed_through(chunk)
             if data is None:
                 return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name, key=key)
             return self._body(data, headers, None, head, ds, key)

@@ -38,7 +38,7 @@ class DatasetConfig:
     level
         Its compression level (None: the codec's default; gzip 1).
     cache_bytes
-        Budget of the LRU of transcoded chunks (0 keeps none).
+        Budget of the LRU of hot chunks: transcoded ones, and whole pass-through ones (0 keeps none).
     token
         A bearer token every request for this dataset must carry (None: open).
     build

@@ -205,6 +205,10 @@ class ServedDataset:
         digest = hashlib.sha1(f"{self.tag}|{chunk.source_key}|{where}".encode()).hexdigest()[:20]
         return f'"{digest}"'
 
+    async def passed_through(self, chunk: Chunk) -> bytes | None:
+        """The whole stored bytes of a pass-through chunk (through the hot-chunk cache); None if absent."""
+        return await self.cache.get(chunk.source_key, lambda: self.source.get(chunk.source_key))
+
     async def transcoded(self, chunk: Chunk) -> bytes | None:
         """The chunk's served bytes when it is transcoded (cached), None if the source has no such chunk."""
 

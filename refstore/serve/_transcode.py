@@ -48,11 +48,29 @@ async def decode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes)
 
 
 def encode_chunk(array: ServedArray, values: np.ndarray) -> bytes:
-    """*values* (one whole chunk) as the served encoding stores it: C order, served dtype, compressor."""
+    """*values* (one whole chunk) as the served encoding stores it: C order, served dtype, compressor.
+
+    gzip goes through imagecodecs (zlib-ng or libdeflate; 2-3x faster than Python's zlib
+    here) when it is installed, else through numcodecs; either writes a standard gzip stream.
+    """
     raw = np.ascontiguousarray(values, dtype=array.dtype).tobytes()
-    if array.compressor is None:
+    compressor = array.compressor
+    if compressor is None:
         return raw
-    return bytes(_numcodec(array.compressor, array.dtype.itemsize).encode(raw))
+    if compressor.name == "gzip" and _fast_gzip is not None:
+        return bytes(_fast_gzip(raw, level=int(compressor.config.get("level", 1))))
+    return bytes(_numcodec(compressor, array.dtype.itemsize).encode(raw))
+
+
+def _gzip_encoder() -> Any:
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs.gzip_encode if getattr(getattr(imagecodecs, "GZIP", None), "available", False) else None
+
+
+_fast_gzip = _gzip_encoder()
 
 
 async def transcode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes) -> bytes:

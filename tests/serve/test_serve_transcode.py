@@ -116,7 +116,7 @@ def test_tiff_with_imagecodecs_compressor_transcoded(serve, tmp_path, codec) -> 
         np.testing.assert_array_equal(got, tifffile.imread(tmp_path / "t.tif"))
 
 
-def test_standard_chunks_pass_through_byte_identical_and_transcodes_are_cached(serve, tmp_path) -> None:
+def test_standard_chunks_pass_through_byte_identical_and_hot_chunks_are_cached(serve, tmp_path) -> None:
     store = zarr.storage.LocalStore(tmp_path / "z")
     a = zarr.create_array(store, name="gz", shape=(40, 30), chunks=(16, 16), dtype="<i4",
                           compressors=zarr.codecs.GzipCodec(level=5))
@@ -130,10 +130,12 @@ def test_standard_chunks_pass_through_byte_identical_and_transcodes_are_cached(s
     for key, src_key in [("gz/0/1", "gz/c/0/1"), ("gz/2/1", "gz/c/2/1")]:
         with urllib.request.urlopen(f"{server.url}/z/{key}") as resp:
             assert resp.read() == (tmp_path / "z" / src_key).read_bytes()
+    cache = application.state.refstore.datasets["z"].cache
+    assert (cache.misses, cache.hits, len(cache)) == (2, 0, 2)  # whole pass-through chunks are kept too
     g = zarr.open_group(f"{server.url}/z", mode="r", zarr_format=2)
     np.testing.assert_array_equal(g["gz"][:], np.arange(1200).reshape(40, 30))
+    assert (cache.misses, cache.hits, len(cache)) == (6, 2, 6)
     np.testing.assert_array_equal(g["png"][:], pixels)
-    cache = application.state.refstore.datasets["z"].cache
-    assert (cache.misses, len(cache)) == (6, 6) and cache.hits == 0  # 3 x 2 chunks, each transcoded once
+    assert (cache.misses, cache.hits, len(cache)) == (12, 2, 12)  # 3 x 2 chunks, each transcoded once
     np.testing.assert_array_equal(zarr.open_group(f"{server.url}/z", mode="r", zarr_format=3)["png"][:], pixels)
-    assert (cache.misses, cache.hits) == (6, 6)
+    assert (cache.misses, cache.hits) == (12, 8)
