@@ -127,7 +127,11 @@ class ServedDataset:
     def __init__(self, config: DatasetConfig) -> None:
         self.config = config
         self.name = config.name
-        self.source = open_source(config)
+        try:
+            self.source = open_source(config)
+        except Exception as exc:
+            exc.add_note(f"while opening dataset {config.name!r} (source {config.source!r})")
+            raise
         tag, self.last_modified = _identity(config.source)
         self.tag = hashlib.sha1(f"{tag}|{config.transcode}|{config.level}".encode()).hexdigest()[:12]
         self.cache = ChunkCache(config.cache_bytes)

@@ -262,3 +262,51 @@ def test_workers_share_etags(tmp_path, h5) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_sigterm_drains_requests_in_flight(tmp_path, h5, http) -> None:
+    """A request in flight when the server is told to stop is answered in full (--graceful)."""
+    import socket
+    import threading
+
+    path, _ = h5
+    (tmp_path / "slow.json").write_text(json.dumps(kerchunk_refs(path, http.serve(path, "drain"))))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(refstore.__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from refstore.cli import main; sys.exit(main())",
+                             "serve", f"h5={tmp_path / 'slow.json'}", "--port", str(port), "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/h5/.zgroup")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("no server")
+            time.sleep(0.2)
+        http.delay = 1.5
+        got: list[tuple[int, dict[str, str], bytes]] = []
+        reader = threading.Thread(target=lambda: got.append(_get(f"http://127.0.0.1:{port}/h5/contig/0")))
+        reader.start()
+        time.sleep(0.5)  # in flight, waiting for the slow source
+        proc.terminate()
+        reader.join(30)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    raw = path.read_bytes()
+    entry = refstore.Manifest.open(str(tmp_path / "slow.json"))["contig/0"]
+    assert got and got[0][0] == 200 and got[0][2] == raw[entry.offset:entry.offset + entry.length]
+
+
+def test_a_dataset_that_does_not_open_is_named_at_start(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        app({"gone": str(tmp_path / "missing.json")})
+    assert "while opening dataset 'gone'" in "\n".join(info.value.__notes__)
+    with pytest.raises(ValueError, match="no datasets to serve"):
+        app({})
