@@ -1,10 +1,13 @@
-"""zarrita.js in Node reads arrays served by ``refstore serve`` (both zarr formats, pass-through
-and transcoded chunks, a DZI PNG pyramid) and compares them with the values h5py and imagecodecs
-read; ``npm ci`` installs the locked zarrita into ``tests/js/node_modules``."""
+"""zarrita.js in Node, and in a page in headless Chromium, reads arrays served by ``refstore
+serve`` (both zarr formats, pass-through and transcoded chunks, a DZI PNG pyramid) and compares
+them with the values h5py and imagecodecs read; ``npm ci`` installs the locked zarrita into
+``tests/js/node_modules``."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,3 +65,59 @@ def test_zarrita_reads_a_dzi_pyramid_level(serve, zarrita, tmp_path) -> None:
     server = serve(app({"slide": {"source": str(tmp_path / "dz.dzi"), "build": {"channel_first": True}}}))
     result = _node_reads(zarrita, tmp_path, f"{server.url}/slide", "0", 3, src.transpose(2, 0, 1), "uint8")
     assert result["ok"], result
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None or shutil.which("vips") is None,
+                    reason="needs Debian's chromium and libvips-tools (.ci/run installs them)")
+def test_headless_chromium_reads_a_dzi_level_with_zarrita(serve, zarrita, tmp_path) -> None:
+    """A page on another origin reads a served Deep Zoom pyramid level with zarrita (CORS, gzip
+    transcodes) in headless Chromium; pixels compared with the source image."""
+    import functools
+    import http.server
+    import threading
+    import urllib.parse
+
+    y, x = np.mgrid[0:200, 0:300]
+    src = np.stack([x % 256, y % 256, (x * y) % 251], -1).astype("u1")
+    (tmp_path / "src.png").write_bytes(imagecodecs.png_encode(src))
+    subprocess.run(["vips", "dzsave", str(tmp_path / "src.png"), str(tmp_path / "dz"), "--tile-size", "64",
+                    "--overlap", "0", "--suffix", ".png"], check=True)
+    server = serve(app({"slide": {"source": str(tmp_path / "dz.dzi"), "build": {"channel_first": True}}}))
+    expected = json.dumps({"shape": [3, 200, 300], "dtype": "uint8", "values": src.transpose(2, 0, 1).ravel().tolist()})
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/expected.json"):
+                body = expected.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(zarrita)))
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    try:
+        page = f"http://127.0.0.1:{page_server.server_address[1]}"
+        query = urllib.parse.urlencode({"url": f"{server.url}/slide", "path": "0", "format": "3",
+                                        "expected": f"{page}/expected.json"})
+        proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000",
+                               "--dump-dom", f"{page}/read_array.html?{query}"],
+                              capture_output=True, text=True, timeout=180, check=False)
+    finally:
+        page_server.shutdown()
+        page_server.server_close()
+    found = re.search(r'<pre id="result">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"no result in the page: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["ok"] and result["n"] == 3 * 200 * 300, result
