@@ -16,8 +16,9 @@ Workloads: ``contiguous`` (4,096 uncompressed 8 KiB chunks of one file, in key o
 ``scattered`` (the same keys shuffled) and ``png`` (256 PNG tiles of 256x256 RGB, which
 refstore transcodes to gzip; the peer passes the PNG bytes through, which a client without
 refstore's codec cannot decode, and nginx serves refstore's gzip'd output as files). Clients are aiohttp coroutines in this process, 1, 16 and 64 at once, each
-answer checked against the expected bytes. Printed: chunks/s and p50/p99 latency (ms),
-median of ``--repeat`` runs.
+answer checked against the expected bytes. Printed: chunks/s, p50/p99 latency (ms) and the
+server's CPU time per chunk (steadier than wall time on shared cores), medians of ``--repeat``
+runs, the servers interleaved.
 """
 
 from __future__ import annotations
@@ -162,6 +163,23 @@ http {{
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server process and its children so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        pids = [self.proc.pid]
+        try:
+            pids += [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -269,19 +287,23 @@ def main(argv: list[str] | None = None) -> None:
                     for kind in kinds:
                         server = servers[kind]
                         check = _checker(data["contig"], data["png_pixels"], kind)
-                        runs.setdefault(kind, []).append(asyncio.run(run_clients(server.url, keys, clients, check)))
+                        cpu0 = server.cpu_seconds()
+                        result = asyncio.run(run_clients(server.url, keys, clients, check))
+                        result["cpu_us"] = 1e6 * (server.cpu_seconds() - cpu0) / len(keys)
+                        runs.setdefault(kind, []).append(result)
                 for kind, got in runs.items():
                     row = {"server": kind, "workload": workload, "clients": clients,
-                           **{k: statistics.median(r[k] for r in got) for k in ("chunks_per_s", "p50_ms", "p99_ms")},
+                           **{k: statistics.median(r[k] for r in got) for k in ("chunks_per_s", "p50_ms", "p99_ms", "cpu_us")},
                            "failures": sum(r["failures"] for r in got)}
                     rows.append(row)
                     print(f"{kind:9s} {workload:11s} {clients:3d} clients: {row['chunks_per_s']:8.0f} chunks/s  "
-                          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  failures {row['failures']}",
+                          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  server CPU {row['cpu_us']:6.0f} us/chunk  "
+                          f"failures {row['failures']}",
                           flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    print("\n| workload | clients | " + " | ".join(f"{k} chunks/s (p50/p99 ms)" for k in kinds) + " | refstore / peer (uncached / cached) |")
+    print("\n| workload | clients | " + " | ".join(f"{k} chunks/s (p50/p99 ms; server CPU/chunk)" for k in kinds) + " | refstore / peer (uncached / cached) |")
     print("|---|---|" + "---|" * (len(kinds) + 1))
     for workload in workloads:
         for clients in (int(c) for c in a.clients.split(",")):
@@ -289,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
             for kind in kinds:
                 row = next((r for r in rows if r["server"] == kind and r["workload"] == workload and r["clients"] == clients), None)
                 by[kind] = row
-                cells.append("-" if row is None else f"{row['chunks_per_s']:.0f} ({row['p50_ms']:.1f}/{row['p99_ms']:.1f})")
+                cells.append("-" if row is None else
+                             f"{row['chunks_per_s']:.0f} ({row['p50_ms']:.1f}/{row['p99_ms']:.1f}; {row['cpu_us']:.0f} us)")
             ratios = [f"{by[k]['chunks_per_s'] / by['peer']['chunks_per_s']:.2f}x" if by.get(k) and by.get("peer") else "-"
                       for k in ("refstore", "refstore_cached")]
             print(f"| {workload} | {clients} | " + " | ".join(cells) + f" | {' / '.join(ratios)} |")

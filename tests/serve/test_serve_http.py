@@ -128,3 +128,19 @@ def test_listing_and_html_pages(serve, manifest) -> None:
     status, headers, page = _get(f"{server.url}/", {"Accept": "text/html"})
     assert b"href='h5/'" in page
     assert json.loads(_get(f"{server.url}/h5?format=json", {"Accept": "text/html"})[2])["dataset"] == "h5"
+
+
+def test_mounted_in_a_starlette_application(serve, manifest) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    outer = Starlette(routes=[Route("/hello", hello), Mount("/zarr", app=app({"h5": str(manifest)}))])
+    server = serve(outer)
+    assert _get(f"{server.url}/hello")[2] == b"hello"
+    group = zarr.open_group(f"{server.url}/zarr/h5", mode="r", zarr_format=3)
+    assert group["shuf"].shape == (64, 48) and int(group["grp/sub/nested"][19, 19]) == 399
+    assert json.loads(_get(f"{server.url}/zarr/")[2]) == {"datasets": ["h5"]}
