@@ -3,64 +3,27 @@ ranges, conditional requests, CORS, bearer tokens and back-pressure."""
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refstore.serve._config import DatasetConfig, ServerConfig
-from refstore.serve._dataset import ServedDataset
+from refstore.serve._dataset import Chunk, ServedDataset
 from refstore.serve._http import error_response, http_date, not_modified, parse_range, status_of
 from refstore.serve._index import dataset_page, index_page
+from refstore.serve._limits import BackPressure, RateLimit
 
 __all__ = ["RefstoreApp", "app"]
 
 log = logging.getLogger("refstore.serve")
 _METHODS = ("GET", "HEAD")
-
-
-class _BackPressure:
-    """At most *max_in_flight* requests at once; up to *queue_limit* wait; the rest get ``503``."""
-
-    def __init__(self, app: ASGIApp, max_in_flight: int, queue_limit: int, retry_after: int) -> None:
-        self.app = app
-        self.queue_limit = queue_limit
-        self.retry_after = retry_after
-        self.max_in_flight = max_in_flight
-        self.in_flight = 0
-        self.waiting = 0
-        self._sem: asyncio.Semaphore | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.max_in_flight)
-        sem = self._sem
-        if sem.locked() and self.waiting >= self.queue_limit:
-            response = error_response(503, "server busy: too many requests waiting", headers={
-                "Retry-After": str(self.retry_after)})
-            await response(scope, receive, send)
-            return
-        self.waiting += 1
-        try:
-            await sem.acquire()
-        finally:
-            self.waiting -= 1
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-            sem.release()
 
 
 class _Server:
@@ -156,6 +119,10 @@ class _Server:
             if data is None:
                 return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name, key=key)
             return self._body(data, headers, rng, head, ds, key)
+        if rng is None and not head and chunk.array.max_chunk_bytes > self.config.stream_bytes:
+            streamed = await self._stream(ds, chunk, headers)
+            if streamed is not None:
+                return streamed
         if rng is None and not head:
             data = await ds.passed_through(chunk)
             if data is None:
@@ -184,6 +151,29 @@ class _Server:
         if data is None:
             return self._error(404, "no such key", dataset=ds.name, key=key)
         return self._body(data, headers, None, head, ds, key)
+
+    async def _stream(self, ds: ServedDataset, chunk: Chunk, headers: dict[str, str]) -> Response | None:
+        """A large pass-through chunk read from the source in pieces as it is sent (None: small enough to send whole)."""
+        try:
+            size = await ds.source.size(chunk.source_key)
+        except FileNotFoundError:
+            return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name,
+                               key=chunk.source_key)
+        step = self.config.stream_bytes
+        if size <= step:
+            return None
+        refused = self._too_large(size, size, ds, chunk.source_key)
+        if refused is not None:
+            return refused
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for start in range(0, size, step):
+                data = await ds.source.get(chunk.source_key, start, min(start + step, size))
+                if data is None:
+                    raise FileNotFoundError(f"{ds.name}/{chunk.source_key} vanished while it was sent")
+                yield data
+
+        return StreamingResponse(pieces(), 200, {**headers, "Content-Length": str(size)})
 
     def _too_large(self, n: int, size: int, ds: ServedDataset, key: str) -> Response | None:
         limit = self.config.max_range_bytes
@@ -281,8 +271,10 @@ def app(datasets: Any = None, *, config: ServerConfig | None = None, **server_op
     if not cfg.datasets:
         raise ValueError("no datasets to serve: pass {name: source} or a config with [datasets.<name>] tables")
     server = _Server(cfg)
-    chain: ASGIApp = _BackPressure(server, max_in_flight=cfg.max_in_flight, queue_limit=cfg.queue_limit,
-                                   retry_after=cfg.retry_after)
+    chain: ASGIApp = BackPressure(server, max_in_flight=cfg.max_in_flight, queue_limit=cfg.queue_limit,
+                                  retry_after=cfg.retry_after)
+    if cfg.rate_limit:
+        chain = RateLimit(chain, rate=cfg.rate_limit, burst=cfg.rate_burst or max(1, int(cfg.rate_limit)))
     if cfg.cors_origins:
         chain = CORSMiddleware(
             chain, allow_origins=list(cfg.cors_origins), allow_methods=list(_METHODS),

@@ -91,6 +91,12 @@ class ServerConfig:
         The ``Cache-Control`` header of data and metadata answers.
     redact_urls
         Hide source URLs and paths in error messages (default True).
+    rate_limit, rate_burst
+        Requests a second per client address (0: no limit), in bursts of up to *rate_burst*
+        (default: one second's worth); past it, ``429`` with ``Retry-After``.
+    stream_bytes
+        Pass-through chunks larger than this are streamed from the source in pieces of this
+        size, never held whole in memory.
     """
 
     datasets: tuple[DatasetConfig, ...] = ()
@@ -103,12 +109,18 @@ class ServerConfig:
     max_range_bytes: int = 0
     cache_control: str = "public, max-age=3600"
     redact_urls: bool = True
+    rate_limit: float = 0
+    rate_burst: int = 0
+    stream_bytes: int = 8 * 2**20
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.datasets]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"dataset name(s) {dupes} given more than once")
+        if self.rate_limit < 0 or self.rate_burst < 0 or self.stream_bytes < 1:
+            raise ValueError(f"rate_limit and rate_burst must be >= 0 and stream_bytes >= 1, got "
+                             f"{self.rate_limit}, {self.rate_burst}, {self.stream_bytes}")
         if self.max_in_flight < 1 or self.queue_limit < 0:
             raise ValueError(f"max_in_flight must be >= 1 and queue_limit >= 0, got {self.max_in_flight}, {self.queue_limit}")
 

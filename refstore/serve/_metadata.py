@@ -163,6 +163,14 @@ class ServedArray:
         """The metadata documents by name."""
         return self.documents
 
+    @property
+    def max_chunk_bytes(self) -> int:
+        """Bytes of one decoded chunk: a bound of a stored chunk's size (give or take a compressor's header)."""
+        n = self.dtype.itemsize
+        for c in self.chunks:
+            n *= c
+        return n
+
     def source_key(self, coords: tuple[int, ...]) -> str:
         """The source's key (relative to the array) of chunk *coords*."""
         return str(self.source_meta.encode_chunk_key(coords))

@@ -144,3 +144,28 @@ def test_mounted_in_a_starlette_application(serve, manifest) -> None:
     group = zarr.open_group(f"{server.url}/zarr/h5", mode="r", zarr_format=3)
     assert group["shuf"].shape == (64, 48) and int(group["grp/sub/nested"][19, 19]) == 399
     assert json.loads(_get(f"{server.url}/zarr/")[2]) == {"datasets": ["h5"]}
+
+
+def test_rate_limit_per_client_429(serve, manifest) -> None:
+    server = serve(app({"h5": str(manifest)}, rate_limit=1, rate_burst=3))
+    statuses = [_get(f"{server.url}/h5/.zgroup")[0] for _ in range(4)]
+    assert statuses[:3] == [200, 200, 200]
+    status, headers, body = _get(f"{server.url}/h5/.zgroup")
+    assert status == 429 and int(headers["retry-after"]) >= 1 and "too many requests" in json.loads(body)["error"]
+    time.sleep(1.1)
+    assert _get(f"{server.url}/h5/.zgroup")[0] == 200
+
+
+def test_large_chunks_are_streamed_in_pieces(serve, manifest) -> None:
+    application = app({"h5": str(manifest)}, stream_bytes=1000)
+    server = serve(application)
+    h5 = manifest.parent / "data.h5"
+    import refstore
+
+    entry = refstore.Manifest.open(str(manifest))["contig/0"]
+    status, headers, body = _get(f"{server.url}/h5/contig/0")
+    assert status == 200 and int(headers["content-length"]) == entry.length == 8000
+    assert body == h5.read_bytes()[entry.offset:entry.offset + entry.length]
+    assert len(application.state.refstore.datasets["h5"].cache) == 0  # never held whole
+    assert _get(f"{server.url}/h5/shuf/0.0")[0] == 200  # small chunks are not streamed
+    assert len(application.state.refstore.datasets["h5"].cache) == 1
