@@ -324,7 +324,7 @@ class RefstoreApp:
                 for ds in self.state.refstore.datasets.values():
                     try:
                         await ds.load()
-                    except Exception:  # noqa: BLE001 - answered per request (502 naming the cause)
+                    except Exception:
                         log.exception("refstore serve: dataset %r could not be loaded", ds.name)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
