@@ -32,13 +32,18 @@ class _Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.datasets = {d.name: ServedDataset(d) for d in config.datasets}
+        self._base_headers: dict[float | None, dict[str, str]] = {}
 
     def _headers(self, etag: str | None, last_modified: float | None) -> dict[str, str]:
-        headers = {"Accept-Ranges": "bytes", "Cache-Control": self.config.cache_control}
+        base = self._base_headers.get(last_modified)
+        if base is None:
+            base = {"Accept-Ranges": "bytes", "Cache-Control": self.config.cache_control}
+            if last_modified is not None:
+                base["Last-Modified"] = http_date(last_modified)
+            self._base_headers[last_modified] = base
+        headers = dict(base)
         if etag is not None:
             headers["ETag"] = etag
-        if last_modified is not None:
-            headers["Last-Modified"] = http_date(last_modified)
         return headers
 
     def _error(self, status: int, title: str, **kwargs: Any) -> JSONResponse:

@@ -26,7 +26,10 @@ from refstore.serve._transcode import ChunkCache, transcode_chunk
 from refstore.virtual._spec import DEFINITION_NAME
 from refstore.virtual._store import SOURCES_DIR
 
-__all__ = ["Chunk", "Document", "ServedDataset"]
+__all__ = ["ETAGS_KEPT", "Chunk", "Document", "ServedDataset"]
+
+#: ETags of chunks remembered per dataset (oldest forgotten first).
+ETAGS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class ServedDataset:
         self.nodes: dict[str, ServedArray | ServedGroup] = {}
         self.documents: dict[str, Document] = {}
         self._loaded: asyncio.Task[None] | None = None
+        self._etags: dict[str, str] = {}
 
     async def load(self) -> None:
         """Read and translate the hierarchy (once; concurrent callers share it)."""
@@ -204,10 +208,18 @@ class ServedDataset:
         return None
 
     async def etag(self, chunk: Chunk) -> str:
-        """An ETag of a chunk that needs no read: where its bytes come from, hashed."""
+        """An ETag of a chunk that needs no read: where its bytes come from, hashed (remembered
+        for the last :data:`ETAGS_KEPT` chunks asked for)."""
+        tags = self._etags
+        found = tags.get(chunk.source_key)
+        if found is not None:
+            return found
         where = await self.source.describe(chunk.source_key)
         digest = hashlib.sha1(f"{self.tag}|{chunk.source_key}|{where}".encode()).hexdigest()[:20]
-        return f'"{digest}"'
+        if len(tags) >= ETAGS_KEPT:
+            tags.pop(next(iter(tags)))
+        tags[chunk.source_key] = found = f'"{digest}"'
+        return found
 
     async def passed_through(self, chunk: Chunk) -> bytes | None:
         """The whole stored bytes of a pass-through chunk (through the hot-chunk cache); None if absent."""
