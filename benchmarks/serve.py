@@ -232,6 +232,41 @@ def _checker(expected: dict[str, str], pixels: dict[str, str], kind: str) -> Any
     return check
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process *pid* (MiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(root: Path, data: dict[str, Any], keys: list[str], seconds: float, clients: int) -> None:
+    """*clients* clients reading *keys* round and round from one refstore server for *seconds*;
+    prints requests, failures and the server's memory every ~10% of the time."""
+    server = Server("refstore", root, 64 * 2**20)
+    check = _checker(data["contig"], data["png_pixels"], "refstore")
+    total = failures = 0
+    samples: list[tuple[float, float]] = []
+    start = time.monotonic()
+    printed = -seconds
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            got = asyncio.run(run_clients(server.url, keys, clients, check))
+            total += len(keys)
+            failures += int(got["failures"])
+            samples.append((elapsed, rss_mib(server.proc.pid)))
+            if elapsed - printed >= seconds / 10:
+                printed = elapsed
+                print(f"soak {elapsed:6.0f} s: {total} requests, {failures} failed, server RSS {samples[-1][1]:.0f} MiB, "
+                      f"{got['chunks_per_s']:.0f} chunks/s", flush=True)
+    finally:
+        server.stop()
+    first = [m for t, m in samples if t < seconds / 5] or [samples[0][1]]
+    last = [m for t, m in samples if t >= 4 * seconds / 5] or [samples[-1][1]]
+    print(f"soak: {total} requests by {clients} clients in {seconds:.0f} s, {failures} failed; server RSS "
+          f"{statistics.median(first):.0f} MiB in the first fifth, {statistics.median(last):.0f} MiB in the last")
+
+
 def materialize(root: Path, base: str, keys: list[str]) -> None:
     """Write what refstore serves for *keys* as static files (nginx's copy)."""
     import urllib.request
@@ -251,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", default="1,16,64")
     p.add_argument("--servers", default="refstore,refstore_cached,peer,nginx")
     p.add_argument("--workloads", default="contiguous,scattered,png")
+    p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                   help="instead: 64 clients (--clients) on refstore for SECONDS, all workloads mixed; failures and memory")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -268,6 +305,11 @@ def main(argv: list[str] | None = None) -> None:
     png = [f"png/{k}" for k in data["png_pixels"]]
     workloads = {"contiguous": contig, "scattered": scattered, "png": png}
     workloads = {k: v for k, v in workloads.items() if k in a.workloads.split(",")}
+    if a.soak:
+        mixed = random.Random(2).sample(contig + png, len(contig) + len(png))
+        soak(root, data, mixed, a.soak, int(a.clients.split(",")[-1]))
+        shutil.rmtree(root, ignore_errors=True)
+        return
     kinds = [k for k in a.servers.split(",") if k != "nginx" or os.path.exists(_nginx())]
     servers: dict[str, Server] = {}
     rows = []
