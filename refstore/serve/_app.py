@@ -97,19 +97,20 @@ class _Server:
         head = request.method == "HEAD"
         doc = ds.document(key)
         if doc is not None:
-            headers = self._headers(doc.etag, ds.last_modified)
-            headers["Content-Type"] = "application/json"
-            if not_modified(request.headers, doc.etag, ds.last_modified):
-                return Response(status_code=304, headers=headers)
-            body = doc.body
             rng = request.headers.get("range")
-            if rng is None and doc.gzipped is not None:
+            zipped = rng is None and doc.gzipped is not None and "gzip" in request.headers.get("accept-encoding", "")
+            etag = doc.etag[:-1] + '-gz"' if zipped else doc.etag
+            headers = self._headers(etag, ds.last_modified)
+            headers["Content-Type"] = "application/json"
+            if doc.gzipped is not None:
                 headers["Vary"] = "Accept-Encoding"
-                if "gzip" in request.headers.get("accept-encoding", ""):
-                    body = doc.gzipped
-                    headers["Content-Encoding"] = "gzip"
-                    headers["ETag"] = doc.etag[:-1] + '-gz"'
-            return self._body(body, headers, rng, head, ds, key)
+            if not_modified(request.headers, etag, ds.last_modified):
+                return Response(status_code=304, headers=headers)
+            if zipped:
+                assert doc.gzipped is not None
+                headers["Content-Encoding"] = "gzip"
+                return self._body(doc.gzipped, headers, None, head, ds, key)
+            return self._body(doc.body, headers, rng, head, ds, key)
         chunk = ds.chunk(key)
         if chunk is None:
             return self._error(404, "no such key", dataset=ds.name, key=key)

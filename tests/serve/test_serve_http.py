@@ -75,7 +75,10 @@ def test_metadata_gzipped_when_accepted(serve, manifest) -> None:
     assert doc["metadata"]["gz3d/.zarray"]["compressor"]["id"] == "gzip"
     status, headers, plain = _get(f"{server.url}/h5/.zmetadata", {"Accept-Encoding": "identity"})
     assert "content-encoding" not in headers and json.loads(plain) == doc
-    assert headers["etag"] != _get(f"{server.url}/h5/.zmetadata", {"Accept-Encoding": "gzip"})[1]["etag"]
+    gz_etag = _get(f"{server.url}/h5/.zmetadata", {"Accept-Encoding": "gzip"})[1]["etag"]
+    assert headers["etag"] != gz_etag
+    assert _get(f"{server.url}/h5/.zmetadata", {"Accept-Encoding": "gzip", "If-None-Match": gz_etag})[0] == 304
+    assert _get(f"{server.url}/h5/.zmetadata", {"Accept-Encoding": "identity", "If-None-Match": gz_etag})[0] == 200
 
 
 def test_bearer_token_per_dataset(serve, manifest) -> None:
