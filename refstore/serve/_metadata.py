@@ -136,6 +136,9 @@ class ServedArray:
         zarr's parsed source metadata (encodes source chunk keys; decodes for transcoding).
     transcode
         True when chunks are decoded and re-encoded on the way (the source's codecs are not portable).
+    rewrap
+        True when each chunk is a zlib stream served as gzip: the same deflate data in gzip's
+        frame, found by decompressing once (no recompression); dtype and order stay the source's.
     dtype
         The served dtype (byte order included).
     fill
@@ -158,6 +161,7 @@ class ServedArray:
     documents: dict[str, dict[str, Any]]
     parse: Callable[[str], tuple[int, ...] | None]
     source_codecs: list[str]
+    rewrap: bool = False
 
     def docs(self) -> dict[str, dict[str, Any]]:
         """The metadata documents by name."""
@@ -181,7 +185,7 @@ class ServedArray:
             "path": self.path, "node_type": "array", "shape": list(self.shape), "chunks": list(self.chunks),
             "dtype": self.dtype.str, "source_codecs": self.source_codecs,
             "served_codecs": [self.compressor.name] if self.compressor else [],
-            "transcoded": self.transcode, "zarr_formats": sorted(2 if n == ".zarray" else 3 for n in self.documents
+            "transcoded": self.transcode, "rewrapped": self.rewrap, "zarr_formats": sorted(2 if n == ".zarray" else 3 for n in self.documents
                                                                   if n in (".zarray", "zarr.json")),
         }
 
@@ -265,7 +269,12 @@ def translate_array(
     assert dtype is not None and chunks is not None
     if passthrough and assembled and compressor is None and transcode_with != "none":
         passthrough = False  # raw bytes the engine assembled: compress them on the way
-    if not passthrough:
+    v2_codecs = [c for c in [*(src.get("filters") or []), src.get("compressor")] if c] if fmt == 2 else []
+    rewrap = (not passthrough and not assembled and transcode_with == "gzip" and len(v2_codecs) == 1
+              and v2_codecs[0].get("id") == "zlib")  # kerchunk writes HDF5's deflate as a zlib filter
+    if rewrap:
+        compressor = Compressor("gzip", {"level": int(v2_codecs[0].get("level", 1))})
+    elif not passthrough:
         dtype = dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
         order = "C"
         compressor = make_compressor(transcode_with, level, dtype.itemsize)
@@ -310,7 +319,7 @@ def translate_array(
         zarr_json["dimension_names"] = names
     documents = {".zarray": zarray, ".zattrs": v2_attrs, "zarr.json": zarr_json}
     return ServedArray(path, meta, not passthrough, shape, chunks, dtype, fill, order, compressor, separator,
-                       documents, _v2_parser(separator, len(shape)), source_codecs)
+                       documents, _v2_parser(separator, len(shape)), source_codecs, rewrap)
 
 
 def _v3_type(dtype: np.dtype[Any]) -> str:

@@ -5,6 +5,8 @@ bounded LRU of the results, concurrent asks for one chunk sharing one transcode.
 from __future__ import annotations
 
 import asyncio
+import struct
+import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,7 +55,7 @@ def encode_chunk(array: ServedArray, values: np.ndarray) -> bytes:
     gzip goes through imagecodecs (zlib-ng or libdeflate; 2-3x faster than Python's zlib
     here) when it is installed, else through numcodecs; either writes a standard gzip stream.
     """
-    raw = np.ascontiguousarray(values, dtype=array.dtype).tobytes()
+    raw = np.asarray(values, dtype=array.dtype).tobytes(order="F" if array.order == "F" else "C")
     compressor = array.compressor
     if compressor is None:
         return raw
@@ -73,8 +75,35 @@ def _gzip_encoder() -> Any:
 _fast_gzip = _gzip_encoder()
 
 
+def zlib_to_gzip(data: bytes) -> bytes:
+    """The zlib stream *data* as a gzip stream holding the same deflate data (no recompression).
+
+    Raises
+    ------
+    ValueError
+        If *data* is not one complete zlib stream without a preset dictionary.
+    """
+    if len(data) < 6 or data[0] & 0x0F != 8 or ((data[0] << 8) | data[1]) % 31 or data[1] & 0x20:
+        raise ValueError("not a zlib stream")
+    d = zlib.decompressobj()
+    raw = d.decompress(data)
+    if not d.eof or d.unused_data:
+        raise ValueError("not one complete zlib stream")
+    trailer = struct.pack("<II", zlib.crc32(raw), len(raw) & 0xFFFFFFFF)
+    return _GZIP_HEADER + data[2:-4] + trailer
+
+
+#: gzip's member header: deflate, no flags, mtime 0, no extra flags, OS unknown.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
 async def transcode_chunk(array: ServedArray, coords: tuple[int, ...], data: bytes) -> bytes:
     """Chunk *coords* of *array* re-encoded from the source's stored bytes *data*."""
+    if array.rewrap:
+        try:
+            return await asyncio.to_thread(zlib_to_gzip, data)
+        except (ValueError, zlib.error):
+            pass  # decoded and encoded below instead
     values = await decode_chunk(array, coords, data)
     return await asyncio.to_thread(encode_chunk, array, values)
 

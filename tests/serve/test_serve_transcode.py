@@ -139,3 +139,30 @@ def test_standard_chunks_pass_through_byte_identical_and_hot_chunks_are_cached(s
     assert (cache.misses, cache.hits, len(cache)) == (12, 2, 12)  # 3 x 2 chunks, each transcoded once
     np.testing.assert_array_equal(zarr.open_group(f"{server.url}/z", mode="r", zarr_format=3)["png"][:], pixels)
     assert (cache.misses, cache.hits) == (12, 8)
+
+
+def test_zlib_chunks_are_rewrapped_as_gzip_without_recompressing(serve, tmp_path) -> None:
+    import gzip
+    import zlib
+
+    from _datasets import kerchunk_refs, make_hdf5
+
+    from refstore.serve._transcode import zlib_to_gzip
+
+    h5 = make_hdf5(tmp_path / "d.h5")
+    (tmp_path / "d.json").write_text(json.dumps(kerchunk_refs(h5, str(h5))))
+    server = serve(app({"h5": str(tmp_path / "d.json")}))
+    nodes = {n["path"]: n for n in _json(f"{server.url}/h5/?format=json")["nodes"]}
+    assert nodes["gz3d"]["rewrapped"] and nodes["gz3d"]["served_codecs"] == ["gzip"]
+    assert not nodes["shuf"]["rewrapped"] and nodes["shuf"]["transcoded"]  # shuffle + zlib: decoded and encoded
+    entry = refstore.Manifest.open(str(tmp_path / "d.json"))["gz3d/1.2.3"]
+    stored = h5.read_bytes()[entry.offset:entry.offset + entry.length]
+    with urllib.request.urlopen(f"{server.url}/h5/gz3d/1.2.3") as resp:
+        served = resp.read()
+    assert served[10:-8] == stored[2:-4]  # the very deflate data of the file, in gzip's frame
+    assert gzip.decompress(served) == zlib.decompress(stored)
+    data = bytes(range(256)) * 40
+    assert gzip.decompress(zlib_to_gzip(zlib.compress(data, 9))) == data
+    for bad in (b"not zlib at all", zlib.compress(data)[:-3], zlib.compress(data) + b"tail"):
+        with pytest.raises((ValueError, zlib.error)):
+            zlib_to_gzip(bad)
