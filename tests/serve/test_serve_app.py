@@ -310,3 +310,17 @@ def test_a_dataset_that_does_not_open_is_named_at_start(tmp_path) -> None:
     assert "while opening dataset 'gone'" in "\n".join(info.value.__notes__)
     with pytest.raises(ValueError, match="no datasets to serve"):
         app({})
+
+
+def test_manifests_on_every_backend(serve, remote, hdf5_path) -> None:
+    """A kerchunk manifest on local disk, HTTP, S3 or GCS, its chunks there too, served and read
+    by zarr over HTTP in both formats."""
+    url = remote.upload(hdf5_path)
+    manifest_url = remote.upload_bytes("refs.json", json.dumps(kerchunk_refs(hdf5_path, url)).encode())
+    options = {"remote_options": dict(remote.storage_options), "target_options": dict(remote.storage_options)}
+    server = serve(app({"d": {"source": manifest_url, "options": options}}))
+    truth = read_hdf5(hdf5_path)
+    for fmt in (2, 3):
+        group = zarr.open_group(f"{server.url}/d", mode="r", zarr_format=fmt)
+        for name in ("gz3d", "shuf", "fill", "grp/sub/nested"):
+            np.testing.assert_array_equal(group[name][...], truth[name], err_msg=f"{remote.kind} {fmt} {name}")
