@@ -172,3 +172,42 @@ def test_large_chunks_are_streamed_in_pieces(serve, manifest) -> None:
     assert len(application.state.refstore.datasets["h5"].cache) == 0  # never held whole
     assert _get(f"{server.url}/h5/shuf/0.0")[0] == 200  # small chunks are not streamed
     assert len(application.state.refstore.datasets["h5"].cache) == 1
+
+
+def test_concurrent_requests_merge_into_one_source_read(http, tmp_path) -> None:
+    """Requests of many clients arriving together reach the engine's fetcher in one loop turn,
+    which reads adjacent chunks of one source with one request (the app driven in process)."""
+    import asyncio
+
+    from _datasets import make_contiguous_chunks
+
+    data = make_contiguous_chunks(tmp_path, n_chunks=16, chunk_bytes=4096)
+    url = http.serve(data.path, "merge")
+    (tmp_path / "refs.json").write_text(json.dumps(data.refs_v2(url)))
+    application = app({"c": {"source": str(tmp_path / "refs.json"), "cache_bytes": 0}})
+
+    async def get(key: str) -> tuple[int, bytes]:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": "GET", "path": f"/c/{key}", "raw_path": f"/c/{key}".encode(),
+                 "query_string": b"", "headers": [], "root_path": "", "client": ("127.0.0.1", 1)}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await application(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def main() -> list[tuple[int, bytes]]:
+        await get(".zarray")  # loaded
+        http.reset()
+        return await asyncio.gather(*(get(str(i)) for i in range(16)))
+
+    answers = asyncio.run(main())
+    expected = data.expected().tobytes()
+    assert [a for a, _ in answers] == [200] * 16
+    assert all(body == expected[i * 4096:(i + 1) * 4096] for i, (_, body) in enumerate(answers))
+    assert http.total_gets == 1, http.log
+    application.state.refstore.datasets["c"].source.close_all()
