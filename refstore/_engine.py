@@ -10,7 +10,7 @@ engine, and ``{"manifest": ...}`` sources through a new engine with the same pol
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import fsspec.asyn
@@ -33,6 +33,8 @@ from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
 
 if TYPE_CHECKING:
     from zarr.core.buffer import Buffer, BufferPrototype
+
+    from collections.abc import Iterator
 
     from refstore.fetch import URLPolicy
 
