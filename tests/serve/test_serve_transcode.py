@@ -89,7 +89,7 @@ def test_dzi_png_pyramid_read_by_plain_zarr(serve, tmp_path, overlap, channel_fi
 @vips
 def test_jpeg_tiles_decode_as_imagecodecs_does(serve, tmp_path) -> None:
     _image(tmp_path / "src.png")
-    server = serve(app({"slide": str(_dzsave(tmp_path, suffix=".jpg"))}))
+    server = serve(app({"slide": {"source": str(_dzsave(tmp_path, suffix=".jpg")), "build": {"channel_first": False}}}))
     got = zarr.open_group(f"{server.url}/slide", mode="r", zarr_format=3)["0"][:]
     top = math.ceil(math.log2(300))
     folder = tmp_path / "dz_files" / str(top)
