@@ -32,9 +32,9 @@ from refstore.virtual import _spec
 from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
 
 if TYPE_CHECKING:
-    from zarr.core.buffer import Buffer, BufferPrototype
-
     from collections.abc import Iterator
+
+    from zarr.core.buffer import Buffer, BufferPrototype
 
     from refstore.fetch import URLPolicy
 
