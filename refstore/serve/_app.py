@@ -126,7 +126,7 @@ class _Server:
                 return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name, key=key)
             return self._body(data, headers, rng, head, ds, key)
         if rng is None and not head and chunk.array.max_chunk_bytes > self.config.stream_bytes:
-            streamed = await self._stream(ds, chunk, headers)
+            streamed = await self._stream(ds, chunk, key, headers)
             if streamed is not None:
                 return streamed
         if rng is None and not head:
@@ -158,17 +158,16 @@ class _Server:
             return self._error(404, "no such key", dataset=ds.name, key=key)
         return self._body(data, headers, None, head, ds, key)
 
-    async def _stream(self, ds: ServedDataset, chunk: Chunk, headers: dict[str, str]) -> Response | None:
+    async def _stream(self, ds: ServedDataset, chunk: Chunk, key: str, headers: dict[str, str]) -> Response | None:
         """A large pass-through chunk read from the source in pieces as it is sent (None: small enough to send whole)."""
         try:
             size = await ds.source.size(chunk.source_key)
         except FileNotFoundError:
-            return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name,
-                               key=chunk.source_key)
+            return self._error(404, "no such key (the chunk reads as the fill value)", dataset=ds.name, key=key)
         step = self.config.stream_bytes
         if size <= step:
             return None
-        refused = self._too_large(size, size, ds, chunk.source_key)
+        refused = self._too_large(size, size, ds, key)
         if refused is not None:
             return refused
 
@@ -176,7 +175,7 @@ class _Server:
             for start in range(0, size, step):
                 data = await ds.source.get(chunk.source_key, start, min(start + step, size))
                 if data is None:
-                    raise FileNotFoundError(f"{ds.name}/{chunk.source_key} vanished while it was sent")
+                    raise FileNotFoundError(f"{ds.name}/{key} vanished while it was sent")
                 yield data
 
         return StreamingResponse(pieces(), 200, {**headers, "Content-Length": str(size)})
