@@ -33,9 +33,15 @@ from refstore.virtual import _spec
 from refstore.virtual._store import DEFINITION_NAME, VirtualResolver
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from zarr.core.buffer import Buffer, BufferPrototype
 
     from refstore.fetch import URLPolicy
+
+
+#: The names of zarr's metadata documents (both formats).
+METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
 
 
 def to_range(byte_range: ByteRequest | None) -> tuple[int | None, int | None]:
@@ -203,6 +209,17 @@ class Engine:
             raise FileNotFoundError(key) from None
 
     # -- listing ----------------------------------------------------------------------------------
+
+    def metadata_keys(self) -> Iterator[str]:
+        """The keys of the zarr metadata documents in the manifest, in its order.
+
+        ``.zarray``, ``.zattrs``, ``.zgroup``, ``.zmetadata`` and ``zarr.json`` held inline
+        (as every builder and kerchunk writes them), virtual arrays' included; cheap for a
+        large manifest, whose chunk references are never visited.
+        """
+        for key in self.manifest.inline_keys():
+            if key.rpartition("/")[2] in METADATA_NAMES:
+                yield key
 
     async def keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key starting with *prefix*: the manifest's, then the virtual arrays' chunk keys."""

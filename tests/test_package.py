@@ -87,7 +87,7 @@ def test_lower_layers_never_import_a_layer_above() -> None:
 
     root = Path(__file__).resolve().parent.parent / "refstore"
     above = ("refstore.store", "refstore.fs", "refstore._engine", "refstore._reader", "refstore.pipeline",
-             "refstore.cli", "refstore.build")
+             "refstore.cli", "refstore.build", "refstore.serve")
     found = []
     for layer in ("manifest", "fetch", "codecs", "virtual"):
         for path in sorted((root / layer).glob("*.py")):

@@ -131,6 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_build_parser(sub)
 
+    from refstore.serve._cli import add_serve_parser
+
+    add_serve_parser(sub)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

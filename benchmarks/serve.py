@@ -1,0 +1,365 @@
+"""``refstore serve`` under load, side by side: ``python -m benchmarks.serve [--quick]``.
+
+Three servers answer the same chunk keys over loopback HTTP, each in its own process:
+
+* ``refstore``: ``refstore.serve.app`` under uvicorn (one worker), hot-chunk cache off
+  (``cache_bytes = 0``: every request reads the source, and transcodes);
+* ``refstore_cached``: the same with a 256 MiB cache, filled by one pass before timing;
+* ``peer``: what zarr-python's experimental ``zarr.experimental.serve.serve_store`` does (a
+  Starlette route answering each key with one ``store.get``), over ``refstore.ReferenceStore``
+  on the same manifest, under uvicorn. zarr's module is not in any released zarr (3.4.2 is the
+  newest on PyPI), so this is a re-statement of its request path, not the package itself;
+* ``nginx`` (the limit, when Debian's nginx is installed): static files of a materialized
+  copy of the chunks refstore serves, one worker.
+
+Workloads: ``contiguous`` (4,096 uncompressed 8 KiB chunks of one file, in key order),
+``scattered`` (the same keys shuffled) and ``png`` (256 PNG tiles of 256x256 RGB, which
+refstore transcodes to gzip; the peer passes the PNG bytes through, which a client without
+refstore's codec cannot decode, and nginx serves refstore's gzip'd output as files). Clients are aiohttp coroutines in this process, 1, 16 and 64 at once, each
+answer checked against the expected bytes. Printed: chunks/s, p50/p99 latency (ms) and the
+server's CPU time per chunk (steadier than wall time on shared cores), medians of ``--repeat``
+runs, the servers interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CHUNK = 8192
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------------- data
+def make_data(root: Path, n_chunks: int, n_tiles: int) -> dict[str, Any]:
+    """Write the chunk file, the PNG tiles and their manifests under *root*."""
+    import imagecodecs
+    import numpy as np
+
+    from refstore.build._common import array_metadata, group_metadata
+
+    root.mkdir(parents=True, exist_ok=True)
+    blob = np.random.default_rng(0).bytes(n_chunks * CHUNK)
+    (root / "chunks.bin").write_bytes(blob)
+    zarray = {"shape": [n_chunks * CHUNK], "chunks": [CHUNK], "dtype": "|u1", "fill_value": 0, "order": "C",
+              "filters": None, "compressor": None, "dimension_separator": ".", "zarr_format": 2}
+    refs: dict[str, Any] = {".zgroup": json.dumps({"zarr_format": 2}), "a/.zarray": json.dumps(zarray)}
+    for i in range(n_chunks):
+        refs[f"a/{i}"] = [str(root / "chunks.bin"), i * CHUNK, CHUNK]
+    (root / "contig.json").write_text(json.dumps({"version": 1, "refs": refs}))
+    side = int(n_tiles ** 0.5)
+    yy, xx = np.mgrid[0:256, 0:256]
+    tiles = root / "tiles"
+    tiles.mkdir(exist_ok=True)
+    prefs: dict[str, Any] = {"zarr.json": group_metadata().decode()}
+    prefs["png/zarr.json"] = array_metadata((side * 256, side * 256, 3), (256, 256, 3), np.dtype("u1"), "yxc",
+                                            ["y", "x", "c"]).decode()
+    pixels = {}
+    for r in range(side):
+        for c in range(side):
+            tile = np.stack([(xx + c * 7) % 256, (yy + r * 5) % 256, (xx * yy + r + c) % 251], -1).astype("u1")
+            path = tiles / f"{r}_{c}.png"
+            path.write_bytes(imagecodecs.png_encode(tile))
+            prefs[f"png/c/{r}/{c}/0"] = [str(path)]
+            pixels[f"png/{r}/{c}/0"] = hashlib.sha1(tile.tobytes()).hexdigest()
+    (root / "png.json").write_text(json.dumps({"version": 1, "refs": prefs}))
+    expected = {f"a/{i}": hashlib.sha1(blob[i * CHUNK:(i + 1) * CHUNK]).hexdigest() for i in range(n_chunks)}
+    return {"contig": expected, "png_pixels": pixels}
+
+
+# ---------------------------------------------------------------------- servers
+def peer_app(root: Path) -> Any:
+    """A Starlette app answering each key with one ``ReferenceStore.get`` (zarr's serve_store request path)."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from zarr.core.buffer import default_buffer_prototype
+
+    import refstore
+
+    stores = {name: refstore.ReferenceStore(str(root / f"{name}.json")) for name in ("contig", "png")}
+    proto = default_buffer_prototype()
+
+    async def handle(request: Any) -> Response:
+        store = stores.get(request.path_params["dataset"])
+        if store is None:
+            return Response(status_code=404)
+        buf = await store.get(request.path_params["key"], proto)
+        return Response(status_code=404) if buf is None else Response(buf.to_bytes(), media_type="application/octet-stream")
+
+    return Starlette(routes=[Route("/{dataset}/{key:path}", handle, methods=["GET"])])
+
+
+def refstore_app(root: Path, cache_bytes: int) -> Any:
+    from refstore.serve import app
+
+    return app({"contig": str(root / "contig.json"), "png": {"source": str(root / "png.json"), "cache_bytes": cache_bytes}},
+               queue_limit=100_000)
+
+
+def _serve_main(kind: str, root: Path, port: int, cache_bytes: int) -> None:
+    import uvicorn
+
+    application = peer_app(root) if kind == "peer" else refstore_app(root, cache_bytes)
+    uvicorn.run(application, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class Server:
+    """A server in its own process (``refstore``, ``peer`` or ``nginx``)."""
+
+    def __init__(self, kind: str, root: Path, cache_bytes: int = 0) -> None:
+        self.kind = kind
+        self.port = _free_port()
+        if kind == "nginx":
+            conf = root / "nginx.conf"
+            conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    server {{ listen 127.0.0.1:{self.port}; root {root}/materialized; }}
+}}
+""")
+            self.proc = subprocess.Popen([_nginx(), "-c", str(conf), "-p", str(root)])
+        else:
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                                 os.environ.get("PYTHONPATH", "")])}
+            self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.serve", "--serve", kind.split("_")[0], "--root", str(root),
+                                          "--port", str(self.port), "--cache-bytes", str(cache_bytes)], env=env)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{kind} server did not start") from None
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server process and its children so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        pids = [self.proc.pid]
+        try:
+            pids += [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _nginx() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+# ----------------------------------------------------------------------- client
+async def run_clients(base: str, keys: list[str], clients: int, check: Any) -> dict[str, float]:
+    """GET every key with *clients* concurrent coroutines; chunks/s, p50, p99 (ms), failures."""
+    import aiohttp
+
+    latencies: list[float] = []
+    failures = 0
+    it = iter(keys)
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+        async def worker() -> None:
+            nonlocal failures
+            for key in it:
+                t0 = time.perf_counter()
+                async with session.get(f"{base}/{key}") as resp:
+                    body = await resp.read()
+                    ok = resp.status == 200 and check(key, body)
+                latencies.append(time.perf_counter() - t0)
+                failures += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {"chunks_per_s": len(keys) / wall, "p50_ms": 1000 * latencies[len(latencies) // 2],
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], "failures": failures}
+
+
+def _checker(expected: dict[str, str], pixels: dict[str, str], kind: str) -> Any:
+    def check(key: str, body: bytes) -> bool:
+        if key.startswith("png/"):
+            if kind == "peer":
+                return body[:4] == b"\x89PNG"  # passed through: the client would need refstore's codec
+            return hashlib.sha1(gzip.decompress(body)).hexdigest() == pixels[key.removeprefix("png/")]
+        return hashlib.sha1(body).hexdigest() == expected[key.removeprefix("contig/")]
+
+    return check
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process *pid* (MiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(root: Path, data: dict[str, Any], keys: list[str], seconds: float, clients: int) -> None:
+    """*clients* clients reading *keys* round and round from one refstore server for *seconds*;
+    prints requests, failures and the server's memory every ~10% of the time."""
+    server = Server("refstore", root, 64 * 2**20)
+    check = _checker(data["contig"], data["png_pixels"], "refstore")
+    total = failures = 0
+    samples: list[tuple[float, float]] = []
+    start = time.monotonic()
+    printed = -seconds
+    try:
+        while (elapsed := time.monotonic() - start) < seconds:
+            got = asyncio.run(run_clients(server.url, keys, clients, check))
+            total += len(keys)
+            failures += int(got["failures"])
+            samples.append((elapsed, rss_mib(server.proc.pid)))
+            if elapsed - printed >= seconds / 10:
+                printed = elapsed
+                print(f"soak {elapsed:6.0f} s: {total} requests, {failures} failed, server RSS {samples[-1][1]:.0f} MiB, "
+                      f"{got['chunks_per_s']:.0f} chunks/s", flush=True)
+    finally:
+        server.stop()
+    first = [m for t, m in samples if t < seconds / 5] or [samples[0][1]]
+    last = [m for t, m in samples if t >= 4 * seconds / 5] or [samples[-1][1]]
+    print(f"soak: {total} requests by {clients} clients in {seconds:.0f} s, {failures} failed; server RSS "
+          f"{statistics.median(first):.0f} MiB in the first fifth, {statistics.median(last):.0f} MiB in the last")
+
+
+def materialize(root: Path, base: str, keys: list[str]) -> None:
+    """Write what refstore serves for *keys* as static files (nginx's copy)."""
+    import urllib.request
+
+    for key in keys:
+        path = root / "materialized" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(f"{base}/{key}") as resp:
+            path.write_bytes(resp.read())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1,024 chunks and 64 tiles, one repeat")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--clients", default="1,16,64")
+    p.add_argument("--servers", default="refstore,refstore_cached,peer,nginx")
+    p.add_argument("--workloads", default="contiguous,scattered,png")
+    p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                   help="instead: 64 clients (--clients) on refstore for SECONDS, all workloads mixed; failures and memory")
+    p.add_argument("--serve", help=argparse.SUPPRESS)
+    p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--cache-bytes", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.serve:
+        _serve_main(a.serve, a.root, a.port, a.cache_bytes)
+        return
+    n_chunks, n_tiles, repeat = (1024, 64, 1) if a.quick else (4096, 256, a.repeat)
+    root = Path(tempfile.mkdtemp(prefix="refstore-serve-bench-"))
+    root.chmod(0o755)  # nginx's workers run as another user
+    data = make_data(root, n_chunks, n_tiles)
+    contig = [f"contig/a/{i}" for i in range(n_chunks)]
+    scattered = random.Random(1).sample(contig, len(contig))
+    png = [f"png/{k}" for k in data["png_pixels"]]
+    workloads = {"contiguous": contig, "scattered": scattered, "png": png}
+    workloads = {k: v for k, v in workloads.items() if k in a.workloads.split(",")}
+    if a.soak:
+        mixed = random.Random(2).sample(contig + png, len(contig) + len(png))
+        soak(root, data, mixed, a.soak, int(a.clients.split(",")[-1]))
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    kinds = [k for k in a.servers.split(",") if k != "nginx" or os.path.exists(_nginx())]
+    servers: dict[str, Server] = {}
+    rows = []
+    try:
+        if "nginx" in kinds:
+            ref = Server("refstore", root)
+            materialize(root, ref.url, contig + png)
+            ref.stop()
+        for kind in kinds:
+            servers[kind] = Server(kind, root, 256 * 2**20 if kind == "refstore_cached" else 0)
+        if "refstore_cached" in servers:  # every chunk in its cache before timing
+            asyncio.run(run_clients(servers["refstore_cached"].url, contig + png, 16, lambda k, b: True))
+        for workload, keys in workloads.items():
+            for clients in (int(c) for c in a.clients.split(",")):
+                runs: dict[str, list[dict[str, float]]] = {}
+                for _ in range(repeat):  # servers interleaved: the shared cores' noise hits all alike
+                    for kind in kinds:
+                        server = servers[kind]
+                        check = _checker(data["contig"], data["png_pixels"], kind)
+                        cpu0 = server.cpu_seconds()
+                        result = asyncio.run(run_clients(server.url, keys, clients, check))
+                        result["cpu_us"] = 1e6 * (server.cpu_seconds() - cpu0) / len(keys)
+                        runs.setdefault(kind, []).append(result)
+                for kind, got in runs.items():
+                    row = {"server": kind, "workload": workload, "clients": clients,
+                           **{k: statistics.median(r[k] for r in got) for k in ("chunks_per_s", "p50_ms", "p99_ms", "cpu_us")},
+                           "failures": sum(r["failures"] for r in got)}
+                    rows.append(row)
+                    print(f"{kind:9s} {workload:11s} {clients:3d} clients: {row['chunks_per_s']:8.0f} chunks/s  "
+                          f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  server CPU {row['cpu_us']:6.0f} us/chunk  "
+                          f"failures {row['failures']}",
+                          flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    print("\n| workload | clients | " + " | ".join(f"{k} chunks/s (p50/p99 ms; server CPU/chunk)" for k in kinds) + " | refstore / peer (uncached / cached) |")
+    print("|---|---|" + "---|" * (len(kinds) + 1))
+    for workload in workloads:
+        for clients in (int(c) for c in a.clients.split(",")):
+            cells, by = [], {}
+            for kind in kinds:
+                row = next((r for r in rows if r["server"] == kind and r["workload"] == workload and r["clients"] == clients), None)
+                by[kind] = row
+                cells.append("-" if row is None else
+                             f"{row['chunks_per_s']:.0f} ({row['p50_ms']:.1f}/{row['p99_ms']:.1f}; {row['cpu_us']:.0f} us)")
+            ratios = [f"{by[k]['chunks_per_s'] / by['peer']['chunks_per_s']:.2f}x" if by.get(k) and by.get("peer") else "-"
+                      for k in ("refstore", "refstore_cached")]
+            print(f"| {workload} | {clients} | " + " | ".join(cells) + f" | {' / '.join(ratios)} |")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
