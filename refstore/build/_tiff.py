@@ -155,6 +155,13 @@ def _codec_config(page: Any, axes: list[_Axis], seg: tuple[int, int, int, int], 
     return segment.to_config()
 
 
+def _json_number(value: Any) -> Any:
+    """A fill value as zarr's JSON spells it: NaN and infinities as the strings zarr 2 and 3 use."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
 def _array_docs(
     path: str, axes: list[_Axis], dtype: np.dtype, fill: Any, config: dict[str, Any], zarr_format: int
 ) -> dict[str, bytes]:
@@ -313,7 +320,7 @@ def tiff(
             dtype = np.dtype(level.dtype).newbyteorder("<")
             fill = page.nodata if page.nodata is not None else 0
             fill = fill.item() if isinstance(fill, np.generic) else fill
-            fill = bool(fill) if dtype.kind == "b" else fill
+            fill = bool(fill) if dtype.kind == "b" else _json_number(fill)
             config = _codec_config(page, axes, seg, byteorder)
             for key, doc in _array_docs(str(i), axes, dtype, fill, config, zarr_format).items():
                 manifest.set(key, doc)

@@ -114,7 +114,7 @@ class TiffSegmentNumcodec(Codec):
         *,
         chunk_shape: list[int] | tuple[int, ...] | None = None,
         dtype: str | None = None,
-        fill_value: int | float | None = None,
+        fill_value: int | float | str | None = None,
         **config: Any,
     ) -> None:
         if chunk_shape is None or dtype is None:
@@ -122,14 +122,16 @@ class TiffSegmentNumcodec(Codec):
         self.segment = TiffSegment.from_config(config, f"codec {TIFF_SEGMENT!r}")
         self.chunk_shape = tuple(int(n) for n in chunk_shape)
         self.dtype = np.dtype(dtype)
-        self.fill_value = fill_value
+        self.fill_value = float(fill_value) if isinstance(fill_value, str) else fill_value  # "NaN", "Infinity"
 
     def get_config(self) -> dict[str, Any]:
         """Return ``{"id": "refstore.tiff_segment", ...}``."""
         config: dict[str, Any] = {"id": self.codec_id, **self.segment.to_config()}
         config.update(chunk_shape=list(self.chunk_shape), dtype=self.dtype.str)
         if self.fill_value is not None:
-            config["fill_value"] = self.fill_value
+            nonfinite = isinstance(self.fill_value, float) and not np.isfinite(self.fill_value)
+            config["fill_value"] = str(self.fill_value).replace("nan", "NaN").replace("inf", "Infinity") if nonfinite \
+                else self.fill_value
         return config
 
     def encode(self, buf: Any) -> bytes:

@@ -175,3 +175,30 @@ def test_images_from_urls_or_a_prefix(tmp_path: Path, served: Remote) -> None:
         _no_directory_requests(served)
         group = _open(manifest, tmp_path / "i.json", served)
         np.testing.assert_array_equal(group["image"][:], image)
+
+
+@vips
+def test_cli_xyz_over_http_by_zooms_and_probes(tmp_path: Path, http: Any) -> None:
+    import argparse
+
+    from refstore.build._cli import add_build_parser
+
+    (tmp_path / "src.png").write_bytes(imagecodecs.png_encode(_rgb(130, 190)))
+    subprocess.run(["vips", "dzsave", "src.png", "tiles", "--layout", "google", "--tile-size", "64",
+                    "--suffix", ".png"], cwd=tmp_path, check=True)
+    top = max(int(p.name) for p in (tmp_path / "tiles").iterdir() if p.name.isdigit())
+    http.directory_status = 403
+    url = http.serve(tmp_path / "tiles", "cli-xyz")
+    parser = argparse.ArgumentParser()
+    add_build_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "x.json"
+    for extra in (["--probe"], ["--bounds", "0", "0", "2", "2"]):
+        args = parser.parse_args(["build", "xyz", url, "--zooms", "0", str(top), "--suffix", "png", "-q",
+                                  "--concurrency", "4", "-o", str(out), *extra])
+        assert args.func(args) == 0
+        group = zarr.open_group(refstore.ReferenceStore(str(out)), mode="r")
+        np.testing.assert_array_equal(np.moveaxis(group["0"][:, :130, :190], 0, -1), _rgb(130, 190))
+    assert not [r for r in http.log if r.status == 403]
+    with pytest.raises(ValueError, match="zooms"):
+        args = parser.parse_args(["build", "xyz", url, "-q", "-o", str(out)])
+        args.func(args)

@@ -351,3 +351,24 @@ def test_cli_jpeg_ome_tiff_needs_no_note(tmp_path: Path, capsys: pytest.CaptureF
     assert args.func(args) == 0
     assert capsys.readouterr().err == ""  # no "register imagecodecs first" note any more
     _levels_equal(path, refstore.Manifest.open(str(tmp_path / "out.json")), tmp_path / "again.json")
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("nodata", ["nan", "-9999"])
+def test_gdal_nodata_is_the_fill_value_in_strict_json(tmp_path: Path, nodata: str, zarr_format: int) -> None:
+    data = np.random.default_rng(6).random((130, 90)).astype("f4")
+    data[:20, :20] = float(nodata)
+    path = tmp_path / "nodata.tif"
+    tifffile.imwrite(path, data, tile=(32, 32), compression="zlib", predictor=True,
+                     extratags=[(42113, "s", 0, nodata, True)])  # GDAL_NODATA
+    manifest = tiff(str(path), zarr_format=zarr_format)
+    doc = manifest.get("0/.zarray" if zarr_format == 2 else "0/zarr.json")
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} in the metadata: not JSON")
+
+    meta = json.loads(doc, parse_constant=refuse)
+    assert meta["fill_value"] == ("NaN" if nodata == "nan" else -9999.0)
+    manifest.save(str(tmp_path / "n.json"))
+    got = zarr.open_group(refstore.ReferenceStore(str(tmp_path / "n.json")), mode="r")["0"][:]
+    np.testing.assert_array_equal(got, tifffile.imread(path))
