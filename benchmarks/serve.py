@@ -13,7 +13,9 @@ Three servers answer the same chunk keys over loopback HTTP, each in its own pro
   copy of the chunks refstore serves, one worker.
 
 Workloads: ``contiguous`` (4,096 uncompressed 8 KiB chunks of one file, in key order),
-``scattered`` (the same keys shuffled) and ``png`` (256 PNG tiles of 256x256 RGB, which
+``scattered`` (the same keys shuffled), ``remote`` (the scattered read of the same chunks
+behind a source answering after 20 ms, as a distant object store would) and ``png`` (256
+PNG tiles of 256x256 RGB, which
 refstore transcodes to gzip; the peer passes the PNG bytes through, which a client without
 refstore's codec cannot decode, and nginx serves refstore's gzip'd output as files). Clients are aiohttp coroutines in this process, 1, 16 and 64 at once, each
 answer checked against the expected bytes. Printed: chunks/s, p50/p99 latency (ms) and the
@@ -41,6 +43,10 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 8192
+#: The served datasets (manifests ``<name>.json`` under the data folder).
+DATASETS = ("contig", "png", "remote")
+#: First-byte delay of the remote source (s), as a distant object store would answer.
+REMOTE_DELAY = 0.02
 
 
 def _free_port() -> int:
@@ -96,7 +102,8 @@ def peer_app(root: Path) -> Any:
 
     import refstore
 
-    stores = {name: refstore.ReferenceStore(str(root / f"{name}.json")) for name in ("contig", "png")}
+    stores = {name: refstore.ReferenceStore(str(root / f"{name}.json")) for name in DATASETS
+              if (root / f"{name}.json").exists()}
     proto = default_buffer_prototype()
 
     async def handle(request: Any) -> Response:
@@ -112,13 +119,39 @@ def peer_app(root: Path) -> Any:
 def refstore_app(root: Path, cache_bytes: int) -> Any:
     from refstore.serve import app
 
-    return app({"contig": str(root / "contig.json"), "png": {"source": str(root / "png.json"), "cache_bytes": cache_bytes}},
-               queue_limit=100_000)
+    return app({name: {"source": str(root / f"{name}.json"), "cache_bytes": cache_bytes} for name in DATASETS
+                if (root / f"{name}.json").exists()}, queue_limit=100_000)
+
+
+def source_app(root: Path, delay: float) -> Any:
+    """The remote source: aiohttp serving *root* (ranges), holding every answer back *delay* seconds."""
+    from aiohttp import web
+
+    from benchmarks.servers import Counter, _http_app
+
+    application = _http_app(root, Counter())
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> Any:
+        await asyncio.sleep(delay)
+        return await handler(request)
+
+    application.middlewares.append(slow)
+    return application
+
+
+def _serve_source(root: Path, port: int, delay: float) -> None:
+    from aiohttp import web
+
+    web.run_app(source_app(root, delay), host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 def _serve_main(kind: str, root: Path, port: int, cache_bytes: int) -> None:
     import uvicorn
 
+    if kind == "source":
+        _serve_source(root, port, REMOTE_DELAY)
+        return
     application = peer_app(root) if kind == "peer" else refstore_app(root, cache_bytes)
     uvicorn.run(application, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -227,7 +260,7 @@ def _checker(expected: dict[str, str], pixels: dict[str, str], kind: str) -> Any
             if kind == "peer":
                 return body[:4] == b"\x89PNG"  # passed through: the client would need refstore's codec
             return hashlib.sha1(gzip.decompress(body)).hexdigest() == pixels[key.removeprefix("png/")]
-        return hashlib.sha1(body).hexdigest() == expected[key.removeprefix("contig/")]
+        return hashlib.sha1(body).hexdigest() == expected[key.split("/", 1)[1]]
 
     return check
 
@@ -285,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--clients", default="1,16,64")
     p.add_argument("--servers", default="refstore,refstore_cached,peer,nginx")
-    p.add_argument("--workloads", default="contiguous,scattered,png")
+    p.add_argument("--workloads", default="contiguous,scattered,png,remote")
     p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                    help="instead: 64 clients (--clients) on refstore for SECONDS, all workloads mixed; failures and memory")
     p.add_argument("--serve", help=argparse.SUPPRESS)
@@ -303,7 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     contig = [f"contig/a/{i}" for i in range(n_chunks)]
     scattered = random.Random(1).sample(contig, len(contig))
     png = [f"png/{k}" for k in data["png_pixels"]]
-    workloads = {"contiguous": contig, "scattered": scattered, "png": png}
+    remote = [f"remote/a/{i}" for i in range(n_chunks)]
+    workloads = {"contiguous": contig, "scattered": scattered, "png": png,
+                 "remote": random.Random(3).sample(remote, len(remote))}
     workloads = {k: v for k, v in workloads.items() if k in a.workloads.split(",")}
     if a.soak:
         mixed = random.Random(2).sample(contig + png, len(contig) + len(png))
@@ -314,14 +349,22 @@ def main(argv: list[str] | None = None) -> None:
     servers: dict[str, Server] = {}
     rows = []
     try:
+        if "remote" in workloads:  # the same chunks behind a slow source (a distant object store)
+            servers["source"] = source = Server("source", root)
+            refs = json.loads((root / "contig.json").read_text())
+            refs["refs"] = {k: [f"{source.url}/chunks.bin", *v[1:]] if isinstance(v, list) else v
+                            for k, v in refs["refs"].items()}
+            (root / "remote.json").write_text(json.dumps(refs))
         if "nginx" in kinds:
             ref = Server("refstore", root)
             materialize(root, ref.url, contig + png)
             ref.stop()
+            shutil.copytree(root / "materialized" / "contig", root / "materialized" / "remote")
         for kind in kinds:
             servers[kind] = Server(kind, root, 256 * 2**20 if kind == "refstore_cached" else 0)
         if "refstore_cached" in servers:  # every chunk in its cache before timing
-            asyncio.run(run_clients(servers["refstore_cached"].url, contig + png, 16, lambda k, b: True))
+            warm = contig + png + (workloads.get("remote") or [])
+            asyncio.run(run_clients(servers["refstore_cached"].url, warm, 16, lambda k, b: True))
         for workload, keys in workloads.items():
             for clients in (int(c) for c in a.clients.split(",")):
                 runs: dict[str, list[dict[str, float]]] = {}
