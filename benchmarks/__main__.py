@@ -25,6 +25,11 @@ Scenarios:
   of 20 (4) netCDF4 files through zarr + ReferenceStore: aligned against one flat
   manifest (refstore and fsspec), misaligned (365/366-day years, assembled) against
   h5py + numpy.concatenate (``benchmarks/virtual.py``).
+
+``open_json``, ``contiguous_*`` and ``scattered_*`` also run the peers
+(VirtualiZarr's ManifestStore, Icechunk virtual chunks; ``benchmarks/peers.py``)
+when installed; ``python -m benchmarks.transport`` compares obstore with
+refstore's aiohttp and s3fs clients.
 """
 
 from __future__ import annotations
