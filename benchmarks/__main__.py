@@ -1,5 +1,10 @@
 """Command line: ``python -m benchmarks [--quick] [--only NAME] [--repeat N] [--out PATH]``.
 
+The peers: ``open_json``, ``contiguous_*`` and ``scattered_*`` also run
+VirtualiZarr's ManifestStore and Icechunk virtual chunks (``benchmarks/peers.py``)
+when installed; ``python -m benchmarks.transport`` compares obstore with
+refstore's aiohttp and s3fs clients.
+
 Scenarios:
 
 * ``open_json`` - open a kerchunk JSON with 1M references (100k with
