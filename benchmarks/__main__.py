@@ -9,6 +9,9 @@ Scenarios:
 
 * ``open_json`` - open a kerchunk JSON with 1M references (100k with
   ``--quick``): time, peak memory, pickle size and unpickle time;
+* ``open_shapes`` - the same references in the shapes real tools write
+  (``json.dump`` defaults, ``indent=2``, ujson, version 0, gzip, zstd, keys in
+  random order, one URL per chunk), opened by fsspec and refstore;
 * ``contiguous_local`` / ``contiguous_http`` / ``contiguous_s3`` - read an
   uncompressed zarr v3 array of 4096 contiguous 8 KiB chunks (512 with
   ``--quick``) from a local file, a loopback aiohttp server and moto S3;
@@ -44,7 +47,7 @@ from pathlib import Path
 
 from ._common import Config, Row, import_refstore, refstore_error
 
-SCENARIOS = ("open_json", "contiguous_local", "contiguous_http", "contiguous_s3",
+SCENARIOS = ("open_json", "open_shapes", "contiguous_local", "contiguous_http", "contiguous_s3",
              "scattered_local", "scattered_http", "scattered_s3",
              "parquet",
              "images_png", "images_jpeg", "decode_zstd", "decode_gzip",
@@ -115,6 +118,10 @@ def _runner(name: str) -> Callable[[Config], list[Row]]:
         from . import open_json
 
         return open_json.run
+    if name == "open_shapes":
+        from . import open_shapes
+
+        return open_shapes.run
     if name == "parquet":
         from . import parquet
 

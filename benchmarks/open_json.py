@@ -62,7 +62,9 @@ def _opener(impl: str, path: str) -> tuple[Any, Any]:
     if impl == FSSPEC:
         from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
 
-        return (lambda: FsspecRFS(fo=path, **REMOTE)), (lambda o, k: o.info(k)["size"])
+        # fsspec opens a compressed manifest only when told to infer the compression
+        compressed = {"target_options": {"compression": "infer"}} if path.endswith((".gz", ".zst")) else {}
+        return (lambda: FsspecRFS(fo=path, **REMOTE, **compressed)), (lambda o, k: o.info(k)["size"])
     if impl == MANIFEST:
         import refstore
 

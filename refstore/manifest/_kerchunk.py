@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -227,12 +227,27 @@ def fill_block(
     ManifestError
         Naming the key, for a malformed value.
     """
-    if (
-        set(map(type, vals)) == {list}
-        and set(map(len, vals)) == {3}
-        and _fill_fast(manifest, table, start, vals, expand)
-    ):
+    columns = _columns(manifest, vals, expand)
+    if columns is not None:
+        table.put(start, *columns)
         return len(vals)
+    return _fill_checked(manifest, table, range(start, start + len(vals)), keys, vals, expand)
+
+
+def fill_cells(
+    manifest: Manifest, table: ChunkTable, flats: list[int], keys: list[str], vals: list[Any], expand: Any
+) -> int:
+    """:func:`fill_block` for cells in any order: ``vals[j]`` is the value of cell ``flats[j]``."""
+    columns = _columns(manifest, vals, expand)
+    if columns is not None:
+        table.put_at(np.array(flats, dtype=np.int64), *columns)
+        return len(vals)
+    return _fill_checked(manifest, table, flats, keys, vals, expand)
+
+
+def _fill_checked(
+    manifest: Manifest, table: ChunkTable, flats: Sequence[int], keys: list[str], vals: list[Any], expand: Any
+) -> int:
     placed = 0
     for j, value in enumerate(vals):
         if value is None:
@@ -241,7 +256,7 @@ def fill_block(
         if isinstance(entry, bytes):
             manifest._inline[keys[j]] = entry
         else:
-            table.assign(start + j, manifest.url_id(entry[0]), entry[1], entry[2])
+            table.assign(flats[j], manifest.url_id(entry[0]), entry[1], entry[2])
         placed += 1
     return placed
 
@@ -270,25 +285,27 @@ def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | No
     return np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
 
 
-def _fill_fast(manifest: Manifest, table: ChunkTable, start: int, vals: list[list[Any]], expand: Any) -> bool:
-    """Fill a block of ``[url, offset, length]`` lists; False sends it to the checked path."""
+def _columns(manifest: Manifest, vals: list[Any], expand: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """URL ids, offsets and lengths of values that are all ``[url, offset, length]`` lists;
+    None sends them to the checked path (which raises, naming the key, for what is malformed)."""
+    if set(map(type, vals)) != {list} or set(map(len, vals)) != {3}:
+        return None
     n = len(vals)
     urls = list(map(_FIRST, vals))
     uid = url_ids(manifest, expand, urls)
     if uid is None:
-        return False
+        return None
     try:
         off = np.fromiter(map(_SECOND, vals), dtype=np.int64, count=n)
         ln = np.fromiter(map(_THIRD, vals), dtype=np.int64, count=n)
     except (TypeError, ValueError, OverflowError):
-        return False
+        return None
     if (off < 0).any() or (ln < 0).any():
-        return False
+        return None
     # fromiter also accepts floats and bools; let the checked path refuse them
     if not (set(map(type, map(_SECOND, vals))) | set(map(type, map(_THIRD, vals)))) <= {int}:
-        return False
-    table.put(start, uid, off, ln)
-    return True
+        return None
+    return uid, off, ln
 
 
 def encode_inline(data: bytes) -> str:

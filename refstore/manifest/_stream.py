@@ -32,6 +32,7 @@ from refstore.manifest._kerchunk import (
     _place,
     decode_value,
     fill_block,
+    fill_cells,
     url_ids,
 )
 from refstore.manifest._keys import check_key
@@ -333,6 +334,7 @@ class _Refs:
         if ids is None:
             return False
         manifest = self.manifest
+        scattered = _Scattered()  # short runs (keys out of grid order), put together per table
         i = 0
         while i < n:
             found = manifest._locate(keys[i])
@@ -342,8 +344,13 @@ class _Refs:
                 continue
             table, start = found
             run = _run_length(keys, i, table.layout, start)
-            table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
+            if run < _SHORT_RUN:
+                scattered.add(table, start, i, run)
+            else:
+                scattered.flush(table, lambda t, flats, at: t.put_at(np.array(flats), ids[at], off[at], ln[at]))
+                table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
             i += run
+        scattered.flush(None, lambda t, flats, at: t.put_at(np.array(flats), ids[at], off[at], ln[at]))
         return True
 
     def _ingest(self, entries: dict[str, Any]) -> None:
@@ -362,6 +369,10 @@ class _Refs:
             layout = manifest._layout_for(key, value)
             if layout is not None:
                 manifest._adopt(layout, self.limit)
+        def fill_scattered(table: Any, flats: list[int], at: list[int]) -> None:
+            fill_cells(manifest, table, flats, [keys[j] for j in at], [vals[j] for j in at], self.expand)
+
+        scattered = _Scattered()  # short runs (keys out of grid order), filled together per table
         i, n = 0, len(keys)
         while i < n:
             key = keys[i]
@@ -379,8 +390,13 @@ class _Refs:
             if None in block_vals:  # null is no kerchunk value: raise, naming the key
                 j = block_vals.index(None)
                 decode_value(keys[i + j], None, self.expand)
-            fill_block(manifest, table, flat, keys[i : i + run], block_vals, self.expand)
+            if run < _SHORT_RUN:
+                scattered.add(table, flat, i, run)
+            else:
+                scattered.flush(table, fill_scattered)
+                fill_block(manifest, table, flat, keys[i : i + run], block_vals, self.expand)
             i += run
+        scattered.flush(None, fill_scattered)
 
     def finish(self, templates: Any, gens: Any) -> None:
         """Expand deferred templates and ``gen`` once the whole document is read."""
@@ -414,10 +430,42 @@ def _without_blanks(text: bytes) -> bytes | None:
     return text.translate(None, _WS)
 
 
+#: Runs of keys in grid order shorter than this are gathered and put per table at once.
+_SHORT_RUN = 16
+
+
+class _Scattered:
+    """Short runs of chunk keys waiting to be put, per table, with the cells and key positions.
+
+    Keys written out of grid order (shuffled, or sorted as text: ``10`` before ``2``)
+    arrive a few at a time; putting each run on its own costs a table write per key.
+    A table's waiting cells are put before a longer run writes to that table, so a
+    key given twice keeps its last value.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+    def add(self, table: Any, flat: int, i: int, run: int) -> None:
+        """Cells ``flat ...`` hold the values of keys ``i ...`` (*run* of them)."""
+        _, flats, at = self.tables.setdefault(id(table), (table, [], []))
+        flats.extend(range(flat, flat + run))
+        at.extend(range(i, i + run))
+
+    def flush(self, table: Any, put: Any) -> None:
+        """``put(table, flats, positions)`` what waits for *table* (every table if None)."""
+        for key in [id(table)] if table is not None else list(self.tables):
+            waiting = self.tables.pop(key, None)
+            if waiting is not None:
+                put(*waiting)
+
+
 def _run_length(keys: list[str], i: int, layout: Any, flat: int) -> int:
     """How many of ``keys[i:]`` are the chunk keys of *layout* from *flat* on, in order."""
     n = min(len(keys) - i, layout.size - flat)
-    run, step = 1, 256
+    if n < 2 or keys[i + 1] != layout.head + layout.suffix(flat + 1):
+        return 1  # keys out of grid order: one generated key each, not a block of them
+    run, step = 2, 8
     while run < n:
         m = min(run + step, n)
         expected = list(layout.iter_keys(flat + run, flat + m))

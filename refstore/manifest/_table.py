@@ -261,6 +261,20 @@ class ChunkTable:
         self.offset[sl] = offset
         self.length[sl] = length
 
+    def put_at(self, flats: np.ndarray, url_id: np.ndarray, offset: np.ndarray, length: np.ndarray) -> None:
+        """Set the cells *flats* (in any order); a cell given twice keeps its last value, as
+        assigning them one by one would."""
+        if not len(flats):
+            return
+        self._own()
+        _, first_from_end = np.unique(flats[::-1], return_index=True)
+        last = len(flats) - 1 - first_from_end
+        cells = flats[last]
+        self.count += int((self.url_id[cells] == ABSENT).sum())
+        self.url_id[cells] = url_id[last]
+        self.offset[cells] = offset[last]
+        self.length[cells] = length[last]
+
     def remove(self, flat: int) -> bool:
         if self.url_id[flat] == ABSENT:
             return False
