@@ -16,6 +16,8 @@ import gzip
 import json
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,8 +95,9 @@ def _expanded(refs: dict[str, Any]) -> dict[str, Any]:
     return {"version": 1, "refs": json.loads(text)}
 
 
-def shape_files(cache_dir: Path, n_refs: int) -> dict[str, Path]:
+def shape_files(cache_dir: Path | str, n_refs: int) -> dict[str, Path]:
     """Each shape's file (written once into *cache_dir*)."""
+    cache_dir = Path(cache_dir)
     source = big_json(cache_dir, n_refs)
     folder = cache_dir / f"shapes_{n_refs}"
     folder.mkdir(exist_ok=True)
@@ -111,10 +114,19 @@ def shape_files(cache_dir: Path, n_refs: int) -> dict[str, Path]:
     return paths
 
 
+def _shape_files_elsewhere(cache_dir: Path, n_refs: int) -> dict[str, Path]:
+    """:func:`shape_files`, written by a child process: a parent that held the references
+    would pass its peak resident size on to every worker it starts (Linux keeps ``ru_maxrss``
+    across fork and exec), and every worker's peak would read as the parent's."""
+    code = f"from benchmarks.open_shapes import shape_files; shape_files({str(cache_dir)!r}, {n_refs})"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    return shape_files(cache_dir, n_refs)
+
+
 def run(cfg: Config) -> list[Row]:
     """Open every shape with fsspec and refstore (fresh processes, medians); return the rows."""
     n = cfg.n_refs
-    paths = shape_files(cfg.cache_dir, n)
+    paths = _shape_files_elsewhere(cfg.cache_dir, n)
     reps = max(1, min(cfg.repeat, 3))
     has_refstore = import_refstore() is not None
     rows: list[Row] = []

@@ -272,7 +272,8 @@ def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | No
     if known is None:
         known = {}
     try:
-        new = dict.fromkeys(urls).keys() - known.keys()
+        # not ``keys() - known.keys()``: that walks all of *known* (every URL so far) per block
+        new = [url for url in dict.fromkeys(urls) if url not in known]
     except TypeError:  # an unhashable URL
         return None
     for url in new:

@@ -88,8 +88,11 @@ class KeyLayout:
         """The key text after :attr:`head` for a ravelled chunk index."""
         if not self.grid:
             return "c" if self.v3 else "0"
-        idx = np.unravel_index(flat, self.grid)
-        text = self.sep.join(str(int(i)) for i in idx)
+        idx = []
+        for n in reversed(self.grid):  # np.unravel_index, without its per-call cost
+            flat, i = divmod(flat, n)
+            idx.append(str(i))
+        text = self.sep.join(reversed(idx))
         return "c." + text if (self.v3 and self.sep == ".") else text
 
     def iter_keys(self, start: int = 0, stop: int | None = None) -> Iterator[str]:
