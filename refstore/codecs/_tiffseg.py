@@ -126,9 +126,11 @@ def _decompressed(data: Any, seg: TiffSegment, dtype: np.dtype) -> np.ndarray:
     depth, length, width, samples = seg.segment
     compression = seg.compression
     if compression in JPEG_COMPRESSIONS:
+        # imagecodecs takes bitspersample (12-bit JPEG) but its newer stubs do not declare it
+        precision: dict[str, Any] = {"bitspersample": seg.bitspersample}
         image = imagecodecs.jpeg_decode(
             data,
-            bitspersample=seg.bitspersample,
+            **precision,
             tables=seg._tables,
             header=None if seg.jpeg_header is None else base64.b64decode(seg.jpeg_header),
             colorspace=seg.jpeg_colorspace,
