@@ -135,10 +135,19 @@ def kerchunk_refs(h5path: PathLike, url: str, inline_threshold: int = 64) -> dic
     upload later.  With the default threshold the 8-byte ``scalar`` chunk is
     inlined; everything else is a ``[url, offset, length]`` reference.
     """
+    import gc
+
     from kerchunk.hdf import SingleHdf5ToZarr
 
+    gc.collect()  # free cyclic h5py garbage now: freed on zarr's thread during translate, it deadlocks
     with open(h5path, "rb") as f:
-        return SingleHdf5ToZarr(f, url=url, inline_threshold=inline_threshold).translate()
+        scanner = SingleHdf5ToZarr(f, url=url, inline_threshold=inline_threshold)
+        try:
+            return scanner.translate()
+        finally:
+            # closed here: an h5py file left to the garbage collector may be freed on zarr's thread
+            # while a later scan holds h5py's lock waiting for that thread (a deadlock)
+            scanner.close()
 
 
 # --------------------------------------------------------------------------- TIFF

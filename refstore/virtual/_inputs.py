@@ -3,6 +3,7 @@ with kerchunk (or VirtualiZarr)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -245,8 +246,14 @@ def _scan_with_kerchunk(path: str, kind: str, storage_options: Mapping[str, Any]
         else:
             from kerchunk.hdf import SingleHdf5ToZarr
 
+            gc.collect()  # cyclic h5py garbage freed on zarr's thread during translate would deadlock
             scanner = SingleHdf5ToZarr(url, url, storage_options=dict(storage_options or {}), error="raise")
-            refs = scanner.translate()
+            try:
+                refs = scanner.translate()
+            finally:
+                # close the HDF5 file here: left to the garbage collector, it may be freed on zarr's
+                # thread while the next scan holds h5py's lock waiting for that thread (a deadlock)
+                scanner.close()
     except (OSError, ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as exc:
         raise CombineError(f"combine: kerchunk could not scan {path!r}: {type(exc).__name__}: {exc}") from exc
     return refs
@@ -276,4 +283,8 @@ def _scan_with_virtualizarr(path: str, kind: str, storage_options: Mapping[str, 
             refs: dict[str, Any] = vds.vz.to_kerchunk(format="dict")
     except (OSError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
         raise CombineError(f"combine: VirtualiZarr could not scan {path!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        # the parser leaves h5py objects in reference cycles: collected later on zarr's thread while
+        # another scan holds h5py's lock waiting for that thread, they deadlock; collect them here
+        gc.collect()
     return refs

@@ -98,7 +98,11 @@ def scan(nc: Path) -> str:
     """kerchunk's references for ``nc``, saved next to it as JSON; returns the JSON path."""
     from kerchunk.hdf import SingleHdf5ToZarr
 
-    refs = SingleHdf5ToZarr(str(nc), str(nc)).translate()
+    scanner = SingleHdf5ToZarr(str(nc), str(nc))
+    try:
+        refs = scanner.translate()
+    finally:
+        scanner.close()  # not left to the garbage collector, which may free it on zarr's thread (deadlock)
     out = nc.with_suffix(".json")
     out.write_text(json.dumps(refs))
     return str(out)
