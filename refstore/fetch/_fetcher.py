@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec.asyn
 
+from refstore._source_identity import SourceIdentity
 from refstore.fetch._deadlines import (
     Deadlines,
     SlowAnswer,
@@ -37,7 +38,6 @@ from refstore.fetch._policy import split_url
 from refstore.fetch._readahead import Block, ReadAhead
 from refstore.fetch._registry import TargetContext, make_target
 from refstore.fetch._targets import LocalTarget
-from refstore.manifest._sources import SourceIdentity
 
 #: Default largest hole read through to join two ranges of one URL (bytes). Measured in
 #: ``benchmarks/scattered.py``: wider gaps never made zarr reads faster and raise the extra

@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from refstore._source_identity import SourceIdentity
 from refstore.errors import BadResponse, RefstoreWarning
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
 from refstore.fetch._identity import (
@@ -44,7 +45,6 @@ from refstore.fetch._identity import (
 from refstore.fetch._registry import TargetContext, register_target
 from refstore.fetch._targets import TRANSIENT_STATUS
 from refstore.fetch._urls import canonical_http, join
-from refstore.manifest._sources import SourceIdentity
 
 __all__ = ["TRANSIENT_STATUS", "WHOLE_CACHE_BYTES", "HTTPTarget"]
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})

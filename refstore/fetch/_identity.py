@@ -26,14 +26,14 @@ from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
-from refstore.fetch._policy import split_url
-from refstore.manifest._sources import (
+from refstore._source_identity import (
     SourceIdentity,
     etags_match,
     mtime_from_ns,
     parse_mtime,
     same_mtime,
 )
+from refstore.fetch._policy import split_url
 
 __all__ = [
     "DEFAULT_VERIFY",

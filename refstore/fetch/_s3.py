@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from refstore._source_identity import SourceIdentity, identity_from_info
 from refstore.fetch._identity import SourceMismatch, compare, precondition_failed
-from refstore.manifest._sources import SourceIdentity, identity_from_info
 
 __all__ = ["s3_conditional_get"]
 

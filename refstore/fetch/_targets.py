@@ -23,6 +23,7 @@ import aiohttp
 import fsspec
 from fsspec.asyn import AsyncFileSystem
 
+from refstore._source_identity import SourceIdentity, identity_from_info
 from refstore.fetch._deadlines import Deadlines, FetchTimeout, TransientError, retry_after
 from refstore.fetch._identity import (
     SourceMismatch,
@@ -34,7 +35,6 @@ from refstore.fetch._identity import (
 )
 from refstore.fetch._registry import TargetContext, register_target
 from refstore.fetch._s3 import s3_conditional_get
-from refstore.manifest._sources import SourceIdentity, identity_from_info
 
 __all__ = ["TRANSIENT_STATUS", "FsspecTarget", "LocalTarget", "TransientError", "as_transient"]
 
