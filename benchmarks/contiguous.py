@@ -319,21 +319,8 @@ def _peer_jobs(
     Timed as refstore: building the store (a ManifestStore; opening the Icechunk
     repository and a read-only session, written beforehand), opening the array, reading it.
     """
-    reasons: dict[str, str] = {}
-    specs = peers.arrays_from_refs(refs)
-    for peer in peers.PEERS:
-        why = peers.missing(peer)
-        if why is not None:
-            reasons[peer] = why
-            continue
-        try:
-            if peer == peers.VZ:
-                make = peers.virtualizarr_maker(specs, b)
-            else:
-                make = peers.icechunk_maker(specs, b, cfg.cache_dir / f"icechunk_{name}_{cfg.n_chunks}")
-        except Exception as exc:
-            reasons[peer] = f"cannot be set up: {type(exc).__name__}: {exc}"
-            continue
+    makers, reasons = peers.peer_makers(refs, b, cfg.cache_dir / f"icechunk_{name}_{cfg.n_chunks}")
+    for peer, make in makers.items():
         opened = _Opened(make, after, None, peers.ROOT_ARRAY)
         jobs.append(Job(peer, opened.read, check, cfg.repeat, before, opened.after))
     return reasons

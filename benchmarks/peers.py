@@ -244,6 +244,27 @@ def icechunk_maker(specs: list[ArraySpec], backend: Any, folder: Path) -> Callab
     return make
 
 
+def peer_makers(refs: dict[str, Any], backend: Any, icechunk_folder: Path) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """A store maker per peer that can run on *refs* over *backend*, and why the others cannot.
+
+    The Icechunk repository is written (once) under *icechunk_folder*.
+    """
+    makers: dict[str, Callable[[], Any]] = {}
+    reasons: dict[str, str] = {}
+    specs = arrays_from_refs(refs)
+    for peer in PEERS:
+        why = missing(peer)
+        if why is not None:
+            reasons[peer] = why
+            continue
+        try:
+            makers[peer] = (virtualizarr_maker(specs, backend) if peer == VZ
+                            else icechunk_maker(specs, backend, icechunk_folder))
+        except Exception as exc:
+            reasons[peer] = f"cannot be set up: {type(exc).__name__}: {exc}"
+    return makers, reasons
+
+
 # ------------------------------------------------------------------------ rows
 def peer_rows(
     scenario: str,

@@ -766,21 +766,8 @@ def _peer_jobs(
     As for refstore, building the store (or opening the Icechunk repository,
     written beforehand) and opening the array are untimed; the selection is timed.
     """
-    reasons: dict[str, str] = {}
-    specs = peers.arrays_from_refs(refs)
-    for peer in peers.PEERS:
-        why = peers.missing(peer)
-        if why is not None:
-            reasons[peer] = why
-            continue
-        try:
-            if peer == peers.VZ:
-                make = peers.virtualizarr_maker(specs, b)
-            else:
-                make = peers.icechunk_maker(specs, b, cfg.cache_dir / f"icechunk_{name}_{sizes(cfg.quick)[0]}")
-        except Exception as exc:
-            reasons[peer] = f"cannot be set up: {type(exc).__name__}: {exc}"
-            continue
+    makers, reasons = peers.peer_makers(refs, b, cfg.cache_dir / f"icechunk_{name}_{sizes(cfg.quick)[0]}")
+    for peer, make in makers.items():
         reading = Reading(make, get, ARRAY, b.server)
         jobs.append(Job(peer, reading.read, check, cfg.repeat, reading.before, reading.after))
     return reasons
