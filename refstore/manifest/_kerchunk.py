@@ -255,6 +255,7 @@ def _fill_checked(
         entry = decode_value(keys[j], value, expand)
         if isinstance(entry, bytes):
             manifest._inline[keys[j]] = entry
+            table.remove(flats[j])  # a reference given earlier for the key
         else:
             table.assign(flats[j], manifest.url_id(entry[0]), entry[1], entry[2])
         placed += 1

@@ -27,6 +27,7 @@ import ujson
 
 from refstore.errors import ManifestError
 from refstore.manifest._kerchunk import (
+    _columns,
     _is_meta,
     _make_expander,
     _place,
@@ -35,8 +36,10 @@ from refstore.manifest._kerchunk import (
     fill_cells,
     url_ids,
 )
+from refstore.manifest._keyparse import parse_keys
 from refstore.manifest._keys import check_key
 from refstore.manifest._model import CELL_FLOOR, check_metadata
+from refstore.manifest._orphans import Orphans
 from refstore.manifest._sources import SOURCES_KEY, parse_sources
 from refstore.manifest._templates import expand_gen, render, resolve_templates
 
@@ -160,7 +163,9 @@ def load_json_stream(
         key = text.value()
         if key not in _V1_KEYS:
             text.reset(save)  # version 0: the top-level object is the refs
-            _Refs(manifest, {}, size_hint, template_overrides, deferred=False).read(text)
+            refs = _Refs(manifest, {}, size_hint, template_overrides, deferred=False)
+            refs.read(text)
+            refs.orphans.flush()
             return True
         found: dict[str, Any] = {}
         refs_reader = None
@@ -221,6 +226,8 @@ class _Refs:
         # the dense cells of all arrays together: about four per possible reference
         estimate = (size_hint // 16) if size_hint else (1 << 22)
         self.limit = 4 * estimate + CELL_FLOOR
+        self.orphans = Orphans(manifest)  # references read before their array's metadata
+        self.seq = 0  # blocks ingested so far
 
     def read(self, text: _Text) -> None:
         """Consume entries up to and including the closing ``}`` of the object."""
@@ -333,27 +340,69 @@ class _Refs:
         ids = url_ids(self.manifest, self.expand, urls)
         if ids is None:
             return False
+        self._put_columns(keys, ids, off, ln)
+        return True
+
+    def _put_columns(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
+        """Put the references ``keys[j] -> (ids[j], off[j], ln[j])`` of one block."""
+        self.seq += 1
         manifest = self.manifest
-        scattered = _Scattered()  # short runs (keys out of grid order), put together per table
-        i = 0
-        while i < n:
+        i, n = 0, len(keys)
+        while i < n:  # runs of keys in grid order go in whole
             found = manifest._locate(keys[i])
             if found is None:
-                _place(manifest, keys[i], (manifest._urls[int(ids[i])], int(off[i]), int(ln[i])))
-                i += 1
-                continue
+                break
             table, start = found
             run = _run_length(keys, i, table.layout, start)
             if run < _SHORT_RUN:
-                scattered.add(table, start, i, run)
-            else:
-                scattered.flush(table, lambda t, flats, at: t.put_at(np.array(flats), ids[at], off[at], ln[at]))
-                table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
+                break
+            table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
+            if self.orphans.inline_seq:
+                self.orphans.superseded(keys[i : i + run])
             i += run
+        if i < n:  # the rest, in any order, parsed together
+            self._put_any_order(keys[i:], ids[i:], off[i:], ln[i:])
+
+    def _put_any_order(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
+        """Put references whose keys come in any order: each table takes its chunk keys (found
+        in all of *keys* at once), and the rest wait for their array's metadata."""
+        tables = [t for t in self.manifest._tables.values() if not t.lazy]
+        if len(tables) > _FEW_TABLES:  # one parse per table would cost more than one per key
+            self._put_one_by_one(keys, ids, off, ln)
+            return
+        for table in tables:
+            flats = parse_keys(table.layout, keys)
+            taken = flats >= 0
+            if not taken.any():
+                continue
+            table.put_at(flats[taken], ids[taken], off[taken], ln[taken])
+            if self.orphans.inline_seq:
+                self.orphans.superseded([k for k, t in zip(keys, taken.tolist()) if t])
+            if taken.all():
+                return
+            left = ~taken
+            keys = [k for k, keep in zip(keys, left.tolist()) if keep]
+            ids, off, ln = ids[left], off[left], ln[left]
+        self.orphans.add(keys, ids, off, ln, self.seq)
+
+    def _put_one_by_one(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
+        manifest = self.manifest
+        scattered = _Scattered()
+        waiting: list[int] = []
+        for j, key in enumerate(keys):
+            found = manifest._locate(key)
+            if found is None:
+                waiting.append(j)
+            else:
+                scattered.add(found[0], found[1], j, 1)
         scattered.flush(None, lambda t, flats, at: t.put_at(np.array(flats), ids[at], off[at], ln[at]))
-        return True
+        if self.orphans.inline_seq:
+            skip = set(waiting)
+            self.orphans.superseded([k for j, k in enumerate(keys) if j not in skip])
+        self.orphans.add([keys[j] for j in waiting], ids[waiting], off[waiting], ln[waiting], self.seq)
 
     def _ingest(self, entries: dict[str, Any]) -> None:
+        self.seq += 1
         manifest = self.manifest
         keys = list(entries)
         vals = list(entries.values())
@@ -369,10 +418,22 @@ class _Refs:
             layout = manifest._layout_for(key, value)
             if layout is not None:
                 manifest._adopt(layout, self.limit)
+                table = manifest._tables.get(layout.prefix)
+                if table is not None and table.layout == layout and self.orphans:
+                    self.orphans.adopt(table)
+        # the other entries, if all are [url, offset, length]: as columns
+        rest = [k for k in keys if k not in metas] if metas else keys
+        if rest:
+            columns = _columns(manifest, [entries[k] for k in rest], self.expand)
+            if columns is not None:
+                self._put_columns(rest, *columns)
+                return
+
         def fill_scattered(table: Any, flats: list[int], at: list[int]) -> None:
             fill_cells(manifest, table, flats, [keys[j] for j in at], [vals[j] for j in at], self.expand)
 
         scattered = _Scattered()  # short runs (keys out of grid order), filled together per table
+        waiting: tuple[list[str], list[int], list[int], list[int]] = ([], [], [], [])
         i, n = 0, len(keys)
         while i < n:
             key = keys[i]
@@ -380,8 +441,14 @@ class _Refs:
                 i += 1
                 continue
             found = manifest._locate(key)
-            if found is None:
-                _place(manifest, key, decode_value(key, vals[i], self.expand))
+            if found is None:  # no table for it (yet): a reference waits, inline bytes go in now
+                check_key(key)
+                value = decode_value(key, vals[i], self.expand)
+                if isinstance(value, bytes):
+                    _place(manifest, key, value)
+                else:
+                    for column, item in zip(waiting, (key, manifest.url_id(value[0]), value[1], value[2])):
+                        column.append(item)  # type: ignore[attr-defined]
                 i += 1
                 continue
             table, flat = found
@@ -397,6 +464,25 @@ class _Refs:
                 fill_block(manifest, table, flat, keys[i : i + run], block_vals, self.expand)
             i += run
         scattered.flush(None, fill_scattered)
+        self._note_inline(keys, vals, metas.union(waiting[0]))
+        if waiting[0]:
+            uids, offsets, lengths = (np.array(c, dtype=np.int64) for c in waiting[1:])
+            self.orphans.add(waiting[0], uids, offsets, lengths, self.seq)
+
+    def _note_inline(self, keys: list[str], vals: list[Any], skip: set[str]) -> None:
+        """After a block went in by the checked path: which keys got inline values, and which
+        references put in tables replaced inline values given in earlier blocks (*skip*:
+        metadata keys, and references still waiting for their table)."""
+        located: list[str] = []
+        for key, value in zip(keys, vals):
+            if key in skip:
+                continue
+            if isinstance(value, str):
+                self.orphans.inline_placed(key, self.seq)
+            elif self.orphans.inline_seq.get(key, self.seq) < self.seq:
+                located.append(key)
+        if located:
+            self.orphans.superseded(located)
 
     def finish(self, templates: Any, gens: Any) -> None:
         """Expand deferred templates and ``gen`` once the whole document is read."""
@@ -404,6 +490,7 @@ class _Refs:
             raise ManifestError("version 1 references need 'templates' to be an object")
         if not isinstance(gens, list):
             raise ManifestError("'gen' must be a list of generator entries")
+        self.orphans.flush()
         resolved = resolve_templates(templates, self.overrides)
         manifest = self.manifest
         if self.deferred:
@@ -432,6 +519,8 @@ def _without_blanks(text: bytes) -> bytes | None:
 
 #: Runs of keys in grid order shorter than this are gathered and put per table at once.
 _SHORT_RUN = 16
+#: Past this many tables, keys out of grid order are located one by one instead of per table.
+_FEW_TABLES = 8
 
 
 class _Scattered:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -223,3 +224,99 @@ def test_cells_put_out_of_order_keep_the_last_value_of_a_cell_given_twice():
     table.put_at(flats, np.arange(6, dtype=np.int32), np.arange(6) * 10, np.ones(6, dtype=np.int64))
     assert [table.lookup(c) for c in (0, 2, 7, 9)] == [(4, 40, 1), (5, 50, 1), (3, 30, 1), (2, 20, 1)]
     assert table.count == 4 and table.lookup(1) is None
+
+
+def _zarr3(shape, chunks):
+    return json.dumps({"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "float32",
+                       "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+                       "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+                       "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}], "fill_value": 0})
+
+
+def _metadata_last(rows: int, cols: int) -> list[tuple[str, object]]:
+    """Three arrays (zarr 2 with "." and "/" separators, zarr 3) whose chunk keys, shuffled, all
+    come before any metadata, with inline chunks and keys of no array among them."""
+    chunks: list[tuple[str, object]] = []
+    for i in range(rows):
+        for j in range(cols):
+            if (i, j) != (2, 2):
+                chunks.append((f"v2/{i}.{j}", [f"s3://b/f{(i + j) % 11}.bin", i * cols + j, 7]))
+            chunks.append((f"g/slash/{i}/{j}", [f"s3://b/s{j % 3}.bin", 2 * (i * cols + j), 2]))
+            chunks.append((f"v3/c/{i}/{j}", ["s3://b/v3.bin", 5 * (i * cols + j), 5]))
+    chunks += [("v2/2.2", "base64:AAECAw=="), ("no/array/here", ["s3://b/x", 1, 2]), ("v3/c/9/9/9", ["s3://b/y", 0, 1])]
+    random.Random(11).shuffle(chunks)
+    meta = [(".zgroup", '{"zarr_format": 2}'), ("g/.zgroup", '{"zarr_format": 2}'),
+            ("v2/.zarray", _zarray([rows * 2, cols * 3], [2, 3])),
+            ("g/slash/.zarray", _zarray([rows, cols], [1, 1], sep="/")),
+            ("v3/zarr.json", _zarr3([rows, cols], [1, 1]))]
+    return chunks + meta
+
+
+def _same_as_whole_and_fsspec(text: bytes, tmp_path, blocks=(256, 4096, 1 << 21)) -> None:
+    import ujson
+    from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
+
+    whole = Manifest.from_dict(ujson.loads(text))
+    path = tmp_path / "m.json"
+    path.write_bytes(text)
+    theirs = FsspecRFS(fo=str(path), remote_protocol="s3", remote_options={"anon": True},
+                       skip_instance_cache=True).references
+    for block in blocks:
+        got = _stream(text, block)
+        _same(got, whole)
+        assert len(got) == len(theirs)
+        for key, value in theirs.items():
+            mine = got.get(key)
+            if isinstance(value, list):
+                assert [mine.url, mine.offset, mine.length][: len(value)] == value, (block, key)
+            else:
+                assert isinstance(value, str)
+                raw = base64.b64decode(value[7:]) if value.startswith("base64:") else value.encode()
+                assert mine == raw, (block, key)
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_chunk_keys_before_all_metadata_read_as_fsspec_reads_them(style, tmp_path):
+    """Every chunk key waits for its array's metadata (which comes last) and lands in its table."""
+    items = _metadata_last(9, 8)
+    text = json.dumps({"version": 1, "refs": dict(items)}, **STYLES[style]).encode()
+    _same_as_whole_and_fsspec(text, tmp_path)
+    got = _stream(text, 512)
+    assert {t.layout.prefix for t in got._tables.values()} == {"v2", "g/slash", "v3"}
+    assert sum(t.count for t in got._tables.values()) == 3 * 9 * 8 - 1  # v2/2.2 is inline
+    assert "no/array/here" in got._loose and "v3/c/9/9/9" in got._loose
+
+
+def test_metadata_in_the_middle_and_version_0(tmp_path):
+    items = _metadata_last(6, 5)
+    chunks, meta = items[:-5], items[-5:]
+    half = len(chunks) // 2
+    mixed = chunks[:half] + meta + chunks[half:]
+    _same_as_whole_and_fsspec(json.dumps({"version": 1, "refs": dict(mixed)}).encode(), tmp_path)
+    _same_as_whole_and_fsspec(json.dumps(dict(items)).encode(), tmp_path)  # version 0
+
+
+def _with_duplicates(pairs: list[tuple[str, object]]) -> bytes:
+    body = ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs)
+    return ('{"version":1,"refs":{' + body + "}}").encode()
+
+
+def test_a_key_given_twice_before_and_after_its_metadata_keeps_its_last_value(tmp_path):
+    """Reference then inline, inline then reference, reference then reference: both before the
+    array's metadata, or one before and one after, in different blocks: the later one wins."""
+    filler = [(f"a/{i}", ["s3://b/fill", i, 1]) for i in range(40, 400)]
+    random.Random(2).shuffle(filler)
+    early = [("a/1", ["s3://b/first", 1, 1]), ("a/2", "inline early"), ("a/3", ["s3://b/first", 3, 1]),
+             ("a/4", ["s3://b/first", 4, 1]), ("a/5", "inline early")]
+    middle = [("a/1", "inline later"), ("a/2", ["s3://b/later", 2, 2]), ("a/3", ["s3://b/later", 3, 2])]
+    late = [("a/4", "inline after metadata"), ("a/5", ["s3://b/after", 5, 3])]
+    pairs = [*early, *filler[:180], *middle, *filler[180:], (".zgroup", '{"zarr_format": 2}'),
+             ("a/.zarray", _zarray([400], [1])), *late]
+    text = _with_duplicates(pairs)
+    _same_as_whole_and_fsspec(text, tmp_path, blocks=(64, 300, 1 << 21))
+    got = _stream(text, 64)
+    assert got.get("a/1") == b"inline later"
+    assert got.get("a/2") == Reference("s3://b/later", 2, 2)
+    assert got.get("a/3") == Reference("s3://b/later", 3, 2)
+    assert got.get("a/4") == b"inline after metadata"
+    assert got.get("a/5") == Reference("s3://b/after", 5, 3)
