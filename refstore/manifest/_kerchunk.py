@@ -89,6 +89,10 @@ def decode_value(key: str, value: Any, expand: Any) -> bytes | tuple[str | None,
     )
 
 
+#: Raw URLs whose expansion (and id) is remembered while reading a manifest.
+_CACHED_URLS = 1 << 16
+
+
 class _Expander:
     """Expands v1 templates in reference URLs (``expand(url, key)``).
 
@@ -106,8 +110,17 @@ class _Expander:
             return url
         out = self.cache.get(url)
         if out is None:
-            out = self.cache[url] = render(url, self.templates, f"key {key!r}", expressions=False)
+            out = render(url, self.templates, f"key {key!r}", expressions=False)
+            if len(self.cache) < _CACHED_URLS:  # (a URL per chunk would fill it with every URL)
+                self.cache[url] = out
         return out
+
+
+    def many(self, urls: list[str | None]) -> list[str | None]:
+        """``expand`` of each URL (None stays None)."""
+        if self.templates is None or "{{" not in "\n".join(filter(None, urls)):
+            return urls
+        return [None if url is None else self(url, "?") for url in urls]
 
 
 def _make_expander(templates: Mapping[str, str] | None) -> _Expander:
@@ -269,6 +282,13 @@ def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | No
     Returns None if a URL is not text or null, or fails to expand; the checked
     path then raises, naming the key.
     """
+    if manifest._urls.packed and isinstance(expand, _Expander):  # many URLs (see ._urls)
+        if not set(map(type, urls)) <= {str, type(None)}:
+            return None
+        try:
+            return manifest._urls.extend(expand.many(urls))
+        except ManifestError:
+            return None
     known: dict[str | None, int] | None = getattr(expand, "ids", None)
     if known is None:
         known = {}
@@ -277,13 +297,15 @@ def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | No
         new = [url for url in dict.fromkeys(urls) if url not in known]
     except TypeError:  # an unhashable URL
         return None
-    for url in new:
-        if url is not None and not isinstance(url, str):
-            return None
-        try:
-            known[url] = manifest.url_id(None if url is None else expand(url, "?"))
-        except ManifestError:
-            return None
+    if not set(map(type, new)) <= {str, type(None)}:
+        return None
+    try:
+        expanded = expand.many(new) if isinstance(expand, _Expander) else [
+            None if url is None else expand(url, "?") for url in new
+        ]
+    except ManifestError:
+        return None
+    known.update(zip(new, manifest._urls.extend(expanded).tolist()))
     return np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
 
 

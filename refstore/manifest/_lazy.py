@@ -13,7 +13,7 @@ Partitions are read and cached by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
@@ -32,6 +32,7 @@ from refstore.manifest._parquet import Block, Partition, check_one_grid, parse_z
 from refstore.manifest._partitions import ParquetSource
 from refstore.manifest._sources import SourceIdentity
 from refstore.manifest._table import ABSENT, WHOLE, ChunkTable, KeyLayout
+from refstore.manifest._urls import UrlTable, as_table
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -274,14 +275,14 @@ class LazyParquetManifest(Manifest):
     # -- the URL table, sampled on first use --------------------------------------------
 
     @property  # type: ignore[override]
-    def _urls(self) -> list[str | None]:
+    def _urls(self) -> UrlTable:
         if not self._sampled:
             self._sample_urls()
         return self._url_table
 
     @_urls.setter
-    def _urls(self, value: list[str | None]) -> None:
-        self._url_table = value
+    def _urls(self, value: Sequence[str | None]) -> None:
+        self._url_table = as_table(value)
 
     def _sample_urls(self) -> None:
         self._sampled = True
@@ -329,8 +330,7 @@ class LazyParquetManifest(Manifest):
     def load(self) -> Manifest:
         """Read every partition and return an in-memory :class:`Manifest` with the same entries."""
         out = Manifest()
-        out._urls = list(self._url_table)  # (no sampling: every URL comes with its partition)
-        out._url_ids = {u: i for i, u in enumerate(out._urls)}
+        out._urls = self._url_table.copy()  # (no sampling: every URL comes with its partition)
         out._inline = dict(self._inline)
         out._loose = dict(self._loose)
         out.source, out.source_is_remote = self.source, self.source_is_remote
@@ -464,7 +464,7 @@ def open_parquet(fs: AbstractFileSystem, root: str, *, cache_size: int | None = 
 
 
 def _reopen(
-    source: ParquetSource, sample: list[str | None] | None, origin: str | None, remote: bool
+    source: ParquetSource, sample: Sequence[str | None] | None, origin: str | None, remote: bool
 ) -> LazyParquetManifest:
     """Unpickle an unedited lazy manifest: read ``.zmetadata`` again, no partitions."""
     documents, record_size, fn, sources = _read_documents(source)
@@ -474,8 +474,7 @@ def _reopen(
     if sample is None:
         manifest._sampled = False
     else:
-        manifest._urls = list(sample)
-        manifest._url_ids = {u: i for i, u in enumerate(sample)}
+        manifest._urls = sample
     manifest.source, manifest.source_is_remote = origin, remote
     return manifest
 

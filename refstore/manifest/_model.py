@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
@@ -26,6 +26,7 @@ from refstore.manifest._table import (
     keys_may_overlap,
     layout_from_metadata,
 )
+from refstore.manifest._urls import UrlTable, as_table
 
 if TYPE_CHECKING:
     from refstore.manifest._lazy import LazyChunkTable
@@ -119,8 +120,7 @@ class Manifest:
     """
 
     def __init__(self) -> None:
-        self._urls: list[str | None] = []
-        self._url_ids: dict[str | None, int] = {}
+        self._urls = UrlTable()
         self._inline: dict[str, bytes] = {}
         self._loose: dict[str, tuple[int, int, int]] = {}
         self._tables: dict[str, ChunkTable] = {}
@@ -201,18 +201,27 @@ class Manifest:
 
     # -- the URL table ------------------------------------------------------------------
 
+    @property
+    def _urls(self) -> UrlTable:
+        return self._url_table
+
+    @_urls.setter
+    def _urls(self, value: Sequence[str | None]) -> None:
+        self._url_table = as_table(value)
+
     def url_id(self, url: str | None) -> int:
         """Return the id of *url* in the URL table, adding it if new."""
-        uid = self._url_ids.get(url)
-        if uid is None:
-            uid = self._url_ids[url] = len(self._urls)
-            self._urls.append(url)
-        return uid
+        return self._urls.id_of(url)
 
     @property
     def urls(self) -> list[str | None]:
-        """The distinct target URLs, in first-seen order (None is "the default target")."""
+        """The target URLs, in first-seen order (None is "the default target"); distinct but
+        for manifests naming more than :data:`~refstore.manifest._urls.PACK_AFTER` URLs."""
         return list(self._urls)
+
+    def protocols(self) -> set[str]:
+        """The protocols the target URLs name (``s3``, ``https``, ...; not for URLs naming none)."""
+        return self._urls.protocols()
 
     # -- what the faces may ask -----------------------------------------------------------
 
@@ -582,7 +591,6 @@ class Manifest:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]
         self._urls = state["_urls"]
-        self._url_ids = {u: i for i, u in enumerate(self._urls)}
         self._inline = state["_inline"]
         self._loose = state["_loose"]
         self.source = state["source"]

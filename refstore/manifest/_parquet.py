@@ -19,7 +19,7 @@ import bisect
 import io
 import math
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -349,7 +349,7 @@ class Block(NamedTuple):
     a whole object; ``raw`` maps a row (relative to ``lo``) to inline bytes.
     """
 
-    urls: list[str | None]
+    urls: Sequence[str | None]
     ids: np.ndarray
     offset: np.ndarray
     length: np.ndarray

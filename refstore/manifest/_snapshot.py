@@ -135,7 +135,7 @@ def write_snapshot(manifest: Manifest) -> tuple[str, str]:
         tables.append({"prefix": lay.prefix, "grid": list(lay.grid), "v3": lay.v3, "sep": lay.sep, "count": table.count})
     doc = {
         "token": token,
-        "urls": manifest._urls,
+        "urls": list(manifest._urls),
         "inline": {k: base64.b64encode(v).decode("ascii") for k, v in manifest._inline.items()},
         "loose": [[k, *v] for k, v in manifest._loose.items()],
         "tables": tables,
@@ -164,7 +164,6 @@ def read_snapshot(path: str, token: str) -> Manifest | None:
             return None
         manifest = Manifest()
         manifest._urls = doc["urls"]
-        manifest._url_ids = {u: i for i, u in enumerate(manifest._urls)}
         manifest._inline = {k: base64.b64decode(v) for k, v in doc["inline"].items()}
         manifest._loose = {k: (uid, off, ln) for k, uid, off, ln in doc["loose"]}
         manifest.sources.update(parse_sources(doc.get("sources"), path))
@@ -268,8 +267,7 @@ def share(manifest: Manifest) -> Manifest:
     from refstore.manifest._model import Manifest
 
     copy = Manifest()
-    copy._urls = list(manifest._urls)
-    copy._url_ids = dict(manifest._url_ids)
+    copy._urls = manifest._urls.copy()
     copy._inline = dict(manifest._inline)
     copy._loose = dict(manifest._loose)
     copy._tables = {prefix: table.shared() for prefix, table in manifest._tables.items()}

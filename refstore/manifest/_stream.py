@@ -26,7 +26,9 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
+from refstore.manifest._flat import FlatBlock, read_flat
 from refstore.manifest._kerchunk import (
+    META_SUFFIXES,
     _columns,
     _is_meta,
     _make_expander,
@@ -52,6 +54,8 @@ _WS = b" \t\r\n"
 _V1_KEYS = ("version", "templates", "gen", "refs", SOURCES_KEY)
 _SEPARATOR = re.compile(rb",[ \t\r\n]*\"")
 _MAX_TRIES = 64
+#: A metadata key's end as the flat text shows it (no backslash there, so none is escaped).
+_META_ENDS = tuple(suffix.encode() + b'"' for suffix in META_SUFFIXES)
 
 
 class _Fallback(Exception):
@@ -303,6 +307,9 @@ class _Refs:
         bool
             False (nothing ingested) if *text* has any other shape.
         """
+        block = read_flat(text)
+        if block is not None:
+            return self._put_flat(block)
         if b"\\" in text:
             return False
         if text.count(b'":["') != text.count(b'"') // 4:  # blanks between tokens (json.dump, indent=...)
@@ -327,7 +334,7 @@ class _Refs:
             set(map(type, keys)) != {str}
             or not set(map(type, urls)) <= {str, type(None)}
             or not set(map(type, offs)) | set(map(type, lens)) <= {int}
-            or any(filter(_is_meta, keys))
+            or (any(m in text for m in _META_ENDS) and any(filter(_is_meta, keys)))
         ):
             return False  # the dict path raises for what is malformed, naming the key
         try:
@@ -342,6 +349,44 @@ class _Refs:
             return False
         self._put_columns(keys, ids, off, ln)
         return True
+
+    def _put_flat(self, block: FlatBlock) -> bool:
+        """Put the entries :func:`read_flat` read; False if some key is a metadata key."""
+        keys = block.keys
+        if any(m in keys for m in META_SUFFIXES) and any(filter(_is_meta, block.key_list())):
+            return False  # (the dict path reads metadata)
+        ids = self._url_ids_of(block.urls)
+        if ids is None:
+            return False
+        manifest, n = self.manifest, len(block.urls)
+        cut = keys.find("\n")
+        found = manifest._locate(keys if cut < 0 else keys[:cut])
+        if found is not None:  # the whole block one run of the grid, compared as one text
+            table, start = found
+            if start + n <= table.layout.size and keys == "\n".join(table.layout.iter_keys(start, start + n)):
+                self.seq += 1
+                table.put(start, ids, block.offsets, block.lengths)
+                if self.orphans.inline_seq:
+                    self.orphans.superseded(block.key_list())
+                return True
+        self._put_columns(block.key_list(), ids, block.offsets, block.lengths)
+        return True
+
+    def _url_ids_of(self, urls: list[bytes]) -> np.ndarray | None:
+        """Manifest URL ids of UTF-8 *urls* (None: one fails to expand; the checked path raises)."""
+        table = self.manifest._urls
+        unique = list(dict.fromkeys(urls))
+        if table.packed and b"{{" not in b"".join(unique):  # many URLs, no template: packed as read
+            ids = table.extend_packed(unique)
+        else:
+            found_ids = url_ids(self.manifest, self.expand, [u.decode("utf-8") for u in unique])
+            if found_ids is None:
+                return None
+            ids = found_ids
+        if len(unique) == len(urls):
+            return ids
+        lut = dict(zip(unique, ids.tolist()))
+        return np.fromiter(map(lut.__getitem__, urls), dtype=np.int32, count=len(urls))
 
     def _put_columns(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
         """Put the references ``keys[j] -> (ids[j], off[j], ln[j])`` of one block."""
@@ -493,14 +538,11 @@ class _Refs:
         self.orphans.flush()
         resolved = resolve_templates(templates, self.overrides)
         manifest = self.manifest
-        if self.deferred:
+        if self.deferred and manifest._urls.contains("{{"):
             manifest._urls = [
                 render(u, resolved, "a reference URL", expressions=False) if u and "{{" in u else u
                 for u in manifest._urls
             ]
-            manifest._url_ids = {}
-            for uid, u in enumerate(manifest._urls):
-                manifest._url_ids.setdefault(u, uid)
         for key, url, offset, length in expand_gen(gens, resolved):
             _place(manifest, key, (url, offset if offset is not None else 0, -1 if length is None else length))
 

@@ -190,7 +190,7 @@ def layout_from_metadata(prefix: str, name: str, meta: Mapping[str, Any]) -> Key
             enc = meta.get("chunk_key_encoding") or {"name": "default"}
             v3 = enc.get("name", "default") == "default"
             sep = (enc.get("configuration") or {}).get("separator", "/" if v3 else ".")
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # (a shape of Infinity)
         return None
     if any(n < 0 for n in shape):
         key = f"{prefix}/{name}" if prefix else name
