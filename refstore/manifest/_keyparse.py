@@ -85,7 +85,7 @@ def _parse_suffixes(layout: KeyLayout, body: str, n: int) -> np.ndarray | None:
     ends = np.flatnonzero(index == 10)
     starts = np.empty(len(ends), dtype=np.int64)
     starts[0], starts[1:] = 0, ends[:-1] + 1
-    if (ends - starts).max() > len(str(int(grid.max()))):
+    if int(np.max(ends - starts)) > len(str(max(layout.grid))):
         return None  # an index too long for the grid (and for int64)
     if ((index[starts] == 48) & (ends - starts > 1)).any():
         return None  # a leading zero
