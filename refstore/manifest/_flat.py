@@ -12,7 +12,7 @@ methods and numpy); the offsets and lengths are then read by one
 keys an array's grid spells, as text, before any is made a string of its own),
 URLs as bytes (packed as they are when a manifest names many).
 
-Anything else (a backslash, ``null``, a whole-object reference, a float, a
+Anything else (a backslash other than ujson's ``\\/`` for ``/``, ``null``, a whole-object reference, a float, a
 leading zero, a control character in a string, a key or URL that is not UTF-8)
 returns None, and the block goes to a JSON parser, which reads it or raises.
 """
@@ -24,7 +24,9 @@ from typing import NamedTuple
 import numpy as np
 
 _WS = b" \t\r\n"
-_CONTROL = bytes(range(32))
+#: Control characters but the blanks: JSON holds none unescaped (ujson reads a tab or a
+#: carriage return in a string as itself, and so is it read here).
+_CONTROL = bytes(c for c in range(32) if c not in b"\t\r\n")
 _COMMA, _CLOSE = ord(","), ord("]")
 #: Digits of the longest offset or length read here (int64 holds 18 digits exactly).
 _MAX_DIGITS = 18
@@ -46,6 +48,14 @@ def read_flat(text: bytes) -> FlatBlock | None:
     """The entries of *text* (``"k": ["u", o, l], ...``, without the braces), or None if it is
     anything else (see the module docstring)."""
     if b"\\" in text:
+        if text.count(b"\\") != text.count(b"\\/"):
+            return None
+        text = text.replace(b"\\/", b"/")  # ujson's way of writing "/" (the only escape here)
+    if len(text.translate(None, _CONTROL)) != len(text):
+        return None  # a control character other than a blank (newlines in strings: see below)
+    try:
+        text.decode("utf-8")  # (then every string in it is: they end at ASCII quotes)
+    except UnicodeDecodeError:
         return None
     parts = text.split(b'"')
     if len(parts) < 5 or (len(parts) - 1) % 4:
@@ -53,21 +63,17 @@ def read_flat(text: bytes) -> FlatBlock | None:
     n = (len(parts) - 1) // 4
     if parts[0].strip(_WS) or parts[-1].rstrip(_WS)[-1:] != b"]":
         return None
-    if b"".join(parts[2::4]).translate(None, _WS) != b":[" * n:
+    colons = b"".join(parts[2::4])
+    if colons.translate(None, _WS) != b":[" * n:
         return None
-    keys, urls = parts[1::4], parts[3::4]
-    strings = b"".join(keys) + b"".join(urls)
-    if len(strings.translate(None, _CONTROL)) != len(strings):
-        return None  # a control character: not valid JSON, and keys are joined with newlines
-    numbers = _numbers(b"".join(parts[4::4]).translate(None, _WS) + b",", n)
+    tails = b"".join(parts[4::4])
+    if text.count(b"\n") != parts[0].count(b"\n") + colons.count(b"\n") + tails.count(b"\n"):
+        return None  # a newline inside a string (keys are joined with newlines)
+    numbers = _numbers(tails.translate(None, _WS) + b",", n)
     if numbers is None:
         return None
-    try:
-        key_text = b"\n".join(keys).decode("utf-8")
-        b"\n".join(urls).decode("utf-8")  # (joined at an ASCII byte: each URL must be valid)
-    except UnicodeDecodeError:
-        return None
-    return FlatBlock(key_text, urls, numbers[0::2].copy(), numbers[1::2].copy())
+    key_text = b"\n".join(parts[1::4]).decode("utf-8")
+    return FlatBlock(key_text, parts[3::4], numbers[0::2].copy(), numbers[1::2].copy())
 
 
 def _numbers(tails: bytes, n: int) -> np.ndarray | None:
