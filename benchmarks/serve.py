@@ -15,12 +15,16 @@ Three servers answer the same chunk keys over loopback HTTP, each in its own pro
 Workloads: ``contiguous`` (4,096 uncompressed 8 KiB chunks of one file, in key order),
 ``scattered`` (the same keys shuffled), ``remote`` (the scattered read of the same chunks
 behind a source answering after 20 ms, as a distant object store would) and ``png`` (256
-PNG tiles of 256x256 RGB, which
-refstore transcodes to gzip; the peer passes the PNG bytes through, which a client without
-refstore's codec cannot decode, and nginx serves refstore's gzip'd output as files). Clients are aiohttp coroutines in this process, 1, 16 and 64 at once, each
-answer checked against the expected bytes. Printed: chunks/s, p50/p99 latency (ms) and the
-server's CPU time per chunk (steadier than wall time on shared cores), medians of ``--repeat``
-runs, the servers interleaved.
+PNG tiles of 256x256 RGB, which refstore transcodes to gzip; the peer passes the PNG bytes
+through, which a client without refstore's codec cannot decode, and nginx serves refstore's
+gzip'd output as files). The load comes from wrk (Debian's ``wrk``: one C thread, 1, 16 and 64
+connections, ``--seconds`` a run, every body compared byte for byte by ``serve_load.lua``), or
+with ``--client aiohttp`` from coroutines in this process (which cap every server near 6,000
+chunks/s on 2 cores). Printed: chunks/s, p50/p99 latency (ms) and the server's CPU time per
+chunk (steadier than wall time on shared cores), medians of ``--repeat`` runs, the servers
+interleaved. ``--soak SECONDS``: one wrk run of 64 connections over all keys mixed against one
+refstore server with a 16 MiB cache (smaller than the data: it keeps evicting), reporting
+requests, failures, wrong bodies and the server's memory at start, middle and end.
 """
 
 from __future__ import annotations
