@@ -15,12 +15,16 @@ Three servers answer the same chunk keys over loopback HTTP, each in its own pro
 Workloads: ``contiguous`` (4,096 uncompressed 8 KiB chunks of one file, in key order),
 ``scattered`` (the same keys shuffled), ``remote`` (the scattered read of the same chunks
 behind a source answering after 20 ms, as a distant object store would) and ``png`` (256
-PNG tiles of 256x256 RGB, which
-refstore transcodes to gzip; the peer passes the PNG bytes through, which a client without
-refstore's codec cannot decode, and nginx serves refstore's gzip'd output as files). Clients are aiohttp coroutines in this process, 1, 16 and 64 at once, each
-answer checked against the expected bytes. Printed: chunks/s, p50/p99 latency (ms) and the
-server's CPU time per chunk (steadier than wall time on shared cores), medians of ``--repeat``
-runs, the servers interleaved.
+PNG tiles of 256x256 RGB, which refstore transcodes to gzip; the peer passes the PNG bytes
+through, which a client without refstore's codec cannot decode, and nginx serves refstore's
+gzip'd output as files). The load comes from wrk (Debian's ``wrk``: one C thread, 1, 16 and 64
+connections, ``--seconds`` a run, every body compared byte for byte by ``serve_load.lua``), or
+with ``--client aiohttp`` from coroutines in this process (which cap every server near 6,000
+chunks/s on 2 cores). Printed: chunks/s, p50/p99 latency (ms) and the server's CPU time per
+chunk (steadier than wall time on shared cores), medians of ``--repeat`` runs, the servers
+interleaved. ``--soak SECONDS``: one wrk run of 64 connections over all keys mixed against one
+refstore server with a 16 MiB cache (smaller than the data: it keeps evicting), reporting
+requests, failures, wrong bodies and the server's memory at start, middle and end.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def make_data(root: Path, n_chunks: int, n_tiles: int) -> dict[str, Any]:
             pixels[f"png/{r}/{c}/0"] = hashlib.sha1(tile.tobytes()).hexdigest()
     (root / "png.json").write_text(json.dumps({"version": 1, "refs": prefs}))
     expected = {f"a/{i}": hashlib.sha1(blob[i * CHUNK:(i + 1) * CHUNK]).hexdigest() for i in range(n_chunks)}
-    return {"contig": expected, "png_pixels": pixels}
+    return {"contig": expected, "png_pixels": pixels, "blob": blob}
 
 
 # ---------------------------------------------------------------------- servers
@@ -221,6 +225,15 @@ http {{
             self.proc.kill()
 
 
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
+
+
 def _nginx() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -265,6 +278,89 @@ def _checker(expected: dict[str, str], pixels: dict[str, str], kind: str) -> Any
     return check
 
 
+def _wrk() -> str | None:
+    return shutil.which("wrk")
+
+
+LOAD_SCRIPT = Path(__file__).resolve().parent / "serve_load.lua"
+
+
+def write_load(folder: Path, name: str, keys: list[str], bodies: list[bytes]) -> tuple[Path, Path]:
+    """The files :data:`LOAD_SCRIPT` reads: *keys* as paths, and the body each must answer with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    keys_file, bodies_file = folder / f"{name}.keys", folder / f"{name}.bodies"
+    keys_file.write_text("".join(f"/{k}\n" for k in keys))
+    with bodies_file.open("wb") as f:
+        for body in bodies:
+            f.write(b"%d\n" % len(body))
+            f.write(body)
+    return keys_file, bodies_file
+
+
+def run_wrk(base: str, load: tuple[Path, Path], clients: int, seconds: float, start: int = 0) -> dict[str, float]:
+    """wrk (one thread: C, a fraction of a core) GETting the keys of *load* round and round with
+    *clients* connections for *seconds*, every body compared byte for byte; chunks/s, p50, p99 (ms),
+    failures (a status other than 200, a socket error, a wrong body, answers that do not balance)."""
+    wrk = _wrk()
+    assert wrk is not None
+    cmd = [wrk, "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(LOAD_SCRIPT), base,
+           "--", str(load[0]), str(load[1]), str(start)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    extra = _unanswered_beyond(got, clients)
+    return {"chunks_per_s": got["requests"] / got["seconds"], "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"],
+            "failures": got["failed"] + got["socket_errors"], "wrong": got["wrong"] + got["unbalanced_negative"] + extra,
+            "requests": got["requests"]}
+
+
+def _unanswered_beyond(got: dict[str, int], clients: int) -> int:
+    """Requests counted up and never answered, beyond what is due: at the end each connection may
+    still wait for one answer, wrk asks the script for one request it never sends (to check the
+    script), and a failed answer balances nothing."""
+    return max(0, got["unbalanced_positive"] - clients - 1 - got["failed"] - got["socket_errors"])
+
+
+def peer_key(key: str) -> str:
+    """The key the peer serves for served key *key*: the manifest's own (refstore serves zarr 3
+    arrays with zarr 2's chunk key encoding, so ``png/png/0/1/0`` is the store's ``png/png/c/0/1/0``)."""
+    if key.startswith("png/"):
+        name, array, rest = key.split("/", 2)
+        return f"{name}/{array}/c/{rest}"
+    return key
+
+
+def expected_bodies(kind: str, keys: list[str], data: dict[str, Any], root: Path, served: dict[str, bytes]) -> list[bytes]:
+    """What server *kind* must answer for each key: the chunk's bytes; for a PNG tile, refstore's gzip
+    (checked against the pixels in :func:`served_tiles`), or the PNG file the peer passes through."""
+    blob = data["blob"]
+    out = []
+    for key in keys:
+        if key.startswith("png/"):
+            if kind == "peer":
+                r, c = key.split("/")[2:4]
+                out.append((root / "tiles" / f"{r}_{c}.png").read_bytes())
+            else:
+                out.append(served[key])
+        else:
+            i = int(key.rsplit("/", 1)[1])
+            out.append(blob[i * CHUNK:(i + 1) * CHUNK])
+    return out
+
+
+def served_tiles(base: str, png: list[str], pixels: dict[str, str]) -> dict[str, bytes]:
+    """refstore's answers for the PNG tiles, each checked: its gzip holds the tile's pixels."""
+    import urllib.request
+
+    out = {}
+    for key in png:
+        with urllib.request.urlopen(f"{base}/{key}") as resp:
+            body = resp.read()
+        if hashlib.sha1(gzip.decompress(body)).hexdigest() != pixels[key.removeprefix("png/")]:
+            raise AssertionError(f"refstore's {key} does not hold the tile's pixels")
+        out[key] = body
+    return out
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of process *pid* (MiB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -273,31 +369,43 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def soak(root: Path, data: dict[str, Any], keys: list[str], seconds: float, clients: int) -> None:
-    """*clients* clients reading *keys* round and round from one refstore server for *seconds*;
-    prints requests, failures and the server's memory every ~10% of the time."""
-    server = Server("refstore", root, 64 * 2**20)
-    check = _checker(data["contig"], data["png_pixels"], "refstore")
-    total = failures = 0
+def soak(root: Path, data: dict[str, Any], keys: list[str], seconds: float, clients: int, cache_bytes: int) -> None:
+    """*clients* clients reading *keys* round and round from one refstore server for *seconds*
+    (one wrk run checking every body); prints the server's memory every ~10% of the time, then
+    requests, failures, wrong answers and the memory at start, middle and end."""
+    server = Server("refstore", root, cache_bytes)
     samples: list[tuple[float, float]] = []
-    start = time.monotonic()
-    printed = -seconds
     try:
-        while (elapsed := time.monotonic() - start) < seconds:
-            got = asyncio.run(run_clients(server.url, keys, clients, check))
-            total += len(keys)
-            failures += int(got["failures"])
+        png = [k for k in keys if k.startswith("png/")]
+        served = served_tiles(server.url, png, data["png_pixels"])
+        load = write_load(root / "load", "soak", keys, expected_bodies("refstore", keys, data, root, served))
+        samples.append((0.0, rss_mib(server.proc.pid)))
+        print(f"soak start: server RSS {samples[0][1]:.0f} MiB (after one pass over the tiles)", flush=True)
+        wrk = _wrk()
+        assert wrk is not None
+        cmd = [wrk, "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(LOAD_SCRIPT), server.url,
+               "--", str(load[0]), str(load[1]), "0"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        start = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(min(10.0, seconds / 60))
+            elapsed = time.monotonic() - start
             samples.append((elapsed, rss_mib(server.proc.pid)))
-            if elapsed - printed >= seconds / 10:
-                printed = elapsed
-                print(f"soak {elapsed:6.0f} s: {total} requests, {failures} failed, server RSS {samples[-1][1]:.0f} MiB, "
-                      f"{got['chunks_per_s']:.0f} chunks/s", flush=True)
+            if len(samples) % 6 == 0:
+                print(f"soak {elapsed:6.0f} s: server RSS {samples[-1][1]:.0f} MiB", flush=True)
+        out, _ = proc.communicate()
+        got = json.loads(out.strip().splitlines()[-1])
     finally:
         server.stop()
-    first = [m for t, m in samples if t < seconds / 5] or [samples[0][1]]
-    last = [m for t, m in samples if t >= 4 * seconds / 5] or [samples[-1][1]]
-    print(f"soak: {total} requests by {clients} clients in {seconds:.0f} s, {failures} failed; server RSS "
-          f"{statistics.median(first):.0f} MiB in the first fifth, {statistics.median(last):.0f} MiB in the last")
+    extra = _unanswered_beyond(got, clients)
+    wrong = got["wrong"] + got["unbalanced_negative"] + extra
+    mid = min(samples, key=lambda s: abs(s[0] - seconds / 2))
+    peak = max(m for _, m in samples)
+    print("\n| requests | chunks/s | p50 / p99 ms | failed | wrong bytes | server RSS start / middle / end / peak (MiB) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {got['requests']:,} | {got['requests'] / got['seconds']:,.0f} | {got['p50_ms']:.1f} / {got['p99_ms']:.1f} | "
+          f"{got['failed'] + got['socket_errors']} | {wrong} | {samples[0][1]:.0f} / {mid[1]:.0f} / {samples[-1][1]:.0f} / "
+          f"{peak:.0f} |")
 
 
 def materialize(root: Path, base: str, keys: list[str]) -> None:
@@ -321,6 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workloads", default="contiguous,scattered,png,remote")
     p.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                    help="instead: 64 clients (--clients) on refstore for SECONDS, all workloads mixed; failures and memory")
+    p.add_argument("--client", choices=("wrk", "aiohttp"), default=None,
+                   help="load generator: wrk (default when installed: C, checks every body) or aiohttp coroutines here")
+    p.add_argument("--seconds", type=float, default=None, help="with wrk: seconds each run lasts (default 4; --quick 2)")
+    p.add_argument("--soak-cache-bytes", type=int, default=16 * 2**20,
+                   help="the soaked server's hot-chunk cache (default 16 MiB: smaller than the data, so it churns)")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -340,11 +453,18 @@ def main(argv: list[str] | None = None) -> None:
     workloads = {"contiguous": contig, "scattered": scattered, "png": png,
                  "remote": random.Random(3).sample(remote, len(remote))}
     workloads = {k: v for k, v in workloads.items() if k in a.workloads.split(",")}
+    client = a.client or ("wrk" if _wrk() else "aiohttp")
+    seconds = a.seconds or (2.0 if a.quick else 4.0)
     if a.soak:
+        if _wrk() is None:
+            raise SystemExit("the soak runs wrk (Debian: apt-get install wrk)")
         mixed = random.Random(2).sample(contig + png, len(contig) + len(png))
-        soak(root, data, mixed, a.soak, int(a.clients.split(",")[-1]))
+        soak(root, data, mixed, a.soak, int(a.clients.split(",")[-1]), a.soak_cache_bytes)
         shutil.rmtree(root, ignore_errors=True)
         return
+    print(f"load generator: {client}" + (f", {seconds:g} s a run" if client == "wrk" else "") +
+          f"; servers: uvicorn {_version('uvicorn')} (httptools {_version('httptools')}, uvloop {_version('uvloop')})"
+          f"; load average {os.getloadavg()[0]:.1f}", flush=True)
     kinds = [k for k in a.servers.split(",") if k != "nginx" or os.path.exists(_nginx())]
     servers: dict[str, Server] = {}
     rows = []
@@ -365,6 +485,15 @@ def main(argv: list[str] | None = None) -> None:
         if "refstore_cached" in servers:  # every chunk in its cache before timing
             warm = contig + png + (workloads.get("remote") or [])
             asyncio.run(run_clients(servers["refstore_cached"].url, warm, 16, lambda k, b: True))
+        loads: dict[tuple[str, str], tuple[Path, Path]] = {}
+        if client == "wrk":
+            ref = next((servers[k] for k in ("refstore", "refstore_cached") if k in servers), None)
+            served = served_tiles(ref.url, png, data["png_pixels"]) if ref is not None and "png" in workloads else {}
+            for kind in kinds:
+                for workload, keys in workloads.items():
+                    asked = [peer_key(k) for k in keys] if kind == "peer" else keys
+                    loads[kind, workload] = write_load(root / "load", f"{kind}-{workload}", asked,
+                                                       expected_bodies(kind, keys, data, root, served))
         for workload, keys in workloads.items():
             for clients in (int(c) for c in a.clients.split(",")):
                 runs: dict[str, list[dict[str, float]]] = {}
@@ -373,17 +502,22 @@ def main(argv: list[str] | None = None) -> None:
                         server = servers[kind]
                         check = _checker(data["contig"], data["png_pixels"], kind)
                         cpu0 = server.cpu_seconds()
-                        result = asyncio.run(run_clients(server.url, keys, clients, check))
-                        result["cpu_us"] = 1e6 * (server.cpu_seconds() - cpu0) / len(keys)
+                        if client == "wrk":
+                            result = run_wrk(server.url, loads[kind, workload], clients, seconds)
+                        else:
+                            asked = [peer_key(k) for k in keys] if kind == "peer" else keys
+                            result = asyncio.run(run_clients(server.url, asked, clients, check))
+                            result["requests"], result["wrong"] = len(keys), 0
+                        result["cpu_us"] = 1e6 * (server.cpu_seconds() - cpu0) / max(1, result["requests"])
                         runs.setdefault(kind, []).append(result)
                 for kind, got in runs.items():
                     row = {"server": kind, "workload": workload, "clients": clients,
                            **{k: statistics.median(r[k] for r in got) for k in ("chunks_per_s", "p50_ms", "p99_ms", "cpu_us")},
-                           "failures": sum(r["failures"] for r in got)}
+                           "failures": sum(r["failures"] for r in got), "wrong": sum(r["wrong"] for r in got)}
                     rows.append(row)
                     print(f"{kind:9s} {workload:11s} {clients:3d} clients: {row['chunks_per_s']:8.0f} chunks/s  "
                           f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  server CPU {row['cpu_us']:6.0f} us/chunk  "
-                          f"failures {row['failures']}",
+                          f"failures {row['failures']} wrong {row['wrong']}",
                           flush=True)
     finally:
         for server in servers.values():
@@ -401,6 +535,8 @@ def main(argv: list[str] | None = None) -> None:
             ratios = [f"{by[k]['chunks_per_s'] / by['peer']['chunks_per_s']:.2f}x" if by.get(k) and by.get("peer") else "-"
                       for k in ("refstore", "refstore_cached")]
             print(f"| {workload} | {clients} | " + " | ".join(cells) + f" | {' / '.join(ratios)} |")
+    bad = [(r["server"], r["workload"], r["clients"], r["failures"], r["wrong"]) for r in rows if r["failures"] or r["wrong"]]
+    print(f"\nfailed or wrong answers: {bad or 'none'}")
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -28,6 +28,8 @@ from refstore.manifest import Manifest, Reference, open_manifest
 from refstore.manifest._lazy import LazyParquetManifest
 from refstore.manifest._model import check_metadata, is_metadata_key
 
+#: Whole-key plans of local references remembered by :meth:`Reader.read_sync` (oldest forgotten first).
+LOCAL_PLANS_KEPT = 100_000
 _FS_CONTROL_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache")
 
 KeyRange = tuple[str, int | None, int | None]
@@ -113,6 +115,9 @@ class Reader:
         )
         self._resolved: dict[str | None, str] = {}
         self._in_thread: tuple[int, bool] | None = None  # (manifest generation, answer)
+        # whole-key reads of local files: key -> (url, path, lo, hi, exact), for one manifest generation
+        self._local_plans: dict[str, tuple[str, str, int, int | None, bool]] = {}
+        self._local_plans_generation: int | None = None
 
     def _protocols_in_manifest(self) -> set[str]:
         return {split_url(u)[0] for u in self.manifest.urls if u and "://" in u}
@@ -208,6 +213,10 @@ class Reader:
         Local files are read in the calling thread, anything else on fsspec's IO
         loop (:meth:`Fetcher.get_sync`). Raises as :meth:`read`.
         """
+        if start is None and end is None and not is_metadata_key(key):
+            data = self._read_local_whole(key)
+            if data is not None:
+                return data
         plan = self._plan(key, start, end)
         if plan is None:  # a suffix of an object of unknown size: ask for the size first
             return run_sync(fsspec.asyn.get_loop(), self.read, key, start, end)
@@ -225,6 +234,39 @@ class Reader:
         if isinstance(checked, BaseException):
             raise checked
         return data
+
+    def _read_local_whole(self, key: str) -> bytes | None:
+        """All of *key* if it references a plain local file, its plan (entry, resolved and
+        policy-checked URL, span) remembered for the next read of the key (the last
+        :data:`LOCAL_PLANS_KEPT`, for one manifest generation); None: read it the general way.
+        The read itself is the fetcher's (source identity checked), and raises as :meth:`read`."""
+        generation = getattr(self.manifest, "generation", None)
+        if generation is None:
+            return None
+        plans = self._local_plans
+        if generation != self._local_plans_generation:
+            plans.clear()
+            self._local_plans_generation = generation
+        found = plans.get(key)
+        if found is None:
+            plan = self._plan(key, None, None)
+            if not isinstance(plan, tuple):
+                return None
+            url, lo, hi, exact = plan
+            path = self.fetcher.local_path(url)
+            if path is None:
+                return None
+            if len(plans) >= LOCAL_PLANS_KEPT:
+                plans.pop(next(iter(plans)))
+            plans[key] = found = (url, path, lo, hi, exact)
+        url, path, lo, hi, exact = found
+        try:
+            return self.fetcher.read_local(url, path, lo, hi, exact)
+        except Exception as exc:
+            err = _wrap(exc, key, url)
+            if err is exc or not isinstance(err, BaseException):
+                raise
+            raise err from exc
 
     def reads_in_thread(self) -> bool:
         """Whether every reference targets a plain local file, so :meth:`read_sync` never hops threads.

@@ -115,3 +115,26 @@ def test_local_reads_from_many_threads_get_their_own_bytes(tmp_path: Path) -> No
         assert sum(pool.map(hammer, range(8))) == 0
     target.close_sync()
     assert not target._busy and not target._doomed
+
+
+def test_remembered_local_plans_follow_edits_and_source_checks(tmp_path: Path) -> None:
+    """Whole-key sync reads of local files remember each key's plan (refstore._reader): an edit
+    of the manifest is seen at the next read, and every read still goes through the fetcher's
+    source checks (a short file is an error naming key and URL, not short bytes)."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(64)))
+    store = ReferenceStore({"a": [str(path), 0, 8], "b": [str(path), 8, 8]}, read_only=False)
+    reader = store.engine.reader
+    assert store.get_sync("a").to_bytes() == bytes(range(8))
+    assert store.get_sync("a").to_bytes() == bytes(range(8))  # from the remembered plan
+    assert "a" in reader._local_plans
+    store.manifest.set("a", refstore.Reference(str(path), 16, 4))
+    assert store.get_sync("a").to_bytes() == bytes(range(16, 20))
+    store.manifest.set("a", b"inline")
+    assert store.get_sync("a").to_bytes() == b"inline"
+    assert store.get_sync("b").to_bytes() == bytes(range(8, 16))
+    path.write_bytes(bytes(range(12)))  # now too short for b
+    with pytest.raises(ReferenceNotReachable) as err:
+        store.get_sync("b")
+    assert '"b"' in str(err.value) and str(path) in str(err.value) and "ShortRead" in str(err.value)
+    store.close()

@@ -354,6 +354,18 @@ class Fetcher:
             raise result
         return data
 
+    def local_path(self, url: str) -> str | None:
+        """The path :meth:`get_sync` reads *url* at in the calling thread (:meth:`reads_in_thread`), else None."""
+        return split_url(url)[1] if self.reads_in_thread(url) else None
+
+    def read_local(self, url: str, path: str, start: int, end: int | None, exact: bool = False) -> bytes:
+        """:meth:`get_sync` of *url*, a plain local file at *path* (its :meth:`local_path`), without
+        deciding that again. Raises as :meth:`get_sync`."""
+        data = self._local_target().read_sync(path, [(start, end)])[0]
+        if exact and not isinstance(result := _checked(url, data, start, end), bytes):
+            raise result
+        return data
+
     async def get(self, url: str, start: int, end: int | None, exact: bool = False) -> bytes:
         """Read ``[start, end)`` of *url*, batched with other requests of this tick.
 

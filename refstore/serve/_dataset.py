@@ -28,8 +28,11 @@ from refstore.virtual._store import SOURCES_DIR
 
 __all__ = ["ETAGS_KEPT", "Chunk", "Document", "ServedDataset"]
 
-#: ETags of chunks remembered per dataset (oldest forgotten first).
+#: ETags of chunks remembered per dataset (oldest forgotten first); also the number of parsed chunk keys kept.
 ETAGS_KEPT = 100_000
+#: Stored chunks up to this size are read from a local file on the event loop's thread (as the
+#: engine's local reads of this size are: a page-cache read costs less than the hop to a thread).
+INLINE_READ_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ class ServedDataset:
         self.documents: dict[str, Document] = {}
         self._loaded: asyncio.Task[None] | None = None
         self._etags: dict[str, str] = {}
+        self._chunks: dict[str, Chunk] = {}
+        #: True once the hierarchy is read (:meth:`load`).
+        self.ready = False
 
     async def load(self) -> None:
         """Read and translate the hierarchy (once; concurrent callers share it)."""
@@ -187,13 +193,28 @@ class ServedDataset:
             documents[".zmetadata"] = _document(zmetadata)
             documents["zarr.json"] = _document({**root.docs()["zarr.json"], "consolidated_metadata": inline})
         self.documents = documents
+        self._chunks = {}
+        self.ready = True
 
     def document(self, key: str) -> Document | None:
         """The metadata document served at *key*, if it is one."""
         return self.documents.get(key)
 
     def chunk(self, key: str) -> Chunk | None:
-        """The chunk that served key *key* names, if it names one."""
+        """The chunk that served key *key* names, if it names one (the last :data:`ETAGS_KEPT` found
+        remembered; keys naming none are not, so requests for made-up keys cannot fill memory)."""
+        memo = self._chunks
+        found = memo.get(key)
+        if found is not None:
+            return found
+        found = self._parse_chunk(key)
+        if found is not None and len(key) <= 256:
+            if len(memo) >= ETAGS_KEPT:
+                memo.pop(next(iter(memo)))
+            memo[key] = found
+        return found
+
+    def _parse_chunk(self, key: str) -> Chunk | None:
         parts = key.split("/")
         if parts[-1] in METADATA_NAMES or parts[-1] == DEFINITION_NAME:
             return None
@@ -220,6 +241,26 @@ class ServedDataset:
             tags.pop(next(iter(tags)))
         tags[chunk.source_key] = found = f'"{digest}"'
         return found
+
+    def known_etag(self, chunk: Chunk) -> str | None:
+        """The chunk's ETag if :meth:`etag` has already worked it out (no await)."""
+        return self._etags.get(chunk.source_key)
+
+    def reads_inline(self, chunk: Chunk) -> bool:
+        """Whether :meth:`read_inline` may read *chunk*: a small chunk of an engine whose references
+        are all local files (no thread hop, no virtual array)."""
+        source = self.source
+        return (isinstance(source, Engine) and chunk.array.max_chunk_bytes <= INLINE_READ_BYTES
+                and source.reads_in_thread())
+
+    def read_inline(self, chunk: Chunk) -> bytes | None:
+        """The whole stored bytes of a pass-through chunk read now, in this thread, through the
+        hot-chunk cache (only where :meth:`reads_inline`); None if the source holds none."""
+        data = self.cache.peek(chunk.source_key)
+        if data is None:
+            data = self.source.get_sync(chunk.source_key)
+            self.cache.put(chunk.source_key, data)
+        return data
 
     async def passed_through(self, chunk: Chunk) -> bytes | None:
         """The whole stored bytes of a pass-through chunk (through the hot-chunk cache); None if absent."""

@@ -128,6 +128,28 @@ class ChunkCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def peek(self, key: Any) -> bytes | None:
+        """The cached value of *key* (counted as a hit and made the newest), or None: no await."""
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return value
+
+    def put(self, key: Any, value: bytes | None) -> None:
+        """Keep *value* as *key*'s, computed by the caller after a :meth:`peek` miss (counted as a miss)."""
+        self.misses += 1
+        if value is not None and key not in self._items:
+            self._keep(key, value)
+
+    def _keep(self, key: Any, value: bytes) -> None:
+        if len(value) <= self.max_bytes:
+            self._items[key] = value
+            self.nbytes += len(value)
+            while self.nbytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.nbytes -= len(old)
+
     async def get(self, key: Any, compute: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
         """The cached value of *key*, else ``await compute()`` (kept if it fits; None is not kept)."""
         if key in self._items:
@@ -150,10 +172,6 @@ class ChunkCache:
         finally:
             self._pending.pop(key, None)
         future.set_result(value)
-        if value is not None and len(value) <= self.max_bytes:
-            self._items[key] = value
-            self.nbytes += len(value)
-            while self.nbytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.nbytes -= len(old)
+        if value is not None:
+            self._keep(key, value)
         return value

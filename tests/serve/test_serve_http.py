@@ -211,3 +211,62 @@ def test_concurrent_requests_merge_into_one_source_read(http, tmp_path) -> None:
     assert all(body == expected[i * 4096:(i + 1) * 4096] for i, (_, body) in enumerate(answers))
     assert http.total_gets == 1, http.log
     application.state.refstore.datasets["c"].source.close_all()
+
+
+def test_fast_path_answers_as_the_full_chain_does(manifest) -> None:
+    """GETs of whole chunks and documents take the fast path (refstore.serve._fast); each answer
+    (status, headers, body) equals the one the full middleware chain gives the same request."""
+    import asyncio
+
+    application = app({"h5": str(manifest), "closed": {"source": str(manifest), "token": "s3cret"}},
+                      cors_origins=["https://viewer.example"], max_range_bytes=10**6)
+
+    async def call(target: object, method: str, path: str, headers: dict[str, str]) -> tuple[int, list, bytes]:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 1),
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await target(scope, receive, send)  # type: ignore[operator]
+        return sent[0]["status"], sorted(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    async def refuse_to_send(message: dict) -> None:
+        raise AssertionError(f"the fast path sent {message} for a request it declined")
+
+    async def main() -> None:
+        await application.state.refstore.datasets["h5"].load()
+        await application.state.refstore.datasets["closed"].load()
+        fast = application.fast
+        etag = dict((await call(application, "GET", "/h5/gz3d/0.0.0", {}))[1])[b"etag"].decode()
+        origin = {"Origin": "https://viewer.example"}
+        cases = [
+            ("GET", "/h5/gz3d/0.0.0", {}), ("GET", "/h5/contig/0", origin), ("GET", "/h5/shuf/0.0", {"Origin": "https://x.example"}),
+            ("GET", "/h5/gz3d/0.0.0", {"If-None-Match": etag, **origin}), ("GET", "/h5/.zmetadata", {"Accept-Encoding": "gzip"}),
+            ("GET", "/h5/.zmetadata", {"Accept-Encoding": "gzip, br", **origin}), ("HEAD", "/h5/gz3d/.zarray", origin),
+            ("GET", "/h5/zarr.json", {"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}),
+            ("GET", "/closed/shuf/0.0", {"Authorization": "Bearer s3cret"}),
+        ]
+        for method, path, headers in cases:
+            ds = application.state.refstore.datasets[path.split("/")[1]]
+            hits = ds.cache.hits + ds.cache.misses
+            got = await call(application, method, path, headers)
+            if "/." not in path and "zarr.json" not in path and "If-None-Match" not in headers:
+                assert ds.cache.hits + ds.cache.misses > hits, path  # read through the fast path
+            assert got == await call(application.chain, method, path, headers), (method, path, headers)
+            assert got[0] in (200, 304)
+        # declined, so answered by the full chain: a range, a HEAD of a chunk, a missing token, an absent key
+        for method, path, headers in [("GET", "/h5/contig/0", {"Range": "bytes=0-9"}), ("HEAD", "/h5/contig/0", {}),
+                                      ("GET", "/closed/shuf/0.0", {}), ("GET", "/h5/nothing/0", {})]:
+            scope = {"type": "http", "method": method, "path": path, "root_path": "",
+                     "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+            assert not await fast(scope, None, refuse_to_send)  # type: ignore[arg-type]
+        assert fast.pressure.in_flight == 0
+        application.state.refstore.datasets["h5"].source.close_all()
+
+    asyncio.run(main())
