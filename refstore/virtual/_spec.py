@@ -12,6 +12,10 @@ from refstore.virtual._index import Blocked, Layer, SourceDim
 from refstore.virtual._source import ZarrSource, json_fill
 
 FORMAT_VERSION = 1
+#: The version of definitions whose layers hold runs (:mod:`refstore.virtual._runs`).
+RUNS_VERSION = 2
+#: The versions this reader reads.
+READ_VERSIONS = (FORMAT_VERSION, RUNS_VERSION)
 #: The manifest key (under an array's prefix) that holds its virtual definition.
 DEFINITION_NAME = "refstore.virtual.json"
 
@@ -197,9 +201,9 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
     """
     from refstore.virtual._array import VirtualArray
 
-    if d.get("refstore_virtual") != FORMAT_VERSION:
+    if d.get("refstore_virtual") not in READ_VERSIONS:
         raise ManifestError(
-            f"virtual array definition: field 'refstore_virtual' must be {FORMAT_VERSION}, "
+            f"virtual array definition: field 'refstore_virtual' must be one of {list(READ_VERSIONS)}, "
             f"got {d.get('refstore_virtual')!r}"
         )
     try:
@@ -207,28 +211,54 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
         shape, chunks = tuple(d["shape"]), tuple(d["chunks"])
         layers = []
         for k, ld in enumerate(d["layers"]):
+            if "run" in ld and d["refstore_virtual"] >= RUNS_VERSION:
+                layers += _run_layers(ld["run"], shape, root, f"virtual array definition: layer {k}")
+                continue
             sref = ld["source"]
             src: Any = from_dict(sref["virtual"], root, **options) if "virtual" in sref else open_source(sref, root, **options)
             src_map = tuple(_map_from_json(m, f"virtual array definition: layer {k} map") for m in ld["map"])
             layer = Layer(src, tuple(ld["origin"]), tuple(ld["shape"]), src_map)
-            if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
-                raise ManifestError(f"virtual array definition: layer {k} has origin/shape of the wrong length")
-            vdims = [m.vdim if isinstance(m, Blocked) else m[0] for m in src_map if not isinstance(m, int)]
-            if any(not 0 <= d < len(shape) for d in vdims) or vdims != sorted(set(vdims)):
-                raise ManifestError(
-                    f"virtual array definition: layer {k} map names virtual dimensions {vdims}; they must be "
-                    f"distinct, increasing and below {len(shape)}"
-                )
-            for o, n, total in zip(layer.origin, layer.shape, shape):
-                if o < 0 or n < 0 or o + n > total:
-                    raise ManifestError(f"virtual array definition: layer {k} lies outside the shape {shape}")
-            layers.append(layer)
+            layers.append(_checked(layer, shape, f"virtual array definition: layer {k}"))
     except KeyError as e:
         raise ManifestError(f"virtual array definition: missing field {e.args[0]!r}") from None
     return VirtualArray(
         shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
         attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
     )
+
+
+def _checked(layer: Layer, shape: tuple[int, ...], where: str) -> Layer:
+    """``layer`` if it fits a virtual array of ``shape``; else ManifestError naming ``where`` and the field."""
+    if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
+        raise ManifestError(f"{where} has origin/shape of the wrong length")
+    vdims = [m.vdim if isinstance(m, Blocked) else m[0] for m in layer.src_map if not isinstance(m, int)]
+    if any(not 0 <= d < len(shape) for d in vdims) or vdims != sorted(set(vdims)):
+        raise ManifestError(
+            f"{where} map names virtual dimensions {vdims}; they must be "
+            f"distinct, increasing and below {len(shape)}"
+        )
+    for o, n, total in zip(layer.origin, layer.shape, shape):
+        if o < 0 or n < 0 or o + n > total:
+            raise ManifestError(f"{where} lies outside the shape {shape}")
+    return layer
+
+
+def _run_layers(d: Any, shape: tuple[int, ...], root: Any, where: str) -> list[Layer]:
+    """The layers of a run (see :mod:`refstore.virtual._runs`); their sources open on first read."""
+    import functools
+
+    from refstore.virtual._runs import Run
+
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: a run must be an object")
+    if root is None:
+        raise ManifestError(f"{where}: a run names sources by path but no store to resolve them in was given")
+    run = Run(d, len(shape), where)
+    layers = []
+    for k, (path, origin, box, src_map) in enumerate(run.places()):
+        src = ZarrSource(opener=functools.partial(run.open, k, root), ref={"path": path})
+        layers.append(_checked(Layer(src, origin, box, src_map), shape, f"{where} source {k}"))
+    return layers
 
 
 def served_virtual(array: Any) -> Any:
