@@ -46,6 +46,18 @@ def test_virtual_arrays_from_a_saved_definition(serve, tmp_path, zarr_format) ->
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
+def test_virtual_manifest_of_the_version_1_format(serve, zarr_format) -> None:
+    """A manifest written before definitions had runs (a layer and metadata per input) serves the same values."""
+    from _v1_fixtures import FIXTURES, expected
+
+    server = serve(app({"v": str(FIXTURES[zarr_format])}))
+    group = zarr.open_group(f"{server.url}/v", mode="r", zarr_format=zarr_format)
+    for name, values in expected(zarr_format).items():
+        np.testing.assert_array_equal(group[name][:], values)
+        np.testing.assert_array_equal(group[name][3:9], values[3:9])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
 def test_consolidated_metadata_lists_every_node(serve, tmp_path, zarr_format) -> None:
     store = zarr.storage.LocalStore(tmp_path / "z")
     root = zarr.open_group(store, mode="w", zarr_format=3, attributes={"title": "t"})
