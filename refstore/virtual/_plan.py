@@ -31,17 +31,25 @@ class ChunkPlanner:
     """
 
     def __init__(self, v: Any, encoding: str) -> None:
+        from refstore.virtual._runs import Layers
+
         self.v = v
         self.encoding = encoding
+        self._static: dict[int, tuple[ZarrSource, dict[int, tuple[int, int, int]], tuple[int, ...]] | None] = {}
+        #: a definition's runs find their layers by bisection, without making the others
+        self._lazy = v.layers if isinstance(v.layers, Layers) else None
+        if self._lazy is not None:
+            self._ranges: list[tuple[tuple[int, int], ...] | None] = []
+            self._dim, self._buckets = None, []
+            return
         #: per layer, its chunk-index range per dimension (None for an empty layer)
-        self._ranges: list[tuple[tuple[int, int], ...] | None] = [
+        self._ranges = [
             None if 0 in layer.shape else tuple(
                 (o // c, -(-(o + n) // c)) for o, n, c in zip(layer.origin, layer.shape, v.chunks)
             )
             for layer in v.layers
         ]
         self._dim, self._buckets = self._index()
-        self._static: dict[int, tuple[ZarrSource, dict[int, tuple[int, int, int]], tuple[int, ...]] | None] = {}
 
     def _index(self) -> tuple[int | None, list[list[int]]]:
         """Buckets of layer indices per chunk index along the best dimension (None: scan all)."""
@@ -64,6 +72,8 @@ class ChunkPlanner:
 
     def hits(self, coords: tuple[int, ...]) -> list[int]:
         """Indices (in layer order) of the layers whose box touches chunk ``coords``."""
+        if self._lazy is not None:
+            return self._lazy.hits([(c * n, (c + 1) * n) for c, n in zip(coords, self.v.chunks)])
         if self._dim is None:
             candidates: Any = range(len(self._ranges))
         else:

@@ -9,11 +9,15 @@ source needs metadata documents of its own in the manifest.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
+
+import numpy as np
 
 from refstore.errors import ManifestError
+from refstore.virtual._index import Layer
 
 #: The metadata documents of an embedded source (``{"path": P}``), or None if it has none.
 DocsOf = Callable[[str], Mapping[str, bytes] | None]
@@ -188,67 +192,88 @@ def _run(cands: Sequence[_Candidate], axis: int) -> dict[str, Any]:
 class Run:
     """A parsed run: the place, shape and metadata documents of each of its sources.
 
+    Checked when parsed (in time proportional to the number of sources, vectorized): every
+    source lies inside the virtual array of ``shape``; its layers are made on demand.
+
     Raises
     ------
     refstore.ManifestError
         On a malformed run, naming the field (``where`` says which layer).
     """
 
-    def __init__(self, d: Mapping[str, Any], ndim: int, where: str) -> None:
+    def __init__(self, d: Mapping[str, Any], shape: tuple[int, ...], where: str) -> None:
+        ndim = len(shape)
         try:
             self.axis = int(d["axis"])
             self.origin = [int(o) for o in d["origin"]]
             self.path = str(d["path"])
             self.first = int(d.get("first", 0))
             self.new_axis = "count" in d
-            self.lengths = [1] * int(d["count"]) if self.new_axis else [int(n) for n in d["lengths"]]
+            lengths = np.ones(int(d["count"]), np.int64) if self.new_axis else np.asarray(d["lengths"], np.int64)
             self.templates = list(d["metadata"])
-            self.which = [int(w) for w in d.get("which", [0] * len(self.lengths))]
+            which = np.asarray(d.get("which", np.zeros(len(lengths), np.int64)), np.int64)
         except KeyError as e:
             raise ManifestError(f"{where}: run lacks field {e.args[0]!r}") from None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ManifestError(f"{where}: run fields have the wrong types") from None
+        if lengths.ndim != 1 or which.shape != lengths.shape:
+            raise ManifestError(f"{where}: run field 'which' must give a metadata index per source")
+        self.lengths, self.which = lengths, which
         if not 0 <= self.axis < ndim or len(self.origin) != ndim or self.first < 0:
             raise ManifestError(f"{where}: run axis {self.axis} or origin {self.origin} do not fit {ndim} dimensions")
-        if len(self.which) != len(self.lengths) or any(not 0 <= w < len(self.templates) for w in self.which):
+        if len(which) and (which.min() < 0 or which.max() >= len(self.templates)):
             raise ManifestError(f"{where}: run field 'which' must give a metadata index per source")
-        if any(n < 0 for n in self.lengths):
+        if len(lengths) and lengths.min() < 0:
             raise ManifestError(f"{where}: run lengths must be non-negative")
+        #: where each source starts along the axis, and (last) where the run ends
+        self.starts = self.origin[self.axis] + np.concatenate([[0], np.cumsum(lengths)])
         self._shapes: list[list[int]] = []
         for k, t in enumerate(self.templates):
             if not isinstance(t, dict) or not ({"zarr.json", ".zarray"} & set(t)):
                 raise ManifestError(f"{where}: run metadata {k} holds neither 'zarr.json' nor '.zarray'")
             meta = t.get("zarr.json", t.get(".zarray"))
-            shape = meta.get("shape") if isinstance(meta, dict) else None
-            if not isinstance(shape, list) or len(shape) != (ndim - 1 if self.new_axis else ndim):
+            tshape = meta.get("shape") if isinstance(meta, dict) else None
+            if not isinstance(tshape, list) or len(tshape) != (ndim - 1 if self.new_axis else ndim):
                 raise ManifestError(f"{where}: run metadata {k} has no shape of the run's dimensions")
-            self._shapes.append(shape)
+            full = list(tshape)
+            if self.new_axis:
+                full.insert(self.axis, 1)
+            self._shapes.append(full)
+        #: the extent of every source off the axis (the same for all)
+        self.box = list(self._shapes[0]) if self._shapes else [0] * ndim
+        if any([n for d, n in enumerate(f) if d != self.axis] != [n for d, n in enumerate(self.box) if d != self.axis]
+               for f in self._shapes):
+            raise ManifestError(f"{where}: run metadata differ in shape off the run's axis")
+        for d in range(ndim):
+            end = int(self.starts[-1]) if d == self.axis else self.origin[d] + self.box[d]
+            if self.origin[d] < 0 or end > shape[d]:
+                raise ManifestError(f"{where}: run lies outside the shape {shape}")
         self._docs: dict[tuple[int, int], dict[str, bytes]] = {}
         self._meta: dict[tuple[int, int], Any] = {}
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def places(self) -> Iterator[tuple[str, tuple[int, ...], tuple[int, ...], tuple[tuple[int, int, int], ...]]]:
-        """Per source: ``(path, origin, shape, map)`` of its layer, in order."""
+    def place(self, k: int) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[tuple[int, int, int], ...]]:
+        """``(path, origin, shape, map)`` of the layer of source ``k``."""
         ndim = len(self.origin)
-        pos = self.origin[self.axis]
-        for k, n in enumerate(self.lengths):
-            origin = list(self.origin)
-            origin[self.axis] = pos
-            shape = list(self._shapes[self.which[k]])
-            if self.new_axis:
-                shape.insert(self.axis, 1)
-                src_map = tuple((d, 0, 1) for d in range(ndim) if d != self.axis)
-            else:
-                shape[self.axis] = n
-                src_map = tuple((d, 0, 1) for d in range(ndim))
-            pos += n
-            yield f"{self.path}{self.first + k}", tuple(origin), tuple(shape), src_map
+        origin = list(self.origin)
+        origin[self.axis] = int(self.starts[k])
+        shape = list(self.box)
+        shape[self.axis] = int(self.lengths[k])
+        dims = range(ndim)
+        src_map = tuple((d, 0, 1) for d in dims if not (self.new_axis and d == self.axis))
+        return f"{self.path}{self.first + k}", tuple(origin), tuple(shape), src_map
+
+    def touching(self, lo: int, hi: int) -> range:
+        """The sources whose extent along the axis meets ``[lo, hi)`` (empty ones included)."""
+        first = int(np.searchsorted(self.starts[1:], lo, side="right"))
+        stop = int(np.searchsorted(self.starts[:-1], hi, side="left"))
+        return range(first, max(first, stop))
 
     def docs(self, k: int) -> dict[str, bytes]:
         """The metadata documents of source ``k`` (shared by the sources of one template and length)."""
-        key = (self.which[k], self.lengths[k])
+        key = (int(self.which[k]), int(self.lengths[k]))
         found = self._docs.get(key)
         if found is None:
             t = self.templates[key[0]]
@@ -270,7 +295,7 @@ class Run:
         from zarr.core.buffer import default_buffer_prototype
         from zarr.storage import MemoryStore, StorePath
 
-        key = (self.which[k], self.lengths[k])
+        key = (int(self.which[k]), int(self.lengths[k]))
         meta = self._meta.get(key)
         if meta is None:
             docs = self.docs(k)
@@ -279,3 +304,78 @@ class Run:
             meta = (await AsyncArray.open(store, zarr_format=3 if "zarr.json" in docs else 2)).metadata
             self._meta[key] = meta
         return AsyncArray(meta, StorePath(root, f"{self.path}{self.first + k}"))
+
+
+class Layers(Sequence[Layer]):
+    """The layers of a definition with runs: a run's layers (and sources) are made when first asked for.
+
+    ``parts`` are, in order, plain :class:`Layer` objects and :class:`Run` objects (whose
+    sources are in ``root``). Indexing, ``len`` and iteration are those of the expanded
+    list; :meth:`hits` finds the layers touching a box without making the others.
+    """
+
+    def __init__(self, parts: Sequence[Layer | Run], root: Any) -> None:
+        self.parts = list(parts)
+        self.root = root
+        sizes = [len(p) if isinstance(p, Run) else 1 for p in self.parts]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self._made: dict[tuple[int, int], Layer] = {}
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @overload
+    def __getitem__(self, i: int) -> Layer: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Layer]: ...
+
+    def __getitem__(self, i: int | slice) -> Layer | list[Layer]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"layer {i} of {n}")
+        i %= n
+        p = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        part = self.parts[p]
+        return part if isinstance(part, Layer) else self._layer(p, part, i - int(self._offsets[p]))
+
+    def __iter__(self) -> Iterator[Layer]:
+        for p, part in enumerate(self.parts):
+            if isinstance(part, Layer):
+                yield part
+            else:
+                for k in range(len(part)):
+                    yield self._layer(p, part, k)
+
+    def _layer(self, p: int, run: Run, k: int) -> Layer:
+        layer = self._made.get((p, k))
+        if layer is None:
+            from refstore.virtual._source import ZarrSource
+
+            path, origin, shape, src_map = run.place(k)
+            src = ZarrSource(opener=functools.partial(run.open, k, self.root), ref={"path": path})
+            layer = self._made[(p, k)] = Layer(src, origin, shape, src_map)
+        return layer
+
+    def hits(self, box: Sequence[tuple[int, int]]) -> list[int]:
+        """Indices, in layer order, of the non-empty layers whose box meets ``box`` (``(lo, hi)`` per dimension)."""
+        out: list[int] = []
+        for p, part in enumerate(self.parts):
+            if isinstance(part, Layer):
+                if 0 not in part.shape and _meets(part.origin, part.shape, box):
+                    out.append(int(self._offsets[p]))
+                continue
+            a = part.axis
+            off = [(o, n) for d, (o, n) in enumerate(zip(part.origin, part.box)) if d != a]
+            if any(n == 0 or not (o < hi and lo < o + n) for (o, n), (lo, hi) in
+                   zip(off, [b for d, b in enumerate(box) if d != a])):
+                continue
+            base = int(self._offsets[p])
+            out += [base + k for k in part.touching(*box[a]) if part.lengths[k]]
+        return out
+
+
+def _meets(origin: Sequence[int], shape: Sequence[int], box: Sequence[tuple[int, int]]) -> bool:
+    return all(o < hi and lo < o + n for o, n, (lo, hi) in zip(origin, shape, box))

@@ -209,10 +209,12 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
     try:
         dtype = np.dtype(d["dtype"])
         shape, chunks = tuple(d["shape"]), tuple(d["chunks"])
-        layers = []
+        layers: list[Any] = []
+        runs = False
         for k, ld in enumerate(d["layers"]):
             if "run" in ld and d["refstore_virtual"] >= RUNS_VERSION:
-                layers += _run_layers(ld["run"], shape, root, f"virtual array definition: layer {k}")
+                layers.append(_run(ld["run"], shape, root, f"virtual array definition: layer {k}"))
+                runs = True
                 continue
             sref = ld["source"]
             src: Any = from_dict(sref["virtual"], root, **options) if "virtual" in sref else open_source(sref, root, **options)
@@ -221,6 +223,10 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
             layers.append(_checked(layer, shape, f"virtual array definition: layer {k}"))
     except KeyError as e:
         raise ManifestError(f"virtual array definition: missing field {e.args[0]!r}") from None
+    if runs:
+        from refstore.virtual._runs import Layers
+
+        layers = Layers(layers, root)  # type: ignore[assignment]
     return VirtualArray(
         shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
         attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
@@ -243,22 +249,15 @@ def _checked(layer: Layer, shape: tuple[int, ...], where: str) -> Layer:
     return layer
 
 
-def _run_layers(d: Any, shape: tuple[int, ...], root: Any, where: str) -> list[Layer]:
-    """The layers of a run (see :mod:`refstore.virtual._runs`); their sources open on first read."""
-    import functools
-
+def _run(d: Any, shape: tuple[int, ...], root: Any, where: str) -> Any:
+    """A parsed run (see :mod:`refstore.virtual._runs`); its layers and sources are made on first use."""
     from refstore.virtual._runs import Run
 
     if not isinstance(d, dict):
         raise ManifestError(f"{where}: a run must be an object")
     if root is None:
         raise ManifestError(f"{where}: a run names sources by path but no store to resolve them in was given")
-    run = Run(d, len(shape), where)
-    layers = []
-    for k, (path, origin, box, src_map) in enumerate(run.places()):
-        src = ZarrSource(opener=functools.partial(run.open, k, root), ref={"path": path})
-        layers.append(_checked(Layer(src, origin, box, src_map), shape, f"{where} source {k}"))
-    return layers
+    return Run(d, shape, where)
 
 
 def served_virtual(array: Any) -> Any:
