@@ -191,17 +191,25 @@ def save_virtual(
         if _is_zarr_array(v):
             _put_plain(manifest, name, v, all_docs[name])
         else:
-            put_virtual(manifest, name, v, all_docs[name])
+            put_virtual(manifest, name, v, all_docs[name], source_docs_in_runs=is_parquet(out))
     return _finish(manifest, out, arrays)
 
 
-def put_virtual(manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, bytes]) -> None:
+def is_parquet(out: str | None) -> bool:
+    """True if ``out`` names a parquet reference directory (what :meth:`refstore.Manifest.save` writes there)."""
+    return out is not None and out.rstrip("/").lower().endswith((".parq", ".parquet"))
+
+
+def put_virtual(
+    manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, bytes], *, source_docs_in_runs: bool = False
+) -> None:
     """Virtual array ``v`` under ``name``: metadata ``docs``, its definition, and its sources embedded.
 
     Consecutive whole sources (a concatenation's or a stack's inputs) are written as runs
     (:mod:`refstore.virtual._runs`, definition version 2): their shared metadata once in
-    the definition, none under their ``.sources/<i>/``. A definition without runs stays
-    version 1, readable by earlier refstore versions.
+    the definition, none under their ``.sources/<i>/`` unless ``source_docs_in_runs``
+    (the parquet layout holds chunk keys only of arrays with metadata; readers use the
+    run's). A definition without runs stays version 1, readable by earlier refstore versions.
     """
     from zarr.core.sync import sync
 
@@ -233,7 +241,7 @@ def put_virtual(manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, by
         definition["layers"] = layers
         definition["refstore_virtual"] = RUNS_VERSION
     for path, meta in source_docs.items():
-        if path not in in_runs:
+        if source_docs_in_runs or path not in in_runs:
             _put_docs(manifest, path, meta)
     _put_docs(manifest, name, docs)
     manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
