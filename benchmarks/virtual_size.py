@@ -22,7 +22,9 @@ refstore reads are checked against h5py.
 
 ``--n 100,1000,10000`` picks the sizes (default all three); ``--repeat`` the fresh
 processes per measurement (default 3). Inputs and manifests are cached under
-``$REFSTORE_BENCH_CACHE/virtual_size`` (made once; ``--rebuild`` remakes the manifests).
+``$REFSTORE_BENCH_CACHE/virtual_size`` (made once; manifests per ``--label``, e.g. the
+refstore version that built them; ``--rebuild`` remakes them); ``--kinds`` picks the
+manifests (``virtual,combined,mzz``).
 """
 
 from __future__ import annotations
@@ -105,14 +107,15 @@ def make_inputs(root: Path, n: int) -> list[Path]:
     return [folder / f"f{i:05d}.json" for i in range(n)]
 
 
-def build(root: Path, n: int, rebuild: bool) -> dict[str, tuple[Path, float]]:
-    """``{kind: (manifest path, seconds to build it)}`` for the N inputs (built once)."""
+def build(root: Path, n: int, rebuild: bool, label: str, kinds: tuple[str, ...]) -> dict[str, tuple[Path, float]]:
+    """``{kind: (manifest path, seconds to build it)}`` for the N inputs (built once per ``label``)."""
     refs = make_inputs(root, n)
-    folder = refs[0].parent
+    folder = refs[0].parent / label
+    folder.mkdir(exist_ok=True)
     built: dict[str, tuple[Path, float]] = {}
     times_file = folder / "build_times.json"
     times = json.loads(times_file.read_text()) if times_file.exists() and not rebuild else {}
-    for kind in KINDS:
+    for kind in kinds:
         out = folder / FILES[kind]
         if rebuild or not out.exists() or kind not in times:
             t0 = time.perf_counter()
@@ -150,21 +153,18 @@ def worker(kind: str, action: str, path: str, check: str) -> dict[str, float]:
     """Time ``action`` (``open``, ``xr`` or ``read``) of the manifest at ``path`` in this fresh process."""
     import warnings
 
+    import fsspec.implementations.reference  # noqa: F401 - imports before the clock
     import zarr
+
+    import refstore  # noqa: F401
 
     warnings.filterwarnings("ignore")
     if action == "xr":
         import xarray as xr
 
-        import refstore  # noqa: F401 - imported before the clock, like xarray
-
         t0 = time.perf_counter()
         ds = xr.open_zarr(_store(kind, path), consolidated=False, decode_times=False)
         return {"s": time.perf_counter() - t0, "ntime": float(ds.sizes["time"])}
-    if kind != MZZ:
-        import refstore  # noqa: F401
-    else:
-        import fsspec.implementations.reference  # noqa: F401
     t0 = time.perf_counter()
     group = zarr.open_group(_store(kind, path), mode="r")
     members = dict(group.members())
@@ -194,13 +194,13 @@ def _spawn(kind: str, action: str, path: Path, check: str) -> dict[str, float]:
     raise RuntimeError(f"{kind} {action}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
 
 
-def measure(ns: list[int], repeat: int, rebuild: bool) -> list[dict[str, Any]]:
+def measure(ns: list[int], repeat: int, rebuild: bool, label: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     """One row per (N, kind): bytes, bytes per input, build time and the medians of the fresh-process timings."""
     root = default_cache_dir() / "virtual_size"
     rows = []
     for n in ns:
         print(f"N = {n}", flush=True)
-        built = build(root, n, rebuild)
+        built = build(root, n, rebuild, label, kinds)
         first_nc = str(root / f"n{n}" / "f00000.nc")
         for kind, (path, build_s) in built.items():
             timings: dict[str, list[float]] = {"open": [], "xr": [], "read": []}
@@ -208,7 +208,7 @@ def measure(ns: list[int], repeat: int, rebuild: bool) -> list[dict[str, Any]]:
                 for action in timings:
                     timings[action].append(_spawn(kind, action, path, first_nc if kind != MZZ else "")["s"])
             size = path.stat().st_size
-            row = {"N": n, "kind": kind, "bytes": size, "bytes/input": size / n, "build s": build_s,
+            row = {"N": n, "kind": kind, "label": label, "bytes": size, "bytes/input": size / n, "build s": build_s,
                    **{f"{a} s": statistics.median(v) for a, v in timings.items()},
                    "raw": timings}
             print(f"  {kind}: {size:,} B, open {row['open s']:.3f} s, xr {row['xr s']:.3f} s, "
@@ -219,10 +219,10 @@ def measure(ns: list[int], repeat: int, rebuild: bool) -> list[dict[str, Any]]:
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """A markdown table of :func:`measure`'s rows."""
-    head = "| N | manifest | bytes | bytes/input | build s | open s | xr.open_zarr s | first read s |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| N | manifest | refstore | bytes | bytes/input | build s | open s | xr.open_zarr s | first read s |"
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['N']:,} | {r['kind']} | {r['bytes']:,} | {r['bytes/input']:,.0f} | {r['build s']:.1f} | "
+        lines.append(f"| {r['N']:,} | {r['kind']} | {r.get('label', '')} | {r['bytes']:,} | {r['bytes/input']:,.0f} | {r['build s']:.1f} | "
                      f"{r['open s']:.3f} | {r['xr s']:.3f} | {r['read s']:.3f} |")
     return "\n".join(lines)
 
@@ -238,8 +238,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (median)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the manifests (inputs are kept)")
     p.add_argument("--out", help="also write the rows as JSON here")
+    p.add_argument("--label", default="current",
+                   help="manifests are kept per label (e.g. the refstore version that built them)")
+    p.add_argument("--kinds", default="virtual,combined,mzz",
+                   help="which manifests: any of virtual (combine --layout virtual), combined (default), mzz")
     args = p.parse_args()
-    rows = measure([int(x) for x in args.n.split(",")], args.repeat, args.rebuild)
+    names = {"virtual": VIRTUAL, "combined": COMBINED, "mzz": MZZ}
+    kinds = tuple(names[k] for k in args.kinds.split(","))
+    rows = measure([int(x) for x in args.n.split(",")], args.repeat, args.rebuild, args.label, kinds)
     print(format_rows(rows))
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
