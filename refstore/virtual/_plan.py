@@ -40,7 +40,8 @@ class ChunkPlanner:
         self._lazy = v.layers if isinstance(v.layers, Layers) else None
         if self._lazy is not None:
             self._ranges: list[tuple[tuple[int, int], ...] | None] = []
-            self._dim, self._buckets = None, []
+            self._dim: int | None = None
+            self._buckets: list[list[int]] = []
             return
         #: per layer, its chunk-index range per dimension (None for an empty layer)
         self._ranges = [

@@ -209,21 +209,26 @@ class Run:
             self.path = str(d["path"])
             self.first = int(d.get("first", 0))
             self.new_axis = "count" in d
-            lengths = np.ones(int(d["count"]), np.int64) if self.new_axis else np.asarray(d["lengths"], np.int64)
+            count = int(d["count"]) if self.new_axis else 0
+            # checked before anything is allocated for it: a hostile count must not fill memory
+            fits = 0 <= count <= max(shape, default=0)
+            lengths = np.ones(count if fits else 0, np.int64) if self.new_axis else np.asarray(d["lengths"], np.int64)
             self.templates = list(d["metadata"])
             which = np.asarray(d.get("which", np.zeros(len(lengths), np.int64)), np.int64)
         except KeyError as e:
             raise ManifestError(f"{where}: run lacks field {e.args[0]!r}") from None
         except (TypeError, ValueError, OverflowError):
             raise ManifestError(f"{where}: run fields have the wrong types") from None
+        if not fits:
+            raise ManifestError(f"{where}: run count {count} does not fit the shape {shape}")
         if lengths.ndim != 1 or which.shape != lengths.shape:
             raise ManifestError(f"{where}: run field 'which' must give a metadata index per source")
         self.lengths, self.which = lengths, which
         if not 0 <= self.axis < ndim or len(self.origin) != ndim or self.first < 0:
             raise ManifestError(f"{where}: run axis {self.axis} or origin {self.origin} do not fit {ndim} dimensions")
-        if len(which) and (which.min() < 0 or which.max() >= len(self.templates)):
+        if bool(((which < 0) | (which >= len(self.templates))).any()):
             raise ManifestError(f"{where}: run field 'which' must give a metadata index per source")
-        if len(lengths) and lengths.min() < 0:
+        if bool((lengths < 0).any()):
             raise ManifestError(f"{where}: run lengths must be non-negative")
         #: where each source starts along the axis, and (last) where the run ends
         self.starts = self.origin[self.axis] + np.concatenate([[0], np.cumsum(lengths)])
@@ -241,12 +246,12 @@ class Run:
             self._shapes.append(full)
         #: the extent of every source off the axis (the same for all)
         self.box = list(self._shapes[0]) if self._shapes else [0] * ndim
-        if any([n for d, n in enumerate(f) if d != self.axis] != [n for d, n in enumerate(self.box) if d != self.axis]
+        if any(f[:self.axis] + f[self.axis + 1:] != self.box[:self.axis] + self.box[self.axis + 1:]
                for f in self._shapes):
             raise ManifestError(f"{where}: run metadata differ in shape off the run's axis")
-        for d in range(ndim):
-            end = int(self.starts[-1]) if d == self.axis else self.origin[d] + self.box[d]
-            if self.origin[d] < 0 or end > shape[d]:
+        for dim in range(ndim):
+            end = int(self.starts[-1]) if dim == self.axis else self.origin[dim] + self.box[dim]
+            if self.origin[dim] < 0 or end > shape[dim]:
                 raise ManifestError(f"{where}: run lies outside the shape {shape}")
         self._docs: dict[tuple[int, int], dict[str, bytes]] = {}
         self._meta: dict[tuple[int, int], Any] = {}

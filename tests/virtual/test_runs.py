@@ -16,6 +16,7 @@ import pytest
 import zarr
 from _v1_fixtures import FIXTURES, expected, memory_array, sources
 
+
 def _open_routes(path: Path) -> dict[str, Any]:
     """The fixture's root group by every in-process route (store, threaded pipeline, reference://)."""
     import fsspec
@@ -112,4 +113,17 @@ def test_malformed_run_is_refused_naming_the_field(field, value, match) -> None:
     else:
         run[field] = value
     with pytest.raises(refstore.ManifestError, match=match):
+        VirtualArray.from_dict(d, root=zarr.storage.MemoryStore())
+
+
+def test_a_stack_run_with_a_huge_count_is_refused_before_allocating() -> None:
+    import refstore
+    from refstore.virtual import VirtualArray, save_virtual
+
+    two = [memory_array(np.full((4, 3), k, "f4"), (2, 3), None, 2) for k in range(2)]
+    d = json.loads(save_virtual({"v": refstore.stack(two)}).get("v/refstore.virtual.json"))
+    run = d["layers"][0]["run"]
+    assert run["count"] == 2
+    run["count"] = 10**15
+    with pytest.raises(refstore.ManifestError, match="count"):
         VirtualArray.from_dict(d, root=zarr.storage.MemoryStore())
