@@ -36,6 +36,7 @@ class ChunkPlanner:
         self.v = v
         self.encoding = encoding
         self._static: dict[int, tuple[ZarrSource, dict[int, tuple[int, int, int]], tuple[int, ...]] | None] = {}
+        self._encodings: dict[int, tuple[Any, str]] = {}
         #: a definition's runs find their layers by bisection, without making the others
         self._lazy = v.layers if isinstance(v.layers, Layers) else None
         if self._lazy is not None:
@@ -107,13 +108,21 @@ class ChunkPlanner:
             src_chunks = tuple(arr.chunks)
             if (
                 not is_sharded(arr)  # a stored object is a shard of many chunks: assembled instead
-                and encoding_of(arr) == self.encoding
+                and self._encoding_of(arr) == self.encoding
                 and same_value(src.fill_value, v.fill_value)
                 and all(step == 1 and src_chunks[k] == v.chunks[d] for d, (k, _, step) in mapped.items())
             ):
                 found = (src, mapped, src_chunks)
         self._static[i] = found
         return found
+
+    def _encoding_of(self, arr: Any) -> str:
+        """:func:`encoding_of`, once per metadata object (the sources of a run share a few)."""
+        meta = arr.metadata
+        found = self._encodings.get(id(meta))
+        if found is None or found[0] is not meta:
+            found = self._encodings[id(meta)] = (meta, encoding_of(arr))
+        return found[1]
 
     async def plan(self, coords: tuple[int, ...]) -> Plan:
         """How chunk ``coords`` is produced (see ``spec/virtual.md``, "Producing a chunk")."""

@@ -295,20 +295,30 @@ class Run:
         return found
 
     async def open(self, k: int, root: Any) -> Any:
-        """Source ``k`` as a ``zarr.AsyncArray`` in ``root``; its metadata parsed once per template and length."""
+        """Source ``k`` as a ``zarr.AsyncArray`` in ``root``.
+
+        Its metadata is parsed, and its codec pipeline made, once per template and length:
+        the sources sharing them are copies of one array that differ in their path only.
+        """
+        import copy
+
         from zarr.core.array import AsyncArray
         from zarr.core.buffer import default_buffer_prototype
         from zarr.storage import MemoryStore, StorePath
 
         key = (int(self.which[k]), int(self.lengths[k]))
-        meta = self._meta.get(key)
-        if meta is None:
+        where = StorePath(root, f"{self.path}{self.first + k}")
+        proto = self._meta.get(key)
+        if proto is None:
             docs = self.docs(k)
-            proto = default_buffer_prototype()
-            store = MemoryStore({n: proto.buffer.from_bytes(b) for n, b in docs.items()})
+            buffers = default_buffer_prototype()
+            store = MemoryStore({n: buffers.buffer.from_bytes(b) for n, b in docs.items()})
             meta = (await AsyncArray.open(store, zarr_format=3 if "zarr.json" in docs else 2)).metadata
-            self._meta[key] = meta
-        return AsyncArray(meta, StorePath(root, f"{self.path}{self.first + k}"))
+            proto = self._meta[key] = AsyncArray(meta, where)
+            return proto
+        arr = copy.copy(proto)  # no __init__: the pipeline is the prototype's (it depends on metadata and root)
+        object.__setattr__(arr, "store_path", where)
+        return arr
 
 
 class Layers(Sequence[Layer]):
