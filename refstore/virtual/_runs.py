@@ -364,6 +364,16 @@ class Layers(Sequence[Layer]):
                 for k in range(len(part)):
                     yield self._layer(p, part, k)
 
+    def boxes(self) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``(origin, shape)`` of every layer, in order, without making the layers of runs."""
+        for part in self.parts:
+            if isinstance(part, Layer):
+                yield part.origin, part.shape
+            else:
+                for k in range(len(part)):
+                    _, origin, shape, _ = part.place(k)
+                    yield origin, shape
+
     def _layer(self, p: int, run: Run, k: int) -> Layer:
         layer = self._made.get((p, k))
         if layer is None:
