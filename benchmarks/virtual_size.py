@@ -118,22 +118,30 @@ def build(root: Path, n: int, rebuild: bool, label: str, kinds: tuple[str, ...])
     for kind in kinds:
         out = folder / FILES[kind]
         if rebuild or not out.exists() or kind not in times:
-            t0 = time.perf_counter()
-            if kind == MZZ:
-                from kerchunk.combine import MultiZarrToZarr
-
-                loaded = [json.loads(p.read_text()) for p in refs]
-                mzz = MultiZarrToZarr(loaded, concat_dims=["time"], identical_dims=["lat", "lon"]).translate()
-                out.write_text(json.dumps(mzz))
-            else:
-                from refstore.virtual._combine import combine
-
-                combine([str(p) for p in refs], "time", str(out), layout="virtual" if kind == VIRTUAL else "auto",
-                        progress=False)
-            times[kind] = time.perf_counter() - t0
+            print(f"  building {kind}", flush=True)
+            # in a fresh process: what one build leaves open (combine keeps every input's store, and
+            # its files, open) does not count against the next
+            times[kind] = _spawn("--build", kind, str(out), str(n))["s"]
             times_file.write_text(json.dumps(times))
         built[kind] = (out, times[kind])
     return built
+
+
+def build_one(kind: str, out: str, n: int) -> dict[str, float]:
+    """Build the manifest ``kind`` of the N inputs at ``out``; its time."""
+    refs = [Path(out).parent.parent / f"f{i:05d}.json" for i in range(n)]
+    t0 = time.perf_counter()
+    if kind == MZZ:
+        from kerchunk.combine import MultiZarrToZarr
+
+        loaded = [json.loads(p.read_text()) for p in refs]
+        mzz = MultiZarrToZarr(loaded, concat_dims=["time"], identical_dims=["lat", "lon"]).translate()
+        Path(out).write_text(json.dumps(mzz))
+    else:
+        from refstore.virtual._combine import combine
+
+        combine([str(p) for p in refs], "time", out, layout="virtual" if kind == VIRTUAL else "auto", progress=False)
+    return {"s": time.perf_counter() - t0}
 
 
 # ------------------------------------------------------------------ measured in a fresh process
@@ -183,15 +191,16 @@ def worker(kind: str, action: str, path: str, check: str) -> dict[str, float]:
     return {"s": read, "open": opened}
 
 
-def _spawn(kind: str, action: str, path: Path, check: str) -> dict[str, float]:
+def _spawn(*args: str) -> dict[str, float]:
+    """``python -m benchmarks.virtual_size ARGS`` in a fresh process; its RESULT line."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.virtual_size", "--worker", kind, action, str(path), check],
-                          capture_output=True, text=True, cwd=root, env=env, timeout=1800, check=False)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.virtual_size", *args],
+                          capture_output=True, text=True, cwd=root, env=env, timeout=3600, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return dict(json.loads(line[7:]))
-    raise RuntimeError(f"{kind} {action}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    raise RuntimeError(f"{args}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
 
 
 def measure(ns: list[int], repeat: int, rebuild: bool, label: str, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -206,7 +215,7 @@ def measure(ns: list[int], repeat: int, rebuild: bool, label: str, kinds: tuple[
             timings: dict[str, list[float]] = {"open": [], "xr": [], "read": []}
             for _ in range(repeat):  # interleaved: each repeat runs every action once
                 for action in timings:
-                    timings[action].append(_spawn(kind, action, path, first_nc if kind != MZZ else "")["s"])
+                    timings[action].append(_spawn("--worker", kind, action, str(path), first_nc if kind != MZZ else "")["s"])
             size = path.stat().st_size
             row = {"N": n, "kind": kind, "label": label, "bytes": size, "bytes/input": size / n, "build s": build_s,
                    **{f"{a} s": statistics.median(v) for a, v in timings.items()},
@@ -232,6 +241,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, action, path, check = sys.argv[2:6]
         print("RESULT " + json.dumps(worker(kind, action, path, check)), flush=True)
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--build":
+        kind, out, n = sys.argv[2:5]
+        print("RESULT " + json.dumps(build_one(kind, out, int(n))), flush=True)
         return
     p = argparse.ArgumentParser(prog="python -m benchmarks.virtual_size", description=__doc__.split("\n")[0])
     p.add_argument("--n", default="100,1000,10000", help="comma-separated numbers of inputs")
