@@ -7,6 +7,7 @@ references that fit no grid. This module knows nothing of fetching.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import uuid
@@ -19,6 +20,7 @@ import ujson
 from refstore.errors import KeyNotInManifest, ManifestError
 from refstore.manifest._keys import check_key
 from refstore.manifest._sources import SourceIdentity
+from refstore.manifest._table import _SUFFIX_CHARS as SUFFIX_CHARS
 from refstore.manifest._table import (
     WHOLE,
     ChunkTable,
@@ -126,6 +128,9 @@ class Manifest:
         self._tables: dict[str, ChunkTable] = {}
         self._heads: dict[tuple[str, int], ChunkTable] = {}
         self._slash_counts: tuple[int, ...] = ()
+        self._by_head: dict[str, list[ChunkTable]] = {}
+        self._sorted_heads: list[str] = []
+        self._dense_cells = 0
         self._lock = threading.Lock()
         self.source: str | None = None
         """Where the manifest was read from (a URL or path), if anywhere."""
@@ -260,7 +265,7 @@ class Manifest:
             self._evict(table)
         table = ChunkTable(layout)
         self._tables[layout.prefix] = table
-        self._reindex()
+        self._index_table(table)
         return table
 
     def _evict(self, table: ChunkTable) -> None:
@@ -287,9 +292,27 @@ class Manifest:
         Such an array (one lying among another's chunk keys) is not
         tabulated: its keys are kept individually, so that every key is held once.
         """
-        return any(
-            p != layout.prefix and keys_may_overlap(t.layout, layout) for p, t in self._tables.items()
-        )
+        # found through the index of heads, not by comparing with every table: a manifest of
+        # many arrays (a virtual manifest's embedded sources) would otherwise load in quadratic time
+        head, by_head = layout.head, self._by_head
+
+        def clash(tables: list[ChunkTable]) -> bool:
+            return any(t.layout.prefix != layout.prefix and keys_may_overlap(t.layout, layout) for t in tables)
+
+        cut = len(head)  # heads that are head or a prefix of it, followed by chunk-key text
+        while True:
+            if clash(by_head.get(head[:cut], [])):
+                return True
+            if cut == 0 or head[cut - 1] not in SUFFIX_CHARS:
+                break
+            cut -= 1
+        heads = self._sorted_heads  # longer heads that start with head
+        for i in range(bisect.bisect_right(heads, head), len(heads)):
+            if not heads[i].startswith(head):
+                break
+            if clash(by_head[heads[i]]):
+                return True
+        return False
 
     def _room_for(self, layout: KeyLayout, budget: int) -> bool:
         """True if dense columns for *layout* keep all the manifest's dense cells within *budget*.
@@ -298,13 +321,33 @@ class Manifest:
         grids must not allocate columns far beyond the references it holds
         (the keys of an array left out are kept individually instead).
         """
-        cells = sum(t.layout.size for p, t in self._tables.items() if not t.lazy and p != layout.prefix)
+        cells = self._dense_cells
+        old = self._tables.get(layout.prefix)
+        if old is not None and not old.lazy:
+            cells -= old.layout.size
         return cells + layout.size <= budget
 
     def _reindex(self) -> None:
         """Rebuild the key-head index after the set of tables changed."""
         self._heads = {(t.layout.head, t.layout.slashes): t for t in self._tables.values()}
         self._slash_counts = tuple(sorted({s for _, s in self._heads}))
+        self._by_head = {}
+        for t in self._tables.values():
+            self._by_head.setdefault(t.layout.head, []).append(t)
+        self._sorted_heads = sorted(self._by_head)
+        self._dense_cells = sum(t.layout.size for t in self._tables.values() if not t.lazy)
+
+    def _index_table(self, table: ChunkTable) -> None:
+        """Add a new table (of a prefix that had none) to the indexes :meth:`_reindex` builds."""
+        head, slashes = table.layout.head, table.layout.slashes
+        self._heads[(head, slashes)] = table
+        if slashes not in self._slash_counts:
+            self._slash_counts = tuple(sorted({*self._slash_counts, slashes}))
+        if head not in self._by_head:
+            bisect.insort(self._sorted_heads, head)
+        self._by_head.setdefault(head, []).append(table)
+        if not table.lazy:
+            self._dense_cells += table.layout.size
 
     def _layout_for(self, key: str, value: bytes) -> KeyLayout | None:
         prefix, _, name = key.rpartition("/")

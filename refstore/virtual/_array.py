@@ -76,7 +76,8 @@ class VirtualArray:
         #: True when the array declares no fill value (zarr 2 ``null``); ``fill_value`` is then 0
         self.no_fill = fill_value is None
         self.fill_value = np.asarray(0 if fill_value is None else fill_value).astype(self.dtype)[()]
-        self.layers = tuple(layers)
+        # a definition's runs keep their layers unmade until asked for (refstore.virtual._runs.Layers)
+        self.layers: Sequence[Layer] = layers if _is_lazy(layers) else tuple(layers)
         # dimension names live in dimension_names; zarr 2 metadata adds _ARRAY_DIMENSIONS back
         self.attrs = {k: v for k, v in (attrs or {}).items() if k != DIMENSIONS_ATTR}
         self.dimension_names = tuple(dimension_names) if dimension_names is not None else None
@@ -252,6 +253,12 @@ class VirtualArray:
         from refstore.virtual._save import flatten
 
         return flatten({name: self})
+
+
+def _is_lazy(layers: Sequence[Layer]) -> bool:
+    from refstore.virtual._runs import Layers
+
+    return isinstance(layers, Layers)
 
 
 async def _read_layer(layer: Layer, dtype: np.dtype[Any], cache: DecodedChunkCache | None) -> np.ndarray:

@@ -256,12 +256,12 @@ def _renumber(m: SourceDim, insert_axis: int) -> SourceDim:
 def touched_chunks(v: Any) -> Iterator[tuple[int, ...]]:
     """The coordinates of the chunks of virtual array ``v`` that some layer's box touches, each once."""
     boxes = []
-    for layer in v.layers:
-        if 0 in layer.shape:
+    # a definition's runs give their boxes without making their layers (refstore.virtual._runs.Layers)
+    places = v.layers.boxes() if hasattr(v.layers, "boxes") else ((la.origin, la.shape) for la in v.layers)
+    for origin, shape in places:
+        if 0 in shape:
             continue
-        boxes.append(tuple(
-            range(o // c, -(-(o + n) // c)) for o, n, c in zip(layer.origin, layer.shape, v.chunks)
-        ))
+        boxes.append(tuple(range(o // c, -(-(o + n) // c)) for o, n, c in zip(origin, shape, v.chunks)))
     for i, box in enumerate(boxes):
         # earlier boxes this one shares chunks with (few: only neighbours, for concatenations)
         earlier = [b for b in boxes[:i] if all(r.start < q.stop and q.start < r.stop for r, q in zip(box, b))]

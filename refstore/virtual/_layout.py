@@ -22,6 +22,7 @@ from refstore.virtual._save import (
     _put_docs,
     _put_groups,
     _put_plain,
+    is_parquet,
     put_virtual,
     source_entry,
 )
@@ -161,7 +162,7 @@ def save_layout(
                 manifest.set(f"{name}/{key}", data)
         else:
             _, docs = _all_docs({name: v}, fmt)
-            put_virtual(manifest, name, v, docs[name])
+            put_virtual(manifest, name, v, docs[name], source_docs_in_runs=is_parquet(out))
     return _finish(manifest, out, arrays), [plan for plan, _ in plans.values()]
 
 

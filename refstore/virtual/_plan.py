@@ -31,17 +31,27 @@ class ChunkPlanner:
     """
 
     def __init__(self, v: Any, encoding: str) -> None:
+        from refstore.virtual._runs import Layers
+
         self.v = v
         self.encoding = encoding
+        self._static: dict[int, tuple[ZarrSource, dict[int, tuple[int, int, int]], tuple[int, ...]] | None] = {}
+        self._encodings: dict[int, tuple[Any, str]] = {}
+        #: a definition's runs find their layers by bisection, without making the others
+        self._lazy = v.layers if isinstance(v.layers, Layers) else None
+        if self._lazy is not None:
+            self._ranges: list[tuple[tuple[int, int], ...] | None] = []
+            self._dim: int | None = None
+            self._buckets: list[list[int]] = []
+            return
         #: per layer, its chunk-index range per dimension (None for an empty layer)
-        self._ranges: list[tuple[tuple[int, int], ...] | None] = [
+        self._ranges = [
             None if 0 in layer.shape else tuple(
                 (o // c, -(-(o + n) // c)) for o, n, c in zip(layer.origin, layer.shape, v.chunks)
             )
             for layer in v.layers
         ]
         self._dim, self._buckets = self._index()
-        self._static: dict[int, tuple[ZarrSource, dict[int, tuple[int, int, int]], tuple[int, ...]] | None] = {}
 
     def _index(self) -> tuple[int | None, list[list[int]]]:
         """Buckets of layer indices per chunk index along the best dimension (None: scan all)."""
@@ -64,6 +74,8 @@ class ChunkPlanner:
 
     def hits(self, coords: tuple[int, ...]) -> list[int]:
         """Indices (in layer order) of the layers whose box touches chunk ``coords``."""
+        if self._lazy is not None:
+            return self._lazy.hits([(c * n, (c + 1) * n) for c, n in zip(coords, self.v.chunks)])
         if self._dim is None:
             candidates: Any = range(len(self._ranges))
         else:
@@ -96,13 +108,21 @@ class ChunkPlanner:
             src_chunks = tuple(arr.chunks)
             if (
                 not is_sharded(arr)  # a stored object is a shard of many chunks: assembled instead
-                and encoding_of(arr) == self.encoding
+                and self._encoding_of(arr) == self.encoding
                 and same_value(src.fill_value, v.fill_value)
                 and all(step == 1 and src_chunks[k] == v.chunks[d] for d, (k, _, step) in mapped.items())
             ):
                 found = (src, mapped, src_chunks)
         self._static[i] = found
         return found
+
+    def _encoding_of(self, arr: Any) -> str:
+        """:func:`encoding_of`, once per metadata object (the sources of a run share a few)."""
+        meta = arr.metadata
+        found = self._encodings.get(id(meta))
+        if found is None or found[0] is not meta:
+            found = self._encodings[id(meta)] = (meta, encoding_of(arr))
+        return found[1]
 
     async def plan(self, coords: tuple[int, ...]) -> Plan:
         """How chunk ``coords`` is produced (see ``spec/virtual.md``, "Producing a chunk")."""

@@ -191,27 +191,58 @@ def save_virtual(
         if _is_zarr_array(v):
             _put_plain(manifest, name, v, all_docs[name])
         else:
-            put_virtual(manifest, name, v, all_docs[name])
+            put_virtual(manifest, name, v, all_docs[name], source_docs_in_runs=is_parquet(out))
     return _finish(manifest, out, arrays)
 
 
-def put_virtual(manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, bytes]) -> None:
-    """Virtual array ``v`` under ``name``: metadata ``docs``, its definition, and its sources embedded."""
+def is_parquet(out: str | None) -> bool:
+    """True if ``out`` names a parquet reference directory (what :meth:`refstore.Manifest.save` writes there)."""
+    return out is not None and out.rstrip("/").lower().endswith((".parq", ".parquet"))
+
+
+def put_virtual(
+    manifest: Any, name: str, v: VirtualArray, docs: Mapping[str, bytes], *, source_docs_in_runs: bool = False
+) -> None:
+    """Virtual array ``v`` under ``name``: metadata ``docs``, its definition, and its sources embedded.
+
+    Consecutive whole sources (a concatenation's or a stack's inputs) are written as runs
+    (:mod:`refstore.virtual._runs`, definition version 2): their shared metadata once in
+    the definition, none under their ``.sources/<i>/`` unless ``source_docs_in_runs``
+    (the parquet layout holds chunk keys only of arrays with metadata; readers use the
+    run's). A definition without runs stays version 1, readable by earlier refstore versions.
+    """
     from zarr.core.sync import sync
 
+    from refstore.virtual._runs import pack_runs
+    from refstore.virtual._spec import RUNS_VERSION
+
     embedded: dict[int, str] = {}
+    source_docs: dict[str, dict[str, bytes]] = {}
 
     def ref(src: ZarrSource) -> dict[str, Any]:
         if src.ref is not None and set(src.ref) != {"path"}:  # names its own store (a "path" alone is ours)
             return dict(src.ref)
         if id(src.array) not in embedded:
             path = f"{name}/{SOURCES_DIR}/{len(embedded)}"
+            meta: dict[str, bytes] = {}
             for rel, entry in sync(_entries(src.array)):
-                manifest.set(f"{path}/{rel}", entry)
+                if rel in _METADATA and isinstance(entry, bytes):
+                    meta[rel] = entry
+                else:
+                    manifest.set(f"{path}/{rel}", entry)
+            # a source its store keeps no documents for (one of a run): from its parsed metadata
+            source_docs[path] = meta or _plain_docs(src.array)
             embedded[id(src.array)] = path
         return {"path": embedded[id(src.array)]}
 
     definition = v.to_dict(source_ref=ref)
+    layers, in_runs = pack_runs(definition["layers"], v.ndim, source_docs.get)
+    if in_runs:
+        definition["layers"] = layers
+        definition["refstore_virtual"] = RUNS_VERSION
+    for path, meta in source_docs.items():
+        if source_docs_in_runs or path not in in_runs:
+            _put_docs(manifest, path, meta)
     _put_docs(manifest, name, docs)
     manifest.set(f"{name}/{DEFINITION_NAME}", json.dumps(definition).encode())
 

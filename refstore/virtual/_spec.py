@@ -12,6 +12,10 @@ from refstore.virtual._index import Blocked, Layer, SourceDim
 from refstore.virtual._source import ZarrSource, json_fill
 
 FORMAT_VERSION = 1
+#: The version of definitions whose layers hold runs (:mod:`refstore.virtual._runs`).
+RUNS_VERSION = 2
+#: The versions this reader reads.
+READ_VERSIONS = (FORMAT_VERSION, RUNS_VERSION)
 #: The manifest key (under an array's prefix) that holds its virtual definition.
 DEFINITION_NAME = "refstore.virtual.json"
 
@@ -197,38 +201,63 @@ def from_dict(d: dict[str, Any], root: Any = None, **options: Any) -> Any:
     """
     from refstore.virtual._array import VirtualArray
 
-    if d.get("refstore_virtual") != FORMAT_VERSION:
+    if d.get("refstore_virtual") not in READ_VERSIONS:
         raise ManifestError(
-            f"virtual array definition: field 'refstore_virtual' must be {FORMAT_VERSION}, "
+            f"virtual array definition: field 'refstore_virtual' must be one of {list(READ_VERSIONS)}, "
             f"got {d.get('refstore_virtual')!r}"
         )
     try:
         dtype = np.dtype(d["dtype"])
         shape, chunks = tuple(d["shape"]), tuple(d["chunks"])
-        layers = []
+        layers: list[Any] = []
+        runs = False
         for k, ld in enumerate(d["layers"]):
+            if "run" in ld and d["refstore_virtual"] >= RUNS_VERSION:
+                layers.append(_run(ld["run"], shape, root, f"virtual array definition: layer {k}"))
+                runs = True
+                continue
             sref = ld["source"]
             src: Any = from_dict(sref["virtual"], root, **options) if "virtual" in sref else open_source(sref, root, **options)
             src_map = tuple(_map_from_json(m, f"virtual array definition: layer {k} map") for m in ld["map"])
             layer = Layer(src, tuple(ld["origin"]), tuple(ld["shape"]), src_map)
-            if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
-                raise ManifestError(f"virtual array definition: layer {k} has origin/shape of the wrong length")
-            vdims = [m.vdim if isinstance(m, Blocked) else m[0] for m in src_map if not isinstance(m, int)]
-            if any(not 0 <= d < len(shape) for d in vdims) or vdims != sorted(set(vdims)):
-                raise ManifestError(
-                    f"virtual array definition: layer {k} map names virtual dimensions {vdims}; they must be "
-                    f"distinct, increasing and below {len(shape)}"
-                )
-            for o, n, total in zip(layer.origin, layer.shape, shape):
-                if o < 0 or n < 0 or o + n > total:
-                    raise ManifestError(f"virtual array definition: layer {k} lies outside the shape {shape}")
-            layers.append(layer)
+            layers.append(_checked(layer, shape, f"virtual array definition: layer {k}"))
     except KeyError as e:
         raise ManifestError(f"virtual array definition: missing field {e.args[0]!r}") from None
+    if runs:
+        from refstore.virtual._runs import Layers
+
+        layers = Layers(layers, root)  # type: ignore[assignment]
     return VirtualArray(
         shape, dtype, chunks, _parse_fill(d.get("fill_value"), dtype), layers,
         attrs=d.get("attributes") or {}, dimension_names=d.get("dimension_names"),
     )
+
+
+def _checked(layer: Layer, shape: tuple[int, ...], where: str) -> Layer:
+    """``layer`` if it fits a virtual array of ``shape``; else ManifestError naming ``where`` and the field."""
+    if len(layer.origin) != len(shape) or len(layer.shape) != len(shape):
+        raise ManifestError(f"{where} has origin/shape of the wrong length")
+    vdims = [m.vdim if isinstance(m, Blocked) else m[0] for m in layer.src_map if not isinstance(m, int)]
+    if any(not 0 <= d < len(shape) for d in vdims) or vdims != sorted(set(vdims)):
+        raise ManifestError(
+            f"{where} map names virtual dimensions {vdims}; they must be "
+            f"distinct, increasing and below {len(shape)}"
+        )
+    for o, n, total in zip(layer.origin, layer.shape, shape):
+        if o < 0 or n < 0 or o + n > total:
+            raise ManifestError(f"{where} lies outside the shape {shape}")
+    return layer
+
+
+def _run(d: Any, shape: tuple[int, ...], root: Any, where: str) -> Any:
+    """A parsed run (see :mod:`refstore.virtual._runs`); its layers and sources are made on first use."""
+    from refstore.virtual._runs import Run
+
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: a run must be an object")
+    if root is None:
+        raise ManifestError(f"{where}: a run names sources by path but no store to resolve them in was given")
+    return Run(d, shape, where)
 
 
 def served_virtual(array: Any) -> Any:

@@ -153,3 +153,31 @@ def test_parquet_writing_refuses_what_reading_would_refuse(tmp_path):
     m = Manifest.from_dict(refs)
     with pytest.raises(ManifestError, match=r"a/zarr\.json"):
         m.save(str(tmp_path / "refs.parq"))
+
+
+def test_the_index_of_heads_finds_every_clash_pairwise_comparison_finds():
+    """``Manifest._clashes`` looks tables up by head (a virtual manifest has thousands of arrays: comparing
+    each new array with every table made loading quadratic, 50 s for 4,000); it must agree with
+    comparing the new layout with every table, for nested arrays in both orders, both separators,
+    zarr 3's ``c/`` and arrays whose keys only look like chunk keys (``a/0``, ``a/c``, ``a/.s/1``)."""
+    import itertools
+    import random
+
+    from refstore.manifest._table import keys_may_overlap, layout_from_metadata
+
+    names = ["", "a", "a/0", "a/0/1", "a/c", "a/c/0", "a/1.0", "a/.s", "a/.s/1", "a/.s/12", "b", "b/c/0/0", "ab"]
+    docs = [(".zarray", json.loads(_zarray([4, 4], [2, 2], "/"))), (".zarray", json.loads(_zarray([4], [2]))),
+            ("zarr.json", json.loads(_zarr_json([4, 4], [2, 2])))]
+    rng = random.Random(5)
+    for trial in range(60):
+        m = Manifest()
+        chosen = rng.sample(list(itertools.product(names, range(len(docs)))), 6)
+        for prefix, d in chosen:
+            name, meta = docs[d]
+            layout = layout_from_metadata(prefix, name, meta)
+            if prefix in m._tables:
+                continue
+            brute = any(p != layout.prefix and keys_may_overlap(t.layout, layout) for p, t in m._tables.items())
+            assert m._clashes(layout) == brute, (trial, prefix, name, sorted(m._tables))
+            if not brute:
+                m._add_table(layout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +44,48 @@ def test_virtual_arrays_from_a_saved_definition(serve, tmp_path, zarr_format) ->
     listing = _json(f"{server.url}/v/?format=json")
     assert not any(".sources" in n["path"] for n in listing["nodes"])  # embedded sources stay private
     assert {n["path"] for n in listing["nodes"] if n["node_type"] == "array"} == {"tas", "grp/padded", "view"}
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_virtual_manifest_of_the_version_1_format(serve, zarr_format) -> None:
+    """A manifest written before definitions had runs (a layer and metadata per input) serves the same values."""
+    from _v1_fixtures import FIXTURES, expected
+
+    server = serve(app({"v": str(FIXTURES[zarr_format])}))
+    group = zarr.open_group(f"{server.url}/v", mode="r", zarr_format=zarr_format)
+    for name, values in expected(zarr_format).items():
+        np.testing.assert_array_equal(group[name][:], values)
+        np.testing.assert_array_equal(group[name][3:9], values[3:9])
+
+
+@pytest.mark.parametrize("layout", ["auto", "virtual"])
+def test_combined_years_read_alike_on_every_face(serve, tmp_path, layout) -> None:
+    """``refstore combine`` of three netCDF years (365/366 days in 30-day chunks: misaligned, so virtual
+    arrays whose sources are runs) equals ``xr.open_mfdataset`` through the store, the threaded codec
+    pipeline, ``reference://`` and the HTTP server face."""
+    import xarray as xr
+    from test_combine_xarray import YEARS, scan, write_year  # tests/virtual
+
+    files = [str(write_year(tmp_path / f"y{year}.nc", year)) for year in YEARS]
+    out = str(tmp_path / "combined.json")
+    refstore.combine([scan(Path(f)) for f in files], "time", out, layout=layout)
+    assert "run" in json.loads(json.loads(Path(out).read_text())["refs"]["tas/refstore.virtual.json"])["layers"][0]
+    server = serve(app({"c": out}))
+    faces = {
+        "store": lambda: xr.open_zarr(refstore.ReferenceStore(out), consolidated=False),
+        "reference://": lambda: xr.open_dataset("reference://", engine="zarr", chunks={}, backend_kwargs={
+            "storage_options": {"fo": out}, "consolidated": False}),
+        "refstore serve": lambda: xr.open_zarr(f"{server.url}/c", consolidated=True, zarr_format=2),
+    }
+    with xr.open_mfdataset(files, combine="by_coords") as expected:
+        expected = expected.load()
+        for face, open_ in faces.items():
+            for threaded in (False, True):
+                cfg = {"codec_pipeline.path": "refstore.pipeline.ThreadedCodecPipeline"} if threaded else {}
+                with zarr.config.set(cfg):
+                    got = open_().load()
+                xr.testing.assert_identical(got, expected)
+                assert int(got.cnt.isin([0]).sum()) > 0, face  # real zeros (fill value null) stay zeros
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -242,8 +242,11 @@ def test_combining_combined_results(tmp_path: Path, years: Any) -> None:
         assert_same_as_xarray(open_combined(out, "reference://"), expected)
     refs = json.loads(Path(out).read_text())
     refs = refs.get("refs", refs)
-    assert {k for k in refs if k.startswith("tas/.sources/") and k.endswith(".zarray")} == {
-        f"tas/.sources/{k}/.zarray" for k in range(3)}
+    # the three years' sources, each embedded once, are one run of the definition
+    tas = json.loads(refs["tas/refstore.virtual.json"])
+    assert [list(layer) for layer in tas["layers"]] == [["run"]]
+    assert tas["layers"][0]["run"]["lengths"] == [365, 366, 365]
+    assert {k.split("/")[2] for k in refs if k.startswith("tas/.sources/")} == {"0", "1", "2"}
 
 
 def test_misaligned_and_differently_chunked_inputs(tmp_path: Path) -> None:
@@ -271,10 +274,10 @@ def test_scalar_variables_are_copied(tmp_path: Path) -> None:
         assert got.crs.dims == () and got.crs.attrs["grid_mapping_name"] == "latitude_longitude"
 
 
-@pytest.mark.parametrize("flatten", [False, True])
-def test_real_zeros_are_not_masked(tmp_path: Path, flatten: bool) -> None:
+@pytest.mark.parametrize(("flatten", "layout"), [(False, "auto"), (False, "virtual"), (True, "auto")])
+def test_real_zeros_are_not_masked(tmp_path: Path, flatten: bool, layout: str) -> None:
     """Issue 18's data loss: two files with pr = [0, 1] (no fill value) read [0, 1, 0, 1], lat = 0 stays 0
-    and time[0] (0 days since) stays a date, virtual and flattened alike."""
+    and time[0] (0 days since) stays a date, virtual (a run of the two sources) and flattened alike."""
     files = []
     for k in range(2):
         ds = xr.Dataset(
@@ -287,7 +290,11 @@ def test_real_zeros_are_not_masked(tmp_path: Path, flatten: bool) -> None:
         files.append(path)
     manifests = [scan(f) for f in files]
     out = str(tmp_path / "zeros.json")
-    refstore.combine(manifests, "time", out, flatten=flatten)
+    refstore.combine(manifests, "time", out, flatten=flatten, layout=layout)
+    if layout == "virtual":
+        definition = json.loads(json.loads(Path(out).read_text())["refs"]["pr/refstore.virtual.json"])
+        run = definition["layers"][0]["run"]
+        assert run["lengths"] == [2, 2] and run["metadata"][0][".zarray"]["fill_value"] is None
     got = open_combined(out, "reference://").load()
     np.testing.assert_array_equal(got.pr.values[:, 0], [0.0, 1.0, 0.0, 1.0])
     assert got.lat.values.tolist() == [0.0]
