@@ -120,7 +120,7 @@ class Reader:
         self._local_plans_generation: int | None = None
 
     def _protocols_in_manifest(self) -> set[str]:
-        return {split_url(u)[0] for u in self.manifest.urls if u and "://" in u}
+        return {split_url(p + "://")[0] for p in self.manifest.protocols()}
 
     def _default_protocol(self, remote_protocol: str | None) -> str:
         """The protocol for URLs that name none (fsspec's ``fss[None]``)."""
@@ -278,7 +278,11 @@ class Reader:
         if isinstance(manifest, LazyParquetManifest):
             return False
         if self._in_thread is None or self._in_thread[0] != manifest.generation:
-            urls = {self.target or "" if u is None else u for u in manifest.urls}
+            # (whether a URL is read in this thread depends on its protocol only)
+            schemes = manifest._urls.schemes()
+            urls = {f"{p}://" for p in schemes if p} | {"" for p in schemes if p == ""}
+            if None in schemes:
+                urls.add(self.target or "")
             # a URL naming no protocol gets the default one (see resolve_url)
             local = all(self.fetcher.reads_in_thread(u if "://" in u else f"{self._default}://") for u in urls)
             self._in_thread = (manifest.generation, local)

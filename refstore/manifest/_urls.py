@@ -40,7 +40,7 @@ class UrlTable(Sequence["str | None"]):
         self._blob = bytearray()  # ids from len(_strs) on: UTF-8 text, end to end
         self._ends = array("q")  # end offset in _blob of each packed URL
         self._nulls: set[int] = set()  # packed ids that are None
-        self._protocols: set[str] = set()
+        self._protocols: set[str | None] = set()  # see schemes()
         self._append(list(urls))
 
     # -- reading --------------------------------------------------------------------------
@@ -94,6 +94,10 @@ class UrlTable(Sequence["str | None"]):
 
     def protocols(self) -> set[str]:
         """The protocols the URLs name (the text before ``://``; URLs without one are left out)."""
+        return {p for p in self._protocols if p}
+
+    def schemes(self) -> set[str | None]:
+        """:meth:`protocols`, with ``""`` if some URL names none and None if some URL is None."""
         return set(self._protocols)
 
     def copy(self) -> UrlTable:
@@ -157,11 +161,11 @@ class UrlTable(Sequence["str | None"]):
 
     def _pack(self, urls: list[str | None]) -> None:
         base = len(self)
+        self._protocols |= _protocols_of(urls)
         nulls = [j for j, u in enumerate(urls) if u is None] if None in urls else []
         if nulls:
             self._nulls.update(base + j for j in nulls)
             urls = ["" if u is None else u for u in urls]
-        self._protocols |= _protocols_of(urls)
         text = "".join(urls)  # type: ignore[arg-type]
         if text.isascii():  # a character per byte: the lengths are the byte lengths
             start = len(self._blob)
@@ -200,20 +204,23 @@ def _restore(strs: list[str | None], blob: bytes, ends: bytes, nulls: list[int])
     return table
 
 
-def _protocols_of(urls: Iterable[str | None]) -> set[str]:
-    """The text before ``://`` of each URL that has one (at C speed when all share one protocol)."""
-    texts: list[str] = [u for u in urls if u]
+def _protocols_of(urls: Iterable[str | None]) -> set[str | None]:
+    """The text before ``://`` of each URL, ``""`` for one naming no protocol, None for None (at
+    C speed when all share one protocol)."""
+    texts = list(urls)
+    found: set[str | None] = set()
+    if None in texts:
+        found.add(None)
+        texts = [u for u in texts if u is not None]
     if not texts:
-        return set()
-    head, sep, _ = texts[0].partition("://")
-    if sep:
-        lead = head + sep
-        if all(map(str.startswith, texts, repeat(lead))):
-            return {head}
-    return {head for head, sep, _ in map(methodcaller("partition", "://"), texts) if sep}
+        return found
+    head, sep, _ = texts[0].partition("://")  # type: ignore[union-attr]
+    if sep and all(map(str.startswith, texts, repeat(head + sep))):  # type: ignore[arg-type]
+        return found | {head}
+    return found | {head if sep else "" for head, sep, _ in map(methodcaller("partition", "://"), texts)}
 
 
-def _protocols_of_bytes(urls: list[bytes]) -> set[str]:
+def _protocols_of_bytes(urls: list[bytes]) -> set[str | None]:
     head, sep, _ = urls[0].partition(b"://") if urls else (b"", b"", b"")
     if sep:  # all of one protocol? (counted in one joined text: no URL holds a newline)
         lead = b"\n" + head + sep
