@@ -44,7 +44,7 @@ class PoolExecutor:
                 return
             try:
                 out.set_result(fn(f.result()))
-            except Exception as err:  # handed to whoever waits on it, as a task's error would be
+            except Exception as err:  # noqa: BLE001 - handed to whoever waits, as a task's error would be
                 out.set_exception(err)
 
         future.add_done_callback(done)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,7 +288,8 @@ def combine_parallel(
     show_progress
         Progress bars on stderr (see :data:`refstore.build._scan.ProgressMode`).
     **options
-        :class:`refstore.ReferenceStore` options for reading the inputs.
+        :class:`refstore.ReferenceStore` options for reading the inputs; ``remote_options``
+        defaults to ``storage_options`` (the scans' references point at the files read with them).
 
     Returns
     -------
@@ -315,6 +316,8 @@ def combine_parallel(
     if not given:
         raise CombineError("combine: no inputs")
     labels = [_label(fo, k) for k, fo in enumerate(given)]
+    if storage_options and "remote_options" not in options:
+        options["remote_options"] = dict(storage_options)  # scans reference the files they were read from
     spec = _Spec(concat_dim, not (new_dim or keep_order), new_dim, combine_attrs,
                  DEFAULT_INLINE_LIMIT if inline_limit is None else inline_limit, storage_options, scanner,
                  dict(options))
@@ -348,7 +351,7 @@ def combine_parallel(
         )
     finally:
         executor.close()
-    return BuildReport(manifest, layouts, [f for f in failures], len(given), not why, why,
+    return BuildReport(manifest, layouts, list(failures), len(given), not why, why,
                        time.perf_counter() - start)
 
 
