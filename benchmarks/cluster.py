@@ -123,11 +123,10 @@ def timed(fn: Callable[[Any], Any], workers: int) -> tuple[float, Peaks, Any]:
 
     gc.collect()
     with LocalCluster(processes=True, n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cl, \
-            Client(cl) as client:
-        with Peaks() as peaks:
-            start = time.perf_counter()
-            result = fn(client)
-            wall = time.perf_counter() - start
+            Client(cl) as client, Peaks() as peaks:
+        start = time.perf_counter()
+        result = fn(client)
+        wall = time.perf_counter() - start
     return wall, peaks, result
 
 
@@ -194,7 +193,7 @@ def run_build(files: list[str], tmp: Path, workers: int) -> list[str]:
         try:
             wall, peaks, result = timed(fn, workers)
             check(result.to_dict() if hasattr(result, "to_dict") else result, files)
-        except Exception as exc:  # noqa: BLE001 - a peer that fails is reported, not fatal
+        except Exception as exc:  # a peer that fails is reported, not fatal
             rows.append(f"| {name} | {len(files)} | failed: {type(exc).__name__}: {str(exc)[:120]} | | |")
             continue
         rows.append(f"| {name} | {len(files)} | {wall:.1f} | {_mb(peaks.client)} | {_mb(peaks.worker)} |")

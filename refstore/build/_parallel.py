@@ -230,8 +230,9 @@ def _reduce(parts: list[_Part], spec: _Spec, first_level: bool) -> _Part:
     except NotRepresentable as exc:
         return _Part(None, parts[0].first, parts[-1].last, unflat=str(exc))
     coord = None
-    if parts[0].coord is not None:
-        coord = np.concatenate([parts[0].coord[:1], parts[-1].coord[-1:]])
+    head, tail = parts[0].coord, parts[-1].coord
+    if head is not None and tail is not None:
+        coord = np.concatenate([head[:1], tail[-1:]])
     return _Part(manifest.to_dict(), parts[0].first, parts[-1].last, coord)
 
 
