@@ -181,10 +181,32 @@ def _label(fo: Any, index: int) -> str:
     return label_of(fo, index)
 
 
+_frozen = False
+
+
+def _freeze_heap() -> None:
+    """Move what this process holds so far (imported modules, mostly) out of the collector's sight.
+
+    Each kerchunk scan runs a full ``gc.collect()`` first (h5py garbage freed on zarr's
+    thread would deadlock); in a worker that has imported xarray, dask and zarr that is
+    0.1-0.4 s per file, longer than the scan. Frozen once after the first scan's imports,
+    later collections look only at what scans make.
+    """
+    import gc
+
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def _scan(fo: Any, label: str, spec: _Spec) -> _Part:
     """Task: scan one input, open it, read its coordinate (see the module docstring)."""
     from refstore.virtual._combine import coordinate_of
     from refstore.virtual._inputs import open_inputs, scan_file
+
+    _freeze_heap()
 
     kind = kind_of(fo)
     refs: Any = fo
