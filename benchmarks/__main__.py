@@ -34,6 +34,10 @@ Scenarios:
   ReferenceStore, open+read and read alone: aligned against kerchunk MZZ's manifest
   of the same files (refstore and fsspec), misaligned (365/366-day years, assembled)
   against h5py + numpy.concatenate (``benchmarks/virtual.py``).
+
+Not in the default run (minutes): ``python -m benchmarks.cluster`` builds and reduces
+on a dask ``LocalCluster`` against kerchunk's ``auto_dask`` and VirtualiZarr, and
+ships a large manifest to workers with and without a shared snapshot.
 """
 
 from __future__ import annotations

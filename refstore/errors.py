@@ -14,8 +14,10 @@ working::
     │       ├── CoordinateOrderError         the concat coordinate is not monotonic, or inputs overlap
     │       ├── InputsDiffer(IncompatibleSources)  a variable's dtype, shape, fill value, units, calendar
     │       │                                or CF attribute differs between inputs
-    │       └── NotRepresentable             kerchunk-only output was asked for, but a variable needs a
-    │                                        virtual array (names it and why: e.g. misaligned chunks)
+    │       ├── NotRepresentable             kerchunk-only output was asked for, but a variable needs a
+    │       │                                virtual array (names it and why: e.g. misaligned chunks)
+    │       └── InputsFailed                 inputs of a parallel build could not be scanned or opened:
+    │                                        lists every one with its cause; nothing is written
     ├── ImageCodecError(ValueError)          an image tile cannot be decoded into (or encoded from) a chunk
     ├── ChunkDecodeError(ValueError)         a chunk's bytes do not decode: names key, where its bytes
     │                                        come from and the codec; the codec's error is ``__cause__``
@@ -37,6 +39,8 @@ an *unreachable target* always is, so a broken dataset never reads as zeros.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fsspec.implementations.reference import (
     ReferenceNotReachable as _FsspecReferenceNotReachable,
 )
@@ -50,6 +54,7 @@ __all__ = [
     "ImageCodecError",
     "IncompatibleSources",
     "InputsDiffer",
+    "InputsFailed",
     "KeyNotInManifest",
     "ManifestError",
     "NotRepresentable",
@@ -130,6 +135,28 @@ class NotRepresentable(CombineError):
 
     The message names the variable and the reason (e.g. a chunk spanning two inputs).
     """
+
+
+class InputsFailed(CombineError):
+    """Inputs of a parallel build (:func:`refstore.build.combine_parallel`) could not be scanned or
+    opened.
+
+    The message lists every failed input with its cause; ``failures`` holds them as
+    ``(label, cause)`` pairs and ``total`` the number of inputs. Nothing is written. Pass
+    ``on_error="continue"`` (``--keep-going``) to combine the others.
+    """
+
+    def __init__(self, failures: list[Any], total: int) -> None:
+        self.failures = [(f.label, f.cause) if hasattr(f, "label") else tuple(f) for f in failures]
+        self.total = total
+        lines = [f"combine: {len(self.failures)} of {total} inputs could not be scanned or opened:"]
+        lines += [f"  {label}: {cause}" for label, cause in self.failures]
+        lines.append("nothing was written; fix or leave out these inputs, or pass on_error='continue' "
+                     "(--keep-going) to combine the others")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.failures, self.total)
 
 
 class ImageCodecError(RefstoreError, ValueError):

@@ -136,6 +136,15 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     pyramid(p)
     p.set_defaults(func=_dzi)
 
+    from refstore.build._combine_cli import add_combine_arguments, run_combine
+
+    p = sub.add_parser("netcdf", help="scan netCDF/HDF5/TIFF files in parallel (a local pool or --scheduler) and "
+                                      "combine them along a dimension, as refstore combine")
+    p.add_argument("inputs", nargs="+",
+                   help="a glob (quote it), a folder or S3/GCS prefix ending in /, or a list of files or URLs")
+    add_combine_arguments(p)
+    p.set_defaults(func=run_combine, parallel=True)
+
     p = sub.add_parser("xyz", help="an XYZ tile set <z>/<y>/<x>.<fmt>: a listable folder, or zooms and bounds")
     p.add_argument("dir")
     p.add_argument("--tile-size", type=int, default=None)

@@ -33,35 +33,6 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _combine(args: argparse.Namespace) -> int:
-    from refstore.virtual._combine import combine_with_layout
-
-    layout = "kerchunk" if args.kerchunk_only or args.flatten else args.layout
-    out = args.output
-    parquet = out.rstrip("/").endswith((".parq", ".parquet"))
-    if args.format == "json" and parquet:
-        raise ValueError(f"-o {out!r} names a parquet directory (.parq/.parquet) but --format json was given")
-    if args.format == "parquet" and not parquet:
-        out = out.rstrip("/") + ".parq"
-    _, layouts = combine_with_layout(
-        args.inputs, args.concat_dim, out, new_dim=args.new_dim, keep_order=args.keep_order,
-        combine_attrs=args.combine_attrs, zarr_format=args.zarr_format, layout=layout,
-        inline_limit=args.inline_limit, progress=True if args.progress else None, scanner=args.scanner,
-    )
-    print(f"wrote {out}")
-    for how, label in (("references", "kerchunk references"), ("inlined", "inlined values"),
-                       ("virtual", "virtual arrays (readable with refstore only)")):
-        chosen = [a for a in layouts if a.how == how]
-        if chosen:
-            print(f"  {label}: {', '.join(a.name for a in chosen)}")
-    for a in layouts:
-        if a.how == "virtual":
-            print(f"    {a.name}: {a.reason}")
-    if not any(a.how == "virtual" for a in layouts):
-        print("  plain kerchunk output: any kerchunk reader (fsspec's reference://) can open it")
-    return 0
-
-
 def _demo(args: argparse.Namespace) -> int:
     from refstore.cli._demo import run_demo
 
@@ -87,45 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dest")
     p.set_defaults(func=_convert)
 
-    from refstore.virtual._combine import COMBINE_ATTRS
-    from refstore.virtual._layout import DEFAULT_INLINE_LIMIT
+    from refstore.build._combine_cli import add_combine_arguments, run_combine
 
     p = sub.add_parser("combine", help="join datasets along a dimension into one manifest, as xr.open_mfdataset would")
     p.add_argument("inputs", nargs="+",
                    help="datasets with the same variables: reference manifests (kerchunk JSON or parquet), "
-                        "zarr stores (v2 or v3), or netCDF/HDF5 files (scanned with kerchunk)")
-    p.add_argument("--concat-dim", required=True, help="the dimension to concatenate along (one the inputs have)")
-    p.add_argument("-o", "--output", required=True,
-                   help="where to write the result: .json (.json.gz, .json.zst) or a .parq directory")
-    p.add_argument("--layout", choices=("auto", "kerchunk", "virtual"), default="auto",
-                   help="auto (default): plain kerchunk references where chunks align, small coordinates "
-                        "inlined, virtual arrays only where needed; kerchunk: refuse what kerchunk cannot "
-                        "express; virtual: every concatenated variable as a virtual array")
-    p.add_argument("--kerchunk-only", action="store_true",
-                   help="pure kerchunk output (--layout kerchunk): refuse, naming the variable and why, "
-                        "what plain references cannot express")
-    p.add_argument("--flatten", action="store_true", help="the same as --kerchunk-only")
-    p.add_argument("--inline-limit", type=int, default=DEFAULT_INLINE_LIMIT, metavar="BYTES",
-                   help="inline coordinates up to this size (decoded) where they cannot be references "
-                        f"(default {DEFAULT_INLINE_LIMIT})")
-    p.add_argument("--format", choices=("json", "parquet"), default=None,
-                   help="output format (default: parquet if -o ends with .parq/.parquet, else JSON); "
-                        "parquet appends .parq to -o if it has no parquet suffix")
-    p.add_argument("--progress", action="store_true",
-                   help="draw a progress line on stderr while scanning netCDF/HDF5 files even when stderr is "
-                        "not a terminal (on a terminal it is drawn anyway)")
-    p.add_argument("--scanner", choices=("kerchunk", "virtualizarr"), default=None,
-                   help="what scans netCDF/HDF5 inputs (default: kerchunk if installed, else VirtualiZarr)")
-    p.add_argument("--new-dim", action="store_true",
-                   help="--concat-dim is a new dimension: stack the inputs along it, in the order given")
-    p.add_argument("--keep-order", action="store_true",
-                   help="concatenate in the order given, not by the concat coordinate (xarray's combine='nested')")
-    p.add_argument("--combine-attrs", choices=COMBINE_ATTRS, default="override",
-                   help="global and variable attributes that differ between inputs, as xarray's combine_attrs "
-                        "(default: override, the first input's)")
-    p.add_argument("--zarr-format", type=int, choices=(2, 3), default=None,
-                   help="metadata format of the result (default: the inputs')")
-    p.set_defaults(func=_combine)
+                        "zarr stores (v2 or v3), or netCDF/HDF5 files (scanned with kerchunk); a glob or a "
+                        "folder/prefix ending in / names its netCDF/HDF5/TIFF files")
+    add_combine_arguments(p)
+    p.set_defaults(func=run_combine)
 
     from refstore.build._cli import add_build_parser
 

@@ -202,9 +202,13 @@ def combine_with_layout(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool | None = None,
     scanner: str | None = None,
+    labels: Sequence[str] | None = None,
     **options: Any,
 ) -> tuple[Any, list[ArrayLayout]]:
-    """:func:`combine`, also returning how each variable was written (references, inlined or virtual)."""
+    """:func:`combine`, also returning how each variable was written (references, inlined or virtual).
+
+    ``labels`` name the inputs in messages (default: their paths, or their positions).
+    """
     from refstore.virtual._array import concat, stack
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -213,7 +217,8 @@ def combine_with_layout(
         raise CombineError("combine: no inputs")
     if combine_attrs not in COMBINE_ATTRS:
         raise ValueError(f"combine: combine_attrs must be one of {COMBINE_ATTRS}, got {combine_attrs!r}")
-    datasets = _datasets(inputs, options, storage_options=storage_options, show_progress=progress, scanner=scanner)
+    datasets = _datasets(inputs, options, storage_options=storage_options, show_progress=progress, scanner=scanner,
+                         labels=labels)
     _check_variables_and_format(datasets)
     dims = sorted({d for ds in datasets for name in ds.arrays for d in ds.dims(name) if d is not None})
     if new_dim and concat_dim in dims:
@@ -365,8 +370,48 @@ def _order_by_coordinate(datasets: Sequence[_Dataset], dim: str) -> list[_Datase
                 "order the inputs by; pass keep_order=True (--keep-order) to concatenate them as given"
             )
         coords.append(np.asarray(ds.arrays[dim][...]))
-    directions: dict[int, _Dataset] = {}
-    for ds, values in zip(datasets, coords):
+    return [datasets[k] for k in order_by_coordinate([ds.label for ds in datasets], coords, dim)]
+
+
+def coordinate_of(group: Any, label: str, dim: str) -> np.ndarray:
+    """The values of 1-d coordinate ``dim`` of zarr ``group`` (input ``label``), checked strictly monotonic.
+
+    Raises
+    ------
+    refstore.errors.CoordinateOrderError
+        If the group has no such coordinate, or it is not strictly monotonic.
+    """
+    import zarr
+
+    try:
+        arr = group[dim]
+    except KeyError:
+        arr = None
+    if not isinstance(arr, zarr.Array) or tuple(dimension_names_of(arr) or ()) != (dim,):
+        raise CoordinateOrderError(
+            f"combine: {label} has no coordinate {dim!r} (a 1-d array named after the dimension) to "
+            "order the inputs by; pass keep_order=True (--keep-order) to concatenate them as given"
+        )
+    values = np.asarray(arr[...])
+    order_by_coordinate([label], [values], dim)
+    return values
+
+
+def order_by_coordinate(labels: Sequence[str], coords: Sequence[np.ndarray], dim: str) -> list[int]:
+    """The order (indices) of inputs named ``labels`` by their ``dim`` coordinate values ``coords``.
+
+    Each coordinate must be strictly monotonic, all in one direction, and no two inputs may
+    overlap or repeat a value; inputs with an empty coordinate go last. A coordinate may be
+    given by its first and last values only once its monotonicity has been checked (this
+    is how the parallel builder orders inputs whose coordinates were read in workers).
+
+    Raises
+    ------
+    refstore.errors.CoordinateOrderError
+        Naming the inputs and values at fault.
+    """
+    directions: dict[int, str] = {}
+    for label, values in zip(labels, coords):
         if len(values) < 2:
             continue
         up, down = values[1:] > values[:-1], values[1:] < values[:-1]
@@ -374,15 +419,15 @@ def _order_by_coordinate(datasets: Sequence[_Dataset], dim: str) -> list[_Datase
         if not sign:
             bad = int(np.argmin(up if bool(up[0]) else down)) + 1
             raise CoordinateOrderError(
-                f"combine: the {dim!r} coordinate of {ds.label} is not strictly monotonic: "
+                f"combine: the {dim!r} coordinate of {label} is not strictly monotonic: "
                 f"{_show(values[bad - 1])} at index {bad - 1} is followed by {_show(values[bad])}. "
                 "Fix the input, or pass keep_order=True (--keep-order) to concatenate without this check"
             )
-        directions.setdefault(sign, ds)
+        directions.setdefault(sign, label)
     if len(directions) > 1:
         raise CoordinateOrderError(
-            f"combine: the {dim!r} coordinate increases in {directions[1].label} but decreases in "
-            f"{directions[-1].label}; pass keep_order=True (--keep-order) to concatenate as given"
+            f"combine: the {dim!r} coordinate increases in {directions[1]} but decreases in "
+            f"{directions[-1]}; pass keep_order=True (--keep-order) to concatenate as given"
         )
     sign = next(iter(directions), 1)
     filled = sorted((k for k, values in enumerate(coords) if len(values)), key=lambda k: coords[k][0],
@@ -390,7 +435,7 @@ def _order_by_coordinate(datasets: Sequence[_Dataset], dim: str) -> list[_Datase
     for prev, nxt in itertools.pairwise(filled):
         last, start = coords[prev][-1], coords[nxt][0]
         if not (start > last if sign > 0 else start < last):
-            a, b = datasets[prev].label, datasets[nxt].label
+            a, b = labels[prev], labels[nxt]
             if start == last:
                 problem = f"{b} repeats {_show(start)}, the last value of {a}"
             else:
@@ -399,8 +444,7 @@ def _order_by_coordinate(datasets: Sequence[_Dataset], dim: str) -> list[_Datase
                 f"combine: the inputs overlap along {dim!r}: the coordinate of {problem}. Every {dim!r} "
                 "value must be in one input only: leave out the duplicate input or trim the overlap"
             )
-    order = filled + [k for k, values in enumerate(coords) if not len(values)]
-    return [datasets[k] for k in order]
+    return filled + [k for k, values in enumerate(coords) if not len(values)]
 
 
 def _show(value: Any) -> str:

@@ -107,6 +107,7 @@ def open_inputs(
     storage_options: Mapping[str, Any] | None = None,
     show_progress: bool | None = None,
     scanner: str | None = None,
+    labels: Sequence[str] | None = None,
 ) -> list[Input]:
     """Open every input (see :func:`kind_of`), scanning netCDF/HDF5 files first.
 
@@ -114,7 +115,7 @@ def open_inputs(
     manifests scans produce); ``storage_options`` are fsspec options for zarr stores and
     files given by URL. ``show_progress``: None draws a progress line on stderr while
     scanning when stderr is a terminal, True always, False never. ``scanner`` is that of
-    :func:`scan_file`.
+    :func:`scan_file`. ``labels`` name the inputs in messages (default: :func:`label_of`).
     """
     from refstore._progress import progress
 
@@ -126,7 +127,7 @@ def open_inputs(
         scanned[k] = scan_file(inputs[k], kinds[k], storage_options, scanner=scanner)
     opened = []
     for k, (fo, kind) in enumerate(zip(inputs, kinds)):
-        label = label_of(fo, k)
+        label = labels[k] if labels is not None else label_of(fo, k)
         if kind == "zarr":
             opened.append(_open_zarr(fo, label, storage_options))
         else:
