@@ -116,9 +116,12 @@ def test_many_urls_are_packed_and_read_back_exactly(pack_early, block, tmp_path)
 def test_url_table_ids_are_positions(pack_early):
     table = _urls.UrlTable(["a", None, "a", "b"])  # as given: a table read back keeps its ids
     assert list(table) == ["a", None, "a", "b"] and table.id_of("a") == 0
+    assert table.schemes() == {"", None} and table.protocols() == set()
     ids = table.extend(["c", "d", "e", "c", None, "f", "g"])
     assert table.packed and [table[i] for i in ids] == ["c", "d", "e", "c", None, "f", "g"]
     assert ids[0] == ids[3] and table[-1] == "g" and table[2:4] == ["a", "b"]
+    table.extend(["s3://x/1", "gs://y/2", "s3://x/3"])
+    assert table.protocols() == {"s3", "gs"} and table.schemes() == {"s3", "gs", "", None}
     with pytest.raises(IndexError):
         table[len(table)]
     assert table.copy() == table and pickle.loads(pickle.dumps(table)) == list(table)
