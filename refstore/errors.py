@@ -20,6 +20,9 @@ working::
     ├── ChunkDecodeError(ValueError)         a chunk's bytes do not decode: names key, where its bytes
     │                                        come from and the codec; the codec's error is ``__cause__``
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
+    ├── SnapshotUnavailable(FileNotFoundError)  a pickled manifest with no source to reopen names a
+    │                                        snapshot this process cannot find or verify: names the
+    │                                        hash, the directories searched and the writer's host
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
     ├── BadResponse(OSError)                 a server answered something other than what was asked
     │                                        (another Content-Range, more bytes than requested)
@@ -56,6 +59,7 @@ __all__ = [
     "ReferenceNotReachable",
     "RefstoreError",
     "RefstoreWarning",
+    "SnapshotUnavailable",
     "SourceChanged",
     "TemplateError",
     "URLNotAllowed",
@@ -168,6 +172,15 @@ class ChunkDecodeError(RefstoreError, ValueError):
 
 class KeyNotInManifest(RefstoreError, FileNotFoundError):
     """The manifest holds no entry for this key."""
+
+
+class SnapshotUnavailable(RefstoreError, FileNotFoundError):
+    """Unpickling a manifest that has no source (given as a dict, or edited in memory) found its
+    snapshot in none of this process's snapshot directories, or found it corrupt.
+
+    The message names the snapshot's SHA-256, where it was looked for, the host that wrote it,
+    and how to share snapshots between hosts (``REFSTORE_SNAPSHOT_DIR``). Never an empty store.
+    """
 
 
 class URLNotAllowed(RefstoreError, PermissionError):
