@@ -158,13 +158,14 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
         except OSError as exc:
             problem = f"it cannot be read from {where.describe()} ({type(exc).__name__}: {exc})"
     if source is None or open_args is None:
-        raise SnapshotUnavailable(
-            f"cannot unpickle a manifest without a source (given as a dict, or edited in memory): its "
+        message = (
+            f"cannot read a manifest without a source (given as a dict, or edited in memory): its "
             f"snapshot {digest} (written on host {host!r}) is unavailable: {problem}. Snapshots are "
             "shared by the processes of one host; between hosts set REFSTORE_SNAPSHOT_DIR to storage "
             "every process can read (e.g. s3://bucket/refstore-snapshots) in the client and the workers, "
             "or save the manifest and open it from its path"
         )
+        return _unavailable(message, (digest, source, open_args, host))
     if problem is not None and "corrupt" in problem:
         warnings.warn(f"manifest snapshot {digest}: {problem}; opening {source!r} again instead",
                       RefstoreWarning, stacklevel=2)
@@ -185,6 +186,42 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
         except OSError:
             pass
         return manifest
+
+
+class _Poison:
+    """Stands in for each column and dict of a manifest whose snapshot is unavailable: any use raises."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def _raise(self, *args: Any, **kwargs: Any) -> Any:
+        raise SnapshotUnavailable(self.message)  # a new one each time: tracebacks do not pile up
+
+    __iter__ = __len__ = __contains__ = __getitem__ = __setitem__ = __delitem__ = _raise
+    get = pop = items = values = keys = setdefault = update = copy = _raise
+
+
+def _unavailable(message: str, args: tuple[Any, ...]) -> Manifest:
+    """A manifest whose every read or edit raises :class:`SnapshotUnavailable` with *message*, and that pickles as *args* again.
+
+    Unpickling does not raise: dask unpickles a task's arguments in the worker's connection to
+    the scheduler, where an exception is only logged and the task never ends. The task's first
+    read raises instead, and dask reports that to the client.
+    """
+    from refstore.manifest._model import Manifest
+
+    class UnavailableManifest(Manifest):
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (_unpickle, args)
+
+        def __repr__(self) -> str:
+            return f"<Manifest: unavailable snapshot {args[0]}>"
+
+    manifest = UnavailableManifest()
+    poison: Any = _Poison(message)
+    manifest._urls = manifest._inline = manifest._loose = manifest._tables = manifest._heads = poison
+    manifest._url_ids = poison
+    return manifest
 
 
 def _map(where: Place, digest: str) -> Manifest | None:
