@@ -54,6 +54,7 @@ print("RESULT " + json.dumps({"open_s": t1 - t0, "bytes": len(blob), "dumps_firs
 
 _READER = r"""
 import json, pickle, sys, time
+import refstore  # imported before the clock starts: a dask worker has it already
 blob = open(sys.argv[1], "rb").read()
 key = sys.argv[2]
 t0 = time.perf_counter()

@@ -37,6 +37,7 @@ columns, checked against its name (SHA-256) before use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -136,12 +137,16 @@ def _hold(where: Place, digest: str, manifest: Manifest) -> None:
 def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None, host: str) -> Manifest:
     """Unpickle a large manifest: map its snapshot, else reopen its source (see the module docstring).
 
+    A manifest without a source whose snapshot is unavailable unpickles as one whose first read
+    raises :class:`~refstore.errors.SnapshotUnavailable` (see :func:`_unavailable`).
+
     Raises
     ------
-    SnapshotUnavailable
-        If it has no source and its snapshot is missing or corrupt here.
+    FileNotFoundError, ManifestError
+        If the source must be opened again and cannot be (as :func:`reopen`).
     """
     problem: str | None = None
+    corrupt = False
     try:
         where: Place | None = place()
     except OSError as exc:
@@ -154,8 +159,8 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
             problem = f"it is not in {where.describe()}"
         except CorruptSnapshot as exc:
             discard(where.path(digest))
-            problem = f"the copy found is corrupt ({exc})"
-        except OSError as exc:
+            problem, corrupt = f"the copy found is corrupt ({exc})", True
+        except Exception as exc:  # noqa: BLE001 - a shared directory's client may raise anything
             problem = f"it cannot be read from {where.describe()} ({type(exc).__name__}: {exc})"
     if source is None or open_args is None:
         message = (
@@ -166,7 +171,7 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
             "or save the manifest and open it from its path"
         )
         return _unavailable(message, (digest, source, open_args, host))
-    if problem is not None and "corrupt" in problem:
+    if corrupt:
         warnings.warn(f"manifest snapshot {digest}: {problem}; opening {source!r} again instead",
                       RefstoreWarning, stacklevel=2)
     if where is None:
@@ -174,17 +179,14 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
     with host_lock(where.local, digest):  # one process per host reopens; the others then map
         if os.path.exists(where.path(digest)):
             try:
-                manifest = _map(where, digest)
-                if manifest is not None:
-                    return manifest
+                mapped = _map(where, digest)
+                if mapped is not None:
+                    return mapped
             except (CorruptSnapshot, OSError):
                 discard(where.path(digest))
         manifest = reopen(source, open_args)
-        try:
-            if write_snapshot(manifest) == digest:  # the source is unchanged: publish it for the host
-                return manifest
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            write_snapshot(manifest)  # an unchanged source gives the same snapshot: the host's others map it
         return manifest
 
 
