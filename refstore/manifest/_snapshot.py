@@ -149,7 +149,7 @@ def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None,
     corrupt = False
     try:
         where: Place | None = place()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # (ValueError: REFSTORE_SNAPSHOT_OPTIONS is not JSON)
         where, problem = None, f"the snapshot directory cannot be used ({exc})"
     if where is not None:
         try:

@@ -240,3 +240,22 @@ def test_a_local_cluster_worker_without_the_snapshot(tmp_path, snapshots):
         arr = da.from_zarr(sourceless, component="a", chunks=(10, N_SIDE))
         with pytest.raises(SnapshotUnavailable, match=str(worker_dir)):
             client.compute(arr.sum()).result()
+
+
+def test_sweeps_evict_the_least_recently_used_unleased_snapshots(tmp_path, monkeypatch):
+    from refstore.manifest import _snapshot_store as store
+
+    root = tmp_path / "root"
+    root.mkdir()
+    names = [f"{c * 64}.rsnap" for c in "abcd"]
+    for age, name in zip((400, 300, 200, 100), names):  # a is the least recently used
+        (root / name).write_bytes(bytes(1000))
+        os.utime(root / name, (0, os.path.getmtime(root / name) - age))
+    (root / "leases" / ("a" * 64)).mkdir(parents=True)
+    (root / "leases" / ("a" * 64) / f"{os.getpid()}@{store._HOST}").touch()  # a live lease: kept
+    monkeypatch.setenv("REFSTORE_SNAPSHOT_MAX_BYTES", "2500")
+    assert store.sweep(str(root)) == [names[1], names[2]]  # b, then c: down to 2,000 bytes
+    monkeypatch.setenv("REFSTORE_SNAPSHOT_MAX_BYTES", "1000000")
+    monkeypatch.setenv("REFSTORE_SNAPSHOT_MAX_AGE", "50")
+    assert store.sweep(str(root)) == [names[3]]  # unused for longer than the age bound
+    assert [p.name for p in root.glob("*.rsnap")] == [names[0]]
