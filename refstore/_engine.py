@@ -26,7 +26,7 @@ from zarr.core.buffer import default_buffer_prototype
 
 from refstore._options import Options
 from refstore._reader import KeyRange, Reader
-from refstore.errors import KeyNotInManifest
+from refstore.errors import KeyNotInManifest, SnapshotUnavailable
 from refstore.fetch._deadlines import run_sync
 from refstore.manifest import Manifest
 from refstore.virtual import _spec
@@ -112,7 +112,13 @@ class Engine:
 
     def refresh(self) -> None:
         """Serve the virtual arrays (``spec/virtual.md``) the manifest defines, if any."""
-        if self.virtual is None and any(k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest.inline_keys()):
+        if self.virtual is not None:
+            return
+        try:
+            defined = any(k.rpartition("/")[2] == DEFINITION_NAME for k in self.manifest.inline_keys())
+        except SnapshotUnavailable:  # unpickled without its snapshot: its first read raises instead
+            return
+        if defined:
             self.virtual = VirtualResolver(
                 self.store,
                 open_manifest=_open_manifest_store,

@@ -22,6 +22,11 @@ working::
     ├── ChunkDecodeError(ValueError)         a chunk's bytes do not decode: names key, where its bytes
     │                                        come from and the codec; the codec's error is ``__cause__``
     ├── KeyNotInManifest(FileNotFoundError)  a key the manifest does not hold
+    ├── SnapshotUnavailable(RuntimeError)    a pickled manifest with no source to reopen names a
+    │                                        snapshot this process cannot find or verify: raised by
+    │                                        its first read; names the hash, the directories searched
+    │                                        and the writer's host (not a FileNotFoundError: zarr would
+    │                                        read that as a missing key, i.e. an empty store)
     ├── URLNotAllowed(PermissionError)       a reference points outside the URL policy
     ├── BadResponse(OSError)                 a server answered something other than what was asked
     │                                        (another Content-Range, more bytes than requested)
@@ -61,6 +66,7 @@ __all__ = [
     "ReferenceNotReachable",
     "RefstoreError",
     "RefstoreWarning",
+    "SnapshotUnavailable",
     "SourceChanged",
     "TemplateError",
     "URLNotAllowed",
@@ -195,6 +201,17 @@ class ChunkDecodeError(RefstoreError, ValueError):
 
 class KeyNotInManifest(RefstoreError, FileNotFoundError):
     """The manifest holds no entry for this key."""
+
+
+class SnapshotUnavailable(RefstoreError, RuntimeError):
+    """Unpickling a manifest that has no source (given as a dict, or edited in memory) found its
+    snapshot in none of this process's snapshot directories, or found it corrupt.
+
+    Raised by the unpickled manifest's first read or edit (unpickling itself succeeds, so that
+    dask reports it as the task's error). The message names the snapshot's SHA-256, where it
+    was looked for, the host that wrote it, and how to share snapshots between hosts
+    (``REFSTORE_SNAPSHOT_DIR``). Such a manifest never reads as an empty store.
+    """
 
 
 class URLNotAllowed(RefstoreError, PermissionError):

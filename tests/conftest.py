@@ -41,6 +41,11 @@ _SITE = str(probe_site(Path(tempfile.mkdtemp(prefix="refstore-entry-points-"))))
 atexit.register(shutil.rmtree, _SITE, True)
 sys.path.insert(0, _SITE)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SITE, os.environ.get("PYTHONPATH")) if p)
+# Snapshots of pickled manifests outlive their processes (refstore.manifest._snapshot_store): keep
+# this run's (and its subprocesses') out of the user's shared directory, and remove them after.
+_SNAPSHOTS = tempfile.mkdtemp(prefix="refstore-test-snapshots-")
+atexit.register(shutil.rmtree, _SNAPSHOTS, True)
+os.environ["REFSTORE_SNAPSHOT_DIR"] = _SNAPSHOTS
 if "numcodecs.registry" in sys.modules:
     sys.modules["numcodecs.registry"].run_entrypoints()
 if "zarr.registry" in sys.modules:

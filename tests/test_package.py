@@ -38,8 +38,10 @@ def test_error_tree():
 
 
 #: Exceptions raised inside the fetch layer only: the reader turns each into a
-#: ReferenceNotReachable (or DeadlineExceeded) naming key and URL, with it as ``__cause__``.
-INTERNAL_CAUSES = {"ShortRead", "TransientError", "FetchTimeout", "SlowAnswer", "SourceMismatch"}
+#: ReferenceNotReachable (or DeadlineExceeded) naming key and URL, with it as ``__cause__``;
+#: and CorruptSnapshot, which unpickling turns into a warning (then reopens the source) or
+#: into SnapshotUnavailable.
+INTERNAL_CAUSES = {"ShortRead", "TransientError", "FetchTimeout", "SlowAnswer", "SourceMismatch", "CorruptSnapshot"}
 
 
 def test_one_tree_holds_every_error():

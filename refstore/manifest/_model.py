@@ -147,6 +147,7 @@ class Manifest:
         self._open_args: dict[str, Any] = {}  # how to open it again from .source (see ._snapshot)
         self._opened_generation: int | None = None  # ._generation when it matched its source
         self._open_source: str | None = None  # .source resolved when opened (a relative path made absolute)
+        self._digest: tuple[int, str] | None = None  # (._generation, SHA-256 of its snapshot), see ._snapshot
 
     # -- construction -------------------------------------------------------------------
 

@@ -1,42 +1,66 @@
-"""Pickling manifests cheaply: O(1) pickles, snapshots on local disk, one reopen per process.
+"""Pickling manifests in O(1): content-addressed snapshots, one reopen per process (and host).
 
-* A manifest that can be opened again from its source (a path or URL, unedited
-  since it was opened) pickles as that source and how to open it, whatever its
-  size. A large one also writes its columns as ``.npy`` files (plus a small
-  JSON document) under a per-user directory (``REFSTORE_SNAPSHOT_DIR``), and
-  unpickling on the same machine memory-maps them (copy-on-write), which takes
-  milliseconds whatever the size.
-* Where there is no snapshot (another machine, or a small manifest), the
-  source is opened again, once per process: later unpickles of the same source
-  share the first one's columns (copy-on-write, :meth:`ChunkTable.shared`) as
-  long as the source still looks the same (size, ETag or mtime from ``info()``).
-  So many tasks unpickling one store in a worker parse its manifest once.
-* A manifest without a source, or edited since it was opened, also carries its
-  full state (it has nowhere else to come from).
+What a pickle carries, by manifest:
 
-Snapshots hold only JSON and ``.npy`` arrays read with ``allow_pickle=False``:
-loading one never runs code. They are removed when the process that wrote
-them exits, and snapshots left by a process that was killed are removed by the
-next process that writes one.
+* **with a source, fewer than** :data:`SMALL` **entries**: the source and how
+  to open it (a few hundred bytes). Unpickling opens it again, once per
+  process: later unpickles of the same source share the first one's columns
+  (copy-on-write, :meth:`ChunkTable.shared`) while the source still looks the
+  same (size, ETag or mtime from ``info()``).
+* **with a source, larger**: also the SHA-256 of its snapshot, a file holding
+  the manifest's columns (:mod:`._snapshot_file`) written once per content
+  into the snapshot directory (:mod:`._snapshot_store`). Unpickling maps the
+  snapshot (milliseconds, verified once per process), downloading it once
+  per host from a shared ``REFSTORE_SNAPSHOT_DIR`` URL if needed; without
+  one, it opens the source again, once per host (other processes wait, then
+  map the snapshot the first one wrote). A corrupt snapshot is removed, with
+  a warning, and the source opened instead.
+* **without a source** (given as a dict, or edited since it was opened),
+  **larger**: the SHA-256 of its snapshot only. Unpickling where no snapshot
+  directory has it raises :class:`~refstore.errors.SnapshotUnavailable`
+  naming the hash, the directories and the writing host; it never gives an
+  empty or partial store. This is the dask trade-off: a ``LocalCluster``
+  (one host) maps the snapshot for free, and a multi-host cluster needs
+  ``REFSTORE_SNAPSHOT_DIR`` set to shared storage in the client and the
+  workers (or the manifest saved and opened from a file), instead of every
+  task graph carrying 20 MB per million references to every worker.
+* **without a source, smaller**: its state (nowhere else to come from; at
+  most about 20 bytes per reference).
+
+Equal manifests (three opens of one file, a worker re-pickling what it
+unpickled) share one snapshot, and nothing is written again. Snapshots
+outlive the processes that use them, under the lifetime policy of
+:mod:`._snapshot_store` (leases while in use, then least recently used out
+beyond a size bound). Loading one never runs code: JSON and plain integer
+columns, checked against its name (SHA-256) before use.
 """
 
 from __future__ import annotations
 
-import atexit
-import base64
+import contextlib
 import json
 import os
-import shutil
-import tempfile
 import threading
-import uuid
+import warnings
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from refstore.manifest._sources import SourceIdentity, identity_from_info, parse_sources
-from refstore.manifest._table import ChunkTable, KeyLayout
+from refstore.errors import RefstoreWarning, SnapshotUnavailable
+from refstore.manifest._snapshot_file import CorruptSnapshot, encode, read
+from refstore.manifest._snapshot_store import (
+    _HOST,
+    Place,
+    discard,
+    find,
+    hold,
+    host_lock,
+    place,
+    publish,
+    published,
+    touch,
+)
+from refstore.manifest._sources import SourceIdentity, identity_from_info
 
 if TYPE_CHECKING:
     from refstore.manifest._model import Manifest
@@ -44,59 +68,12 @@ if TYPE_CHECKING:
 #: Manifests with fewer entries than this write no snapshot (reopened from their source, or
 #: pickled whole when they have none).
 SMALL = 20_000
-#: Manifests reopened from their source kept per process, so that unpickling shares them.
+#: Manifests reopened from their source, and snapshots mapped, kept per process for later unpickles.
 REOPENED_KEPT = 8
-_written: dict[str, str] = {}
 _reopened: OrderedDict[tuple[str, str], tuple[SourceIdentity, Manifest]] = OrderedDict()
-_reopened_lock = threading.Lock()
-_swept = False
-
-
-def _root() -> str:
-    global _swept
-    base = os.environ.get("REFSTORE_SNAPSHOT_DIR") or os.path.join(
-        tempfile.gettempdir(), f"refstore-snapshots-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    )
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    if hasattr(os, "getuid") and os.stat(base).st_uid != os.getuid():
-        raise OSError(f"snapshot directory {base} belongs to another user")  # pickles carry state instead
-    if not _swept:
-        _swept = True
-        sweep_stale(base)
-    return base
-
-
-def sweep_stale(base: str) -> list[str]:
-    """Remove the snapshots under *base* whose writing process has ended (killed: no ``atexit``).
-
-    A snapshot's name starts with its writer's process id; one whose process no
-    longer exists is left over. Returns the names removed.
-    """
-    removed = []
-    for name in os.listdir(base):
-        pid = name.partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-            removed.append(name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, but another user's
-        return True
-    return True
-
-
-def _cleanup() -> None:
-    for path in _written.values():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-atexit.register(_cleanup)
+_mapped: OrderedDict[str, Manifest] = OrderedDict()
+_held: weakref.WeakKeyDictionary[Manifest, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
 
 
 def reduce_manifest(manifest: Manifest) -> tuple[Any, ...]:
@@ -104,84 +81,173 @@ def reduce_manifest(manifest: Manifest) -> tuple[Any, ...]:
     reopenable = _reopenable(manifest)
     if len(manifest._loose) + sum(t.count for t in manifest._tables.values()) < SMALL:
         if reopenable:
-            return (_restore, (None, None, manifest._open_source, manifest._open_args, None))
+            return (reopen, (manifest._open_source, manifest._open_args))
         return (_from_state, (manifest.__getstate__(),))
-    state = None if reopenable else manifest.__getstate__()
     try:
-        path, token = write_snapshot(manifest)
-    except OSError:
+        digest = write_snapshot(manifest)
+    except OSError:  # no usable snapshot directory: the state travels instead
         return (_from_state, (manifest.__getstate__(),))
-    return (_restore, (path, token, manifest._open_source, manifest._open_args, state))
+    if reopenable:
+        return (_unpickle, (digest, manifest._open_source, manifest._open_args, _HOST))
+    return (_unpickle, (digest, None, None, _HOST))
 
 
 def _reopenable(manifest: Manifest) -> bool:
     return bool(manifest._open_source) and manifest._opened_generation == manifest._generation
 
 
-def write_snapshot(manifest: Manifest) -> tuple[str, str]:
-    """Write (once per manifest version) the snapshot of *manifest*; return its path and token."""
-    token = f"{os.getpid()}-{manifest._uid}-{manifest._generation}"
-    path = _written.get(token)
-    if path is not None and os.path.isdir(path):
-        return path, token
-    path = os.path.join(_root(), token)
-    tmp = path + ".tmp-" + uuid.uuid4().hex[:8]
-    os.makedirs(tmp, mode=0o700)
-    tables = []
-    for i, table in enumerate(manifest._tables.values()):
-        lay = table.layout
-        for col in ("url_id", "offset", "length"):
-            np.save(os.path.join(tmp, f"t{i}.{col}.npy"), getattr(table, col), allow_pickle=False)
-        tables.append({"prefix": lay.prefix, "grid": list(lay.grid), "v3": lay.v3, "sep": lay.sep, "count": table.count})
-    doc = {
-        "token": token,
-        "urls": list(manifest._urls),
-        "inline": {k: base64.b64encode(v).decode("ascii") for k, v in manifest._inline.items()},
-        "loose": [[k, *v] for k, v in manifest._loose.items()],
-        "tables": tables,
-        "source": manifest.source,
-        "source_is_remote": manifest.source_is_remote,
-        "sources": {u: i.to_json() for u, i in manifest.sources.items() if u is not None},
-        "open_args": manifest._open_args if _reopenable(manifest) else None,
-        "open_source": manifest._open_source,
-    }
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(doc, f)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    _written[token] = path
-    return path, token
+def write_snapshot(manifest: Manifest) -> str:
+    """Make sure the snapshot of *manifest* as it is now exists; return its SHA-256.
+
+    Hashing costs about 1 ms per 50,000 references, once per manifest version;
+    the file is written only if no equal manifest wrote it before. The
+    manifest holds a lease on it while it lives.
+
+    Raises
+    ------
+    OSError
+        If the snapshot directory cannot be used (then the pickle carries the state).
+    """
+    where = place()
+    known = manifest._digest
+    if known is not None and known[0] == manifest._generation:
+        digest = known[1]
+        if published(where, digest):
+            _hold(where, digest, manifest)
+            touch(where.path(digest))
+            return digest
+    reopenable = _reopenable(manifest)
+    enc = encode(manifest, manifest._open_args if reopenable else None,
+                 manifest._open_source if reopenable else None)
+    _hold(where, enc.digest, manifest)  # before publishing: a sweep in between must not remove it
+    publish(where, enc)
+    manifest._digest = (manifest._generation, enc.digest)
+    return enc.digest
 
 
-def read_snapshot(path: str, token: str) -> Manifest | None:
-    """The manifest in the snapshot at *path*, or None if it is missing or not *token*'s."""
+def _hold(where: Place, digest: str, manifest: Manifest) -> None:
+    with _lock:
+        held = _held.setdefault(manifest, set())
+        if (where.local, digest) in held:
+            return
+        held.add((where.local, digest))
+    hold(where.local, digest, manifest)
+
+
+def _unpickle(digest: str, source: str | None, open_args: dict[str, Any] | None, host: str) -> Manifest:
+    """Unpickle a large manifest: map its snapshot, else reopen its source (see the module docstring).
+
+    A manifest without a source whose snapshot is unavailable unpickles as one whose first read
+    raises :class:`~refstore.errors.SnapshotUnavailable` (see :func:`_unavailable`).
+
+    Raises
+    ------
+    FileNotFoundError, ManifestError
+        If the source must be opened again and cannot be (as :func:`reopen`).
+    """
+    problem: str | None = None
+    corrupt = False
+    try:
+        where: Place | None = place()
+    except (OSError, ValueError) as exc:  # (ValueError: REFSTORE_SNAPSHOT_OPTIONS is not JSON)
+        where, problem = None, f"the snapshot directory cannot be used ({exc})"
+    if where is not None:
+        try:
+            manifest = _map(where, digest)
+            if manifest is not None:
+                return manifest
+            problem = f"it is not in {where.describe()}"
+        except CorruptSnapshot as exc:
+            discard(where.path(digest))
+            problem, corrupt = f"the copy found is corrupt ({exc})", True
+        except Exception as exc:  # noqa: BLE001 - a shared directory's client may raise anything
+            problem = f"it cannot be read from {where.describe()} ({type(exc).__name__}: {exc})"
+    if source is None or open_args is None:
+        message = (
+            f"cannot read a manifest without a source (given as a dict, or edited in memory): its "
+            f"snapshot {digest} (written on host {host!r}) is unavailable: {problem}. Snapshots are "
+            "shared by the processes of one host; between hosts set REFSTORE_SNAPSHOT_DIR to storage "
+            "every process can read (e.g. s3://bucket/refstore-snapshots) in the client and the workers, "
+            "or save the manifest and open it from its path"
+        )
+        return _unavailable(message, (digest, source, open_args, host))
+    if corrupt:
+        warnings.warn(f"manifest snapshot {digest}: {problem}; opening {source!r} again instead",
+                      RefstoreWarning, stacklevel=2)
+    if where is None:
+        return reopen(source, open_args)
+    with host_lock(where.local, digest):  # one process per host reopens; the others then map
+        if os.path.exists(where.path(digest)):
+            try:
+                mapped = _map(where, digest)
+                if mapped is not None:
+                    return mapped
+            except (CorruptSnapshot, OSError):
+                discard(where.path(digest))
+        manifest = reopen(source, open_args)
+        with contextlib.suppress(OSError):
+            write_snapshot(manifest)  # an unchanged source gives the same snapshot: the host's others map it
+        return manifest
+
+
+class _Poison:
+    """Stands in for each column and dict of a manifest whose snapshot is unavailable: any use raises."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def _raise(self, *args: Any, **kwargs: Any) -> Any:
+        raise SnapshotUnavailable(self.message)  # a new one each time: tracebacks do not pile up
+
+    __iter__ = __len__ = __contains__ = __getitem__ = __setitem__ = __delitem__ = _raise
+    get = pop = items = values = keys = setdefault = update = copy = _raise
+
+
+def _unavailable(message: str, args: tuple[Any, ...]) -> Manifest:
+    """A manifest whose every read or edit raises :class:`SnapshotUnavailable` with *message*, and that pickles as *args* again.
+
+    Unpickling does not raise: dask unpickles a task's arguments in the worker's connection to
+    the scheduler, where an exception is only logged and the task never ends. The task's first
+    read raises instead, and dask reports that to the client.
+    """
     from refstore.manifest._model import Manifest
 
-    try:
-        with open(os.path.join(path, "manifest.json")) as f:
-            doc = json.load(f)
-        if doc.get("token") != token:
-            return None
-        manifest = Manifest()
-        manifest._urls = doc["urls"]
-        manifest._inline = {k: base64.b64decode(v) for k, v in doc["inline"].items()}
-        manifest._loose = {k: (uid, off, ln) for k, uid, off, ln in doc["loose"]}
-        manifest.sources.update(parse_sources(doc.get("sources"), path))
-        for i, t in enumerate(doc["tables"]):
-            table = ChunkTable.__new__(ChunkTable)
-            table.layout = KeyLayout(t["prefix"], tuple(t["grid"]), t["v3"], t["sep"])
-            for col in ("url_id", "offset", "length"):
-                arr = np.load(os.path.join(path, f"t{i}.{col}.npy"), mmap_mode="c", allow_pickle=False)
-                setattr(table, col, arr)
-            table.count = t["count"]
-            manifest._tables[table.layout.prefix] = table
-    except (OSError, ValueError, KeyError, TypeError):  # (ManifestError is a ValueError)
-        return None
-    manifest._reindex()
-    manifest.source, manifest.source_is_remote = doc["source"], doc["source_is_remote"]
-    if doc.get("open_args") is not None:
-        mark_opened(manifest, doc["open_args"], doc.get("open_source"))
+    class UnavailableManifest(Manifest):
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (_unpickle, args)
+
+        def __repr__(self) -> str:
+            return f"<Manifest: unavailable snapshot {args[0]}>"
+
+    manifest = UnavailableManifest()
+    poison: Any = _Poison(message)
+    manifest._url_table = manifest._inline = manifest._loose = manifest._tables = manifest._heads = poison
     return manifest
+
+
+def _map(where: Place, digest: str) -> Manifest | None:
+    """A copy of *digest*'s snapshot, mapped (and verified) once per process; None if not found."""
+    with _lock:
+        base = _mapped.get(digest)
+        if base is not None:
+            _mapped.move_to_end(digest)
+    if base is None:
+        path = find(where, digest)
+        if path is None:
+            return None
+        base, open_args, open_source = read(path, digest)
+        if open_args is not None:
+            mark_opened(base, open_args, open_source)
+        base._digest = (base._generation, digest)
+        with _lock:
+            _mapped[digest] = base
+            while len(_mapped) > REOPENED_KEPT:
+                _mapped.popitem(last=False)
+    else:
+        touch(where.path(digest))
+    copy = share(base)
+    _hold(where, digest, copy)
+    return copy
 
 
 def mark_opened(manifest: Manifest, open_args: dict[str, Any], source: str | None = None) -> None:
@@ -206,19 +272,6 @@ def _from_state(state: dict[str, Any]) -> Manifest:
     return manifest
 
 
-def _restore(
-    path: str | None, token: str | None, source: str | None, open_args: dict[str, Any], state: Any
-) -> Manifest:
-    if path is not None and token is not None:
-        manifest = read_snapshot(path, token)
-        if manifest is not None:
-            return manifest
-    if state is not None:
-        return _from_state(state)
-    assert source is not None
-    return reopen(source, open_args)
-
-
 def reopen(source: str, open_args: dict[str, Any]) -> Manifest:
     """*source* opened again, or a copy-on-write share of this process's last opening of it if
     the source still looks the same (size, ETag or mtime); see the module docstring.
@@ -234,7 +287,7 @@ def reopen(source: str, open_args: dict[str, Any]) -> Manifest:
     stamp = _stamp(source, open_args)
     key = (source, json.dumps(open_args, sort_keys=True, default=str))
     if stamp is not None:
-        with _reopened_lock:
+        with _lock:
             hit = _reopened.get(key)
             if hit is not None and hit[0] == stamp:
                 _reopened.move_to_end(key)
@@ -242,7 +295,7 @@ def reopen(source: str, open_args: dict[str, Any]) -> Manifest:
     manifest = open_manifest(source, **open_args)
     if stamp is None or type(manifest) is not Manifest:  # lazy parquet manifests reopen cheaply
         return manifest
-    with _reopened_lock:
+    with _lock:
         _reopened[key] = (stamp, manifest)
         _reopened.move_to_end(key)
         while len(_reopened) > REOPENED_KEPT:
@@ -274,5 +327,9 @@ def share(manifest: Manifest) -> Manifest:
     copy.sources = dict(manifest.sources)
     copy.source, copy.source_is_remote = manifest.source, manifest.source_is_remote
     copy._reindex()
-    mark_opened(copy, manifest._open_args, manifest._open_source)
+    if _reopenable(manifest):
+        mark_opened(copy, manifest._open_args, manifest._open_source)
+    known = manifest._digest
+    if known is not None and known[0] == manifest._generation:
+        copy._digest = (copy._generation, known[1])
     return copy

@@ -451,8 +451,9 @@ class _Refs:
         manifest = self.manifest
         keys = list(entries)
         vals = list(entries.values())
-        metas = set(filter(_is_meta, keys))
-        for key in metas:
+        ordered = list(filter(_is_meta, keys))  # in document order: a set's order varies by process
+        metas = set(ordered)
+        for key in ordered:
             check_key(key)
             value = decode_value(key, entries[key], self.expand)
             if not isinstance(value, bytes):  # a metadata document given as a reference

@@ -3,16 +3,36 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
-import shutil
+import signal
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import zarr
 
 from refstore import Manifest, Reference, ReferenceFileSystem, ReferenceStore
+from refstore.errors import SnapshotUnavailable
 from refstore.manifest import _snapshot
+
+
+@pytest.fixture(autouse=True)
+def snapshots(tmp_path, monkeypatch):
+    """This test's own snapshot directory, and no snapshot mapped or source parsed by an earlier test."""
+    root = tmp_path / "snapshots"
+    monkeypatch.setenv("REFSTORE_SNAPSHOT_DIR", str(root))
+    monkeypatch.setattr(_snapshot, "_mapped", type(_snapshot._mapped)())
+    monkeypatch.setattr(_snapshot, "_reopened", type(_snapshot._reopened)())
+    return root
+
+
+def _forget(root):
+    """Remove every snapshot file and this process's mapped copies (as on another machine)."""
+    for p in root.glob("*.rsnap"):
+        p.unlink()
+    _snapshot._mapped.clear()
 
 
 def _big_refs(n_side: int = 300) -> dict:
@@ -46,26 +66,39 @@ def test_opened_manifest_pickles_small_and_restores_exactly(tmp_path):
     assert pickle.loads(pickle.dumps(m)).get("a/0.0") == Reference("s3://b/f0.bin", 0, 1)
 
 
-def test_without_the_snapshot_the_source_is_read_again(tmp_path):
+def test_without_the_snapshot_the_source_is_read_again(tmp_path, snapshots):
     path = _write(tmp_path)
     m = Manifest.open(path)
     blob = pickle.dumps(m)
-    for p in list(_snapshot._written.values()):
-        shutil.rmtree(p, ignore_errors=True)  # as on another machine
+    (written,) = snapshots.glob("*.rsnap")
+    _forget(snapshots)  # as on another machine
     assert dict(pickle.loads(blob).items()) == dict(m.items())
+    # the source was unchanged: the reopened manifest published the same snapshot for the host
+    assert [p.name for p in snapshots.glob("*.rsnap")] == [written.name]
 
 
-def test_an_edited_manifest_carries_its_state(tmp_path):
+def test_an_edited_manifest_pickles_as_its_snapshot_and_never_as_an_empty_store(tmp_path, snapshots):
+    """Edits live only in memory, so the snapshot is the only copy: a pickle that cannot find it
+    fails, naming the snapshot, instead of reopening the unedited source."""
     path = _write(tmp_path)
     m = Manifest.open(path)
     m.set("a/1.1", Reference("s3://b/edited", 1, 2))
     blob = pickle.dumps(m)
-    assert len(blob) > 100_000  # the edit lives only in memory: the state travels with it
-    for p in list(_snapshot._written.values()):
-        shutil.rmtree(p, ignore_errors=True)
+    assert len(blob) < 1_000
     back = pickle.loads(blob)
     assert back.get("a/1.1") == Reference("s3://b/edited", 1, 2)
     assert dict(back.items()) == dict(m.items())
+    (written,) = snapshots.glob("*.rsnap")
+    _forget(snapshots)
+    gone = pickle.loads(blob)  # (dask unpickles where an exception would hang the task)
+    for read in (len, lambda m: m.get("a/1.1"), lambda m: list(m.keys()), lambda m: m.list_dir("a")):
+        with pytest.raises(SnapshotUnavailable, match=written.stem) as info:
+            read(gone)
+    assert str(snapshots) in str(info.value) and "REFSTORE_SNAPSHOT_DIR" in str(info.value)
+    assert not isinstance(info.value, FileNotFoundError)  # zarr reads those as missing keys
+    with pytest.raises(SnapshotUnavailable):  # never an empty group
+        zarr.open_group(ReferenceStore(gone), mode="r")
+    assert pickle.dumps(gone) == blob  # passed on unchanged
 
 
 def test_faces_unpickle_in_another_process(tmp_path):
@@ -148,8 +181,12 @@ def test_pickles_of_opened_manifests_are_o1_whatever_their_size(tmp_path):
         blob = pickle.dumps(m)
         assert len(blob) < 2_000, (n_side, len(blob))
         assert dict(pickle.loads(blob).items()) == dict(m.items())
-    from_dict = Manifest.from_dict(_big_refs(20))  # no source: nowhere else to come from
-    assert len(pickle.dumps(from_dict)) > 4_000  # its state: 400 references
+    from_dict = Manifest.from_dict(_big_refs(20))  # no source, small: its state travels
+    assert len(pickle.dumps(from_dict)) > 4_000  # 400 references
+    from_dict = Manifest.from_dict(_big_refs(300))  # no source, large: its snapshot's hash
+    blob = pickle.dumps(from_dict)
+    assert len(blob) < 1_000
+    assert dict(pickle.loads(blob).items()) == dict(from_dict.items())
 
 
 def test_unpickling_one_source_many_times_parses_it_once_per_process(tmp_path):
@@ -192,22 +229,44 @@ def test_a_relative_path_is_resolved_when_opened(tmp_path, monkeypatch):
     assert int(out.stdout) == len(m)
 
 
-def test_snapshots_of_a_killed_process_are_swept(tmp_path):
-    """A process killed before its exit handlers ran leaves its snapshot; the next writer removes it."""
+def test_snapshots_of_a_killed_process_are_swept_or_reused(tmp_path, snapshots, monkeypatch):
+    """A process killed with SIGKILL runs no exit handler: its lease and its half-written file stay
+    behind. The next process on the host removes both, reuses the finished snapshot (same content:
+    nothing written), and evicts it past the size bound once no live process leases it."""
     path = _write(tmp_path)  # 90,000 references: pickling writes a snapshot
-    root = tmp_path / "snapshots"
     code = (
         "import os, pickle, signal, sys\n"
         "from refstore import Manifest\n"
-        "pickle.dumps(Manifest.open(sys.argv[1]))\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from refstore.manifest import _snapshot_file\n"
+        "m = Manifest.open(sys.argv[1])\n"
+        "pickle.dumps(m)\n"  # a finished snapshot, leased by this process
+        "m.set('a/0.0', m['a/0.1'])\n"
+        "def killed_midway(enc, tmp):\n"
+        "    open(tmp, 'wb').write(enc.head)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "_snapshot_file.write = killed_midway\n"
+        "import refstore.manifest._snapshot_store as store; store.write = killed_midway\n"
+        "pickle.dumps(m)\n"
     )
-    env = {**__import__("os").environ, "REFSTORE_SNAPSHOT_DIR": str(root)}
-    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, env=env, check=False)
-    assert out.returncode == -9, out.stderr.decode()
-    left = [p.name for p in root.iterdir()]
-    assert len(left) == 1
-    mine = root / f"{__import__('os').getpid()}-live"
-    mine.mkdir()  # a live process's snapshot is kept
-    assert _snapshot.sweep_stale(str(root)) == left
-    assert [p.name for p in root.iterdir()] == [mine.name]
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, check=False)
+    assert out.returncode == -signal.SIGKILL, out.stderr.decode()
+    (snap,) = snapshots.glob("*.rsnap")  # the half-written one was never published
+    (tmp,) = snapshots.glob(".tmp-*")
+    (lease,) = (snapshots / "leases" / snap.stem).iterdir()
+    inode = snap.stat().st_ino
+
+    m = Manifest.open(path)  # this process: the same content
+    blob = pickle.dumps(m)
+    assert snap.exists() and snap.stat().st_ino == inode  # reused, not written again
+    assert not tmp.exists() and not lease.exists()  # swept: their process is dead
+    assert [p.name for p in snapshots.glob("*.rsnap")] == [snap.name]
+    assert [p.name for p in (snapshots / "leases" / snap.stem).iterdir()] == [f"{os.getpid()}@{lease.name.split('@')[1]}"]
+
+    from refstore.manifest import _snapshot_store
+
+    monkeypatch.setenv("REFSTORE_SNAPSHOT_MAX_BYTES", "0")
+    assert _snapshot_store.sweep(str(snapshots)) == []  # leased by this live process: kept
+    del m
+    __import__("gc").collect()  # the lease goes with the manifest
+    assert _snapshot_store.sweep(str(snapshots)) == [snap.name]  # then evicted past the bound
+    assert dict(pickle.loads(blob).items()) == dict(Manifest.open(path).items())  # reopened
