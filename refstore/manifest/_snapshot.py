@@ -201,6 +201,8 @@ class _Poison:
 
     __iter__ = __len__ = __contains__ = __getitem__ = __setitem__ = __delitem__ = _raise
     get = pop = items = values = keys = setdefault = update = copy = _raise
+    protocols = schemes = id_of = extend = extend_packed = contains = _raise  # (the URL table's)
+    packed = property(_raise)
 
 
 def _unavailable(message: str, args: tuple[Any, ...]) -> Manifest:

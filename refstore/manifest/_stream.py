@@ -43,7 +43,8 @@ from refstore.manifest._keys import check_key
 from refstore.manifest._model import CELL_FLOOR, check_metadata
 from refstore.manifest._orphans import Orphans
 from refstore.manifest._sources import SOURCES_KEY, parse_sources
-from refstore.manifest._templates import expand_gen, render, resolve_templates
+from refstore.manifest._table import WHOLE
+from refstore.manifest._templates import expand_gen, generated_count, render, resolve_templates
 
 if TYPE_CHECKING:
     from refstore.manifest._model import Manifest
@@ -544,8 +545,44 @@ class _Refs:
                 render(u, resolved, "a reference URL", expressions=False) if u and "{{" in u else u
                 for u in manifest._urls
             ]
-        for key, url, offset, length in expand_gen(gens, resolved):
-            _place(manifest, key, (url, offset if offset is not None else 0, -1 if length is None else length))
+        generated = generated_count(gens)
+        if generated:
+            self._adopt_for(generated)
+            batch: list[tuple[str, str, int | None, int | None]] = []
+            for entry in expand_gen(gens, resolved):
+                batch.append(entry)
+                if len(batch) == _GEN_BATCH:
+                    self._put_generated(batch)
+                    batch = []
+            self._put_generated(batch)
+            self.orphans.flush()
+
+    def _adopt_for(self, generated: int) -> None:
+        """Start the tables that the dense-cell budget refused before the *generated* references of
+        ``gen`` were counted (the budget follows the document's size, which ``gen`` belies)."""
+        manifest = self.manifest
+        for key, value in list(manifest._inline.items()):
+            layout = manifest._layout_for(key, value)
+            if layout is not None and layout.prefix not in manifest._tables:
+                manifest._adopt(layout, self.limit + 4 * generated)
+
+    def _put_generated(self, batch: list[tuple[str, str, int | None, int | None]]) -> None:
+        """Put generated references as columns (one by one if some value is out of range, which
+        then raises naming its key)."""
+        if not batch:
+            return
+        keys, urls, offsets, lengths = (list(c) for c in zip(*batch))
+        try:
+            off = np.array([0 if o is None else o for o in offsets], dtype=np.int64)
+            ln = np.array([WHOLE if n is None else n for n in lengths], dtype=np.int64)
+            valid = not ((off < 0).any() or (ln < WHOLE).any() or ((ln == WHOLE) & (off != 0)).any())
+        except (OverflowError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            for key, url, offset, length in batch:
+                _place(self.manifest, key, (url, 0 if offset is None else offset, WHOLE if length is None else length))
+            return
+        self._put_columns(keys, self.manifest._urls.extend(urls), off, ln)
 
 
 def _without_blanks(text: bytes) -> bytes | None:
@@ -560,6 +597,8 @@ def _without_blanks(text: bytes) -> bytes | None:
     return text.translate(None, _WS)
 
 
+#: Generated references put into the tables at a time.
+_GEN_BATCH = 1 << 16
 #: Runs of keys in grid order shorter than this are gathered and put per table at once.
 _SHORT_RUN = 16
 #: Past this many tables, keys out of grid order are located one by one instead of per table.

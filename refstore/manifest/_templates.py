@@ -276,6 +276,19 @@ def _expression_chars(gen: Mapping[str, Any]) -> int:
     return sum(len(m.group(1)) for text in fields for m in _PLACEHOLDER.finditer(text))
 
 
+def generated_count(gens: Any) -> int:
+    """How many keys the ``gen`` list would generate, at most ``max_generated_keys`` (entries
+    :func:`expand_gen` refuses count 0; it raises for them)."""
+    total = 0
+    for gen in gens if isinstance(gens, list) else []:
+        try:
+            dims = gen.get("dimensions") or {}
+            total += math.prod(_size(_dimension_values(d, dims[d], "gen")) for d in dims)
+        except (TemplateError, AttributeError, TypeError, ValueError):
+            continue
+    return min(total, current().max_generated_keys)
+
+
 def expand_gen(
     gens: list[Any], templates: Mapping[str, str]
 ) -> Iterator[tuple[str, str, int | None, int | None]]:

@@ -320,3 +320,31 @@ def test_a_key_given_twice_before_and_after_its_metadata_keeps_its_last_value(tm
     assert got.get("a/3") == Reference("s3://b/later", 3, 2)
     assert got.get("a/4") == b"inline after metadata"
     assert got.get("a/5") == Reference("s3://b/after", 5, 3)
+
+
+def test_generated_references_fill_a_table_even_from_a_small_file(tmp_path, monkeypatch):
+    """A few hundred bytes of ``gen`` make 150,000 references: their array gets its table (the
+    dense-cell budget counts them, not the file's size; they were 150,000 loose entries), each
+    with the value the templates give (fsspec expands gen only with simple_templates=False, and
+    takes minutes for this many)."""
+    from refstore.manifest import _stream as stream_module
+
+    monkeypatch.setattr(stream_module, "CELL_FLOOR", 1000)  # (1M cells by default: this many would fit under it)
+    rows, cols = 750, 200
+    doc = {"version": 1, "templates": {"u": "s3://bucket/prefix"},
+           "refs": {".zgroup": '{"zarr_format": 2}', "data/.zarray": _zarray([rows, cols], [1, 1]),
+                    "data/0.0": ["s3://bucket/given", 1, 2]},
+           "gen": [{"key": "data/{{i}}.{{j}}", "url": "{{u}}/f_{{j}}.bin", "offset": "{{i * 4}}", "length": "4",
+                    "dimensions": {"i": {"stop": rows}, "j": {"stop": cols}}},
+                   {"key": "other/{{i}}", "url": "s3://bucket/whole_{{i}}", "dimensions": {"i": {"stop": 3}}}]}
+    path = tmp_path / "gen.json"
+    path.write_text(json.dumps(doc))
+    got = Manifest.open(str(path))
+    assert [t.layout.prefix for t in got._tables.values()] == ["data"] and len(got._loose) == 3
+    assert len(got) == 2 + rows * cols + 3
+    rng = random.Random(4)
+    for i, j in [(0, 0), (rows - 1, cols - 1)] + [(rng.randrange(rows), rng.randrange(cols)) for _ in range(200)]:
+        assert got.get(f"data/{i}.{j}") == Reference(f"s3://bucket/prefix/f_{j}.bin", i * 4, 4)  # gen after refs
+    assert got.get("other/1") == Reference("s3://bucket/whole_1", 0, None)
+    small = dict(doc, gen=[dict(doc["gen"][0], dimensions={"i": {"stop": 3}, "j": {"stop": 2}}), doc["gen"][1]])
+    _same(_stream(json.dumps(small).encode(), 64), Manifest.from_dict(small))
