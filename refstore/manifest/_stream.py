@@ -579,6 +579,7 @@ class _Refs:
         except (OverflowError, TypeError, ValueError):
             valid = False
         if not valid:
+            self.orphans.flush()  # (what waits came earlier)
             for key, url, offset, length in batch:
                 _place(self.manifest, key, (url, 0 if offset is None else offset, WHOLE if length is None else length))
             return
