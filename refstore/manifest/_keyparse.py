@@ -8,9 +8,14 @@ exactly one separator fewer than the grid has dimensions on every line, no empty
 index, no leading zero; then every index is read by one ``numpy.fromstring`` and
 checked against the grid. Every key gets the answer :meth:`KeyLayout.parse` gives.
 A text failing a check goes key by key through :meth:`KeyLayout.parse` itself.
+
+Also here: :func:`run_length` (how many keys of a block follow the grid in order) and
+:class:`Scattered` (short runs gathered per table), which the streaming reader uses.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -96,3 +101,59 @@ def _parse_suffixes(layout: KeyLayout, body: str, n: int) -> np.ndarray | None:
     strides = np.ones(ndim, dtype=np.int64)
     strides[:-1] = np.cumprod(grid[::-1])[::-1][1:]
     return np.where((idx < grid).all(axis=1), idx @ strides, -1)
+
+
+#: Runs of keys in grid order shorter than this are gathered and put per table at once.
+SHORT_RUN = 16
+
+
+class Scattered:
+    """Short runs of chunk keys waiting to be put, per table, with the cells and key positions.
+
+    Keys written out of grid order (shuffled, or sorted as text: ``10`` before ``2``)
+    arrive a few at a time; putting each run on its own costs a table write per key.
+    A table's waiting cells are put before a longer run writes to that table, so a
+    key given twice keeps its last value.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+    def add(self, table: Any, flat: int, i: int, run: int) -> None:
+        """Cells ``flat ...`` hold the values of keys ``i ...`` (*run* of them)."""
+        _, flats, at = self.tables.setdefault(id(table), (table, [], []))
+        flats.extend(range(flat, flat + run))
+        at.extend(range(i, i + run))
+
+    def flush(self, table: Any, put: Any) -> None:
+        """``put(table, flats, positions)`` what waits for *table* (every table if None)."""
+        for key in [id(table)] if table is not None else list(self.tables):
+            waiting = self.tables.pop(key, None)
+            if waiting is not None:
+                put(*waiting)
+
+
+def run_length(keys: list[str], i: int, layout: Any, flat: int) -> int:
+    """How many of ``keys[i:]`` are the chunk keys of *layout* from *flat* on, in order."""
+    n = min(len(keys) - i, layout.size - flat)
+    if n < 2 or keys[i + 1] != layout.head + layout.suffix(flat + 1):
+        return 1  # keys out of grid order: one generated key each, not a block of them
+    run, step = 2, 8
+    while run < n:
+        m = min(run + step, n)
+        expected = list(layout.iter_keys(flat + run, flat + m))
+        got = keys[i + run : i + m]
+        if got == expected:
+            run = m
+            step *= 2
+            continue
+        # the first mismatch: bisect with slice comparisons (each runs in C)
+        lo, hi = 0, len(got)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if got[: mid + 1] == expected[: mid + 1]:
+                lo = mid + 1
+            else:
+                hi = mid
+        return run + lo
+    return run

@@ -26,7 +26,7 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._flat import FlatBlock, read_flat
+from refstore.manifest._flat import FlatBlock, read_flat, without_blanks
 from refstore.manifest._kerchunk import (
     META_SUFFIXES,
     _columns,
@@ -38,7 +38,7 @@ from refstore.manifest._kerchunk import (
     fill_cells,
     url_ids,
 )
-from refstore.manifest._keyparse import parse_keys
+from refstore.manifest._keyparse import SHORT_RUN, Scattered, parse_keys, run_length
 from refstore.manifest._keys import check_key
 from refstore.manifest._model import CELL_FLOOR, check_metadata
 from refstore.manifest._orphans import Orphans
@@ -314,7 +314,7 @@ class _Refs:
         if b"\\" in text:
             return False
         if text.count(b'":["') != text.count(b'"') // 4:  # blanks between tokens (json.dump, indent=...)
-            compact = _without_blanks(text)
+            compact = without_blanks(text)
             if compact is None:
                 return False
             text = compact
@@ -399,8 +399,8 @@ class _Refs:
             if found is None:
                 break
             table, start = found
-            run = _run_length(keys, i, table.layout, start)
-            if run < _SHORT_RUN:
+            run = run_length(keys, i, table.layout, start)
+            if run < SHORT_RUN:
                 break
             table.put(start, ids[i : i + run], off[i : i + run], ln[i : i + run])
             if self.orphans.inline_seq:
@@ -433,7 +433,7 @@ class _Refs:
 
     def _put_one_by_one(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
         manifest = self.manifest
-        scattered = _Scattered()
+        scattered = Scattered()
         waiting: list[int] = []
         for j, key in enumerate(keys):
             found = manifest._locate(key)
@@ -479,7 +479,7 @@ class _Refs:
         def fill_scattered(table: Any, flats: list[int], at: list[int]) -> None:
             fill_cells(manifest, table, flats, [keys[j] for j in at], [vals[j] for j in at], self.expand)
 
-        scattered = _Scattered()  # short runs (keys out of grid order), filled together per table
+        scattered = Scattered()  # short runs (keys out of grid order), filled together per table
         waiting: tuple[list[str], list[int], list[int], list[int]] = ([], [], [], [])
         i, n = 0, len(keys)
         while i < n:
@@ -499,12 +499,12 @@ class _Refs:
                 i += 1
                 continue
             table, flat = found
-            run = _run_length(keys, i, table.layout, flat)
+            run = run_length(keys, i, table.layout, flat)
             block_vals = vals[i : i + run]
             if None in block_vals:  # null is no kerchunk value: raise, naming the key
                 j = block_vals.index(None)
                 decode_value(keys[i + j], None, self.expand)
-            if run < _SHORT_RUN:
+            if run < SHORT_RUN:
                 scattered.add(table, flat, i, run)
             else:
                 scattered.flush(table, fill_scattered)
@@ -586,73 +586,7 @@ class _Refs:
         self._put_columns(keys, self.manifest._urls.extend(urls), off, ln)
 
 
-def _without_blanks(text: bytes) -> bytes | None:
-    """*text* (JSON without backslashes) with the blanks between tokens removed, at C speed;
-    None if some string holds a blank (then removing them all would change it)."""
-    parts = text.split(b'"')
-    if len(parts) % 2 == 0:
-        return None  # an unclosed string
-    inside = b"".join(parts[1::2])
-    if len(inside.translate(None, _WS)) != len(inside):
-        return None
-    return text.translate(None, _WS)
-
-
 #: Generated references put into the tables at a time.
 _GEN_BATCH = 1 << 16
-#: Runs of keys in grid order shorter than this are gathered and put per table at once.
-_SHORT_RUN = 16
 #: Past this many tables, keys out of grid order are located one by one instead of per table.
 _FEW_TABLES = 8
-
-
-class _Scattered:
-    """Short runs of chunk keys waiting to be put, per table, with the cells and key positions.
-
-    Keys written out of grid order (shuffled, or sorted as text: ``10`` before ``2``)
-    arrive a few at a time; putting each run on its own costs a table write per key.
-    A table's waiting cells are put before a longer run writes to that table, so a
-    key given twice keeps its last value.
-    """
-
-    def __init__(self) -> None:
-        self.tables: dict[int, tuple[Any, list[int], list[int]]] = {}
-
-    def add(self, table: Any, flat: int, i: int, run: int) -> None:
-        """Cells ``flat ...`` hold the values of keys ``i ...`` (*run* of them)."""
-        _, flats, at = self.tables.setdefault(id(table), (table, [], []))
-        flats.extend(range(flat, flat + run))
-        at.extend(range(i, i + run))
-
-    def flush(self, table: Any, put: Any) -> None:
-        """``put(table, flats, positions)`` what waits for *table* (every table if None)."""
-        for key in [id(table)] if table is not None else list(self.tables):
-            waiting = self.tables.pop(key, None)
-            if waiting is not None:
-                put(*waiting)
-
-
-def _run_length(keys: list[str], i: int, layout: Any, flat: int) -> int:
-    """How many of ``keys[i:]`` are the chunk keys of *layout* from *flat* on, in order."""
-    n = min(len(keys) - i, layout.size - flat)
-    if n < 2 or keys[i + 1] != layout.head + layout.suffix(flat + 1):
-        return 1  # keys out of grid order: one generated key each, not a block of them
-    run, step = 2, 8
-    while run < n:
-        m = min(run + step, n)
-        expected = list(layout.iter_keys(flat + run, flat + m))
-        got = keys[i + run : i + m]
-        if got == expected:
-            run = m
-            step *= 2
-            continue
-        # the first mismatch: bisect with slice comparisons (each runs in C)
-        lo, hi = 0, len(got)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if got[: mid + 1] == expected[: mid + 1]:
-                lo = mid + 1
-            else:
-                hi = mid
-        return run + lo
-    return run
