@@ -59,12 +59,14 @@ def _opener(impl: str, path: str) -> tuple[Any, Any]:
     import s3fs  # noqa: F401 - imported by every worker so baselines match
     import ujson
 
+    sidecar = Path(path + ".target")  # the file null URLs stand for (open_shapes' "null URLs" shape)
+    target = {"target": sidecar.read_text()} if sidecar.exists() else {}
     if impl == FSSPEC:
         from fsspec.implementations.reference import ReferenceFileSystem as FsspecRFS
 
         # fsspec opens a compressed manifest only when told to infer the compression
         compressed = {"target_options": {"compression": "infer"}} if path.endswith((".gz", ".zst")) else {}
-        return (lambda: FsspecRFS(fo=path, **REMOTE, **compressed)), (lambda o, k: o.info(k)["size"])
+        return (lambda: FsspecRFS(fo=path, **REMOTE, **compressed, **target)), (lambda o, k: o.info(k)["size"])
     if impl == MANIFEST:
         import refstore
 
@@ -76,7 +78,7 @@ def _opener(impl: str, path: str) -> tuple[Any, Any]:
     if impl == REF_RFS:
         import refstore
 
-        return (lambda: refstore.ReferenceFileSystem(fo=path, **REMOTE)), (lambda o, k: o.info(k)["size"])
+        return (lambda: refstore.ReferenceFileSystem(fo=path, **REMOTE, **target)), (lambda o, k: o.info(k)["size"])
     if impl == VZ:  # path: the JSON with its template written out (VirtualiZarr expands none)
         from obspec_utils.registry import ObjectStoreRegistry
         from obstore.store import LocalStore
