@@ -12,9 +12,14 @@ methods and numpy); the offsets and lengths are then read by one
 keys an array's grid spells, as text, before any is made a string of its own),
 URLs as bytes (packed as they are when a manifest names many).
 
-Anything else (a backslash other than ujson's ``\\/`` for ``/``, ``null``, a whole-object reference, a float, a
-leading zero, a control character in a string, a key or URL that is not UTF-8)
-returns None, and the block goes to a JSON parser, which reads it or raises.
+A block whose every URL is ``null`` (``"key": [null, offset, length]``: one
+file named by the ``target``, as kerchunk writes a single HDF5 file's
+references) is read the same way, its pieces alternating between keys and
+``: [null, offset, length], ``.
+
+Anything else (a backslash other than ujson's ``\\/`` for ``/``, ``null`` beside URLs, a whole-object
+reference, a float, a leading zero, a number split by a blank, a control character in a string, a key or URL
+that is not UTF-8) returns None, and the block goes to a JSON parser, which reads it or raises.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class FlatBlock(NamedTuple):
     """The entries of one block, in the order written."""
 
     keys: str  # the keys joined by "\n" (no key holds a newline: JSON strings cannot, unescaped)
-    urls: list[bytes]  # UTF-8, exact as written
+    urls: list[bytes] | None  # UTF-8, exact as written; None: every URL is null
     offsets: np.ndarray  # int64
     lengths: np.ndarray  # int64
 
@@ -56,26 +61,53 @@ def read_flat(text: bytes) -> FlatBlock | None:
     except UnicodeDecodeError:
         return None
     parts = text.split(b'"')
-    if len(parts) < 5 or (len(parts) - 1) % 4:
+    if len(parts) < 3 or parts[0].strip(_WS) or parts[-1].rstrip(_WS)[-1:] != b"]":
+        return None
+    if b"null" in text:
+        return _read_nulls(text, parts)
+    if (len(parts) - 1) % 4:
         return None
     n = (len(parts) - 1) // 4
-    if parts[0].strip(_WS) or parts[-1].rstrip(_WS)[-1:] != b"]":
-        return None
     colons = b"".join(parts[2::4])
     if colons.translate(None, _WS) != b":[" * n:
         return None
     tails = b"".join(parts[4::4])
     if text.count(b"\n") != parts[0].count(b"\n") + colons.count(b"\n") + tails.count(b"\n"):
         return None  # a newline inside a string (keys are joined with newlines)
-    numbers = _numbers(tails.translate(None, _WS) + b",", n)
+    numbers = _numbers(tails.translate(None, _WS), n, tails.translate(_BLANK_DELIMS))
     if numbers is None:
         return None
     key_text = b"\n".join(parts[1::4]).decode("utf-8")
     return FlatBlock(key_text, parts[3::4], numbers[0::2].copy(), numbers[1::2].copy())
 
 
-def _numbers(tails: bytes, n: int) -> np.ndarray | None:
-    """Offsets and lengths from the text after each URL, every entry's as ``,offset,length],``."""
+def _read_nulls(text: bytes, parts: list[bytes]) -> FlatBlock | None:
+    """:func:`read_flat` of a block whose every entry is ``"key": [null, offset, length]``."""
+    n = (len(parts) - 1) // 2
+    if (len(parts) - 1) % 2 or n < 1:
+        return None
+    # each piece between two keys must open with ":[null,"; a byte no piece holds (control
+    # characters were refused) marks where one ends, so a piece cannot lend its "null" to the next
+    tails = b"\0".join(parts[2::2])
+    if tails.count(b"null") != n or text.count(b"null") != n:
+        return None  # a null in a key, or a null elsewhere than in the URL's place
+    bare = tails.translate(None, _WS)
+    if not bare.startswith(b":[null,") or bare.count(b"\0:[null,") != n - 1:
+        return None
+    if text.count(b"\n") != parts[0].count(b"\n") + tails.count(b"\n"):
+        return None
+    numbers = _numbers(bare[len(b":[null") :].replace(b"\0:[null", b""), n, tails.translate(_BLANK_NULLS))
+    if numbers is None:
+        return None
+    key_text = b"\n".join(parts[1::2]).decode("utf-8")
+    return FlatBlock(key_text, None, numbers[0::2].copy(), numbers[1::2].copy())
+
+
+def _numbers(bare: bytes, n: int, spaced: bytes) -> np.ndarray | None:
+    """Offsets and lengths from the text after each URL: *bare*, without blanks, must be every
+    entry's ``,offset,length],`` (the last one's comma left out); *spaced* is the same text with
+    its blanks, and everything but the digits made blanks."""
+    tails = bare + b","
     if tails.translate(None, b"0123456789,]"):
         return None  # a sign, a float, null, ...
     raw = np.frombuffer(tails, dtype=np.uint8)
@@ -94,13 +126,15 @@ def _numbers(tails: bytes, n: int) -> np.ndarray | None:
     if ((raw[first] == ord("0")) & (digits > 1)).any():
         return None  # a leading zero: not JSON
     try:
-        values = np.fromstring(tails.translate(_BLANK_DELIMS), dtype=np.int64, sep=" ")
+        # from the text with its blanks, so that "1 2" reads as two numbers (and is refused), not 12
+        values = np.fromstring(spaced, dtype=np.int64, sep=" ")
     except ValueError:
         return None
     return values if len(values) == 2 * n else None
 
 
 _BLANK_DELIMS = bytes.maketrans(b",]", b"  ")
+_BLANK_NULLS = bytes.maketrans(b",]:[nul\0", b" " * 8)
 
 
 def without_blanks(text: bytes) -> bytes | None:
@@ -112,4 +146,18 @@ def without_blanks(text: bytes) -> bytes | None:
     inside = b"".join(parts[1::2])
     if len(inside.translate(None, _WS)) != len(inside):
         return None
+    outside = b'""'.join(parts[0::2])
+    bare = outside.translate(None, _WS)
+    if _words(bare) != _words(outside):
+        return None  # a blank inside a number or a literal ("1 2", "nu ll"): not JSON, not ours to join
     return text.translate(None, _WS)
+
+
+#: Letters, digits and what else a JSON number or literal is made of -> "1"; everything else -> "0".
+_WORD_CLASS = bytes(49 if chr(b).isalnum() or chr(b) in "+-." else 48 for b in range(128)) + b"0" * 128
+
+
+def _words(text: bytes) -> int:
+    """How many runs of number or literal characters *text* holds."""
+    classes = text.translate(_WORD_CLASS)
+    return classes.count(b"01") + classes.startswith(b"1")

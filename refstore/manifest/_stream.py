@@ -356,10 +356,14 @@ class _Refs:
         keys = block.keys
         if any(m in keys for m in META_SUFFIXES) and any(filter(_is_meta, block.key_list())):
             return False  # (the dict path reads metadata)
-        ids = self._url_ids_of(block.urls)
+        manifest, n = self.manifest, len(block.offsets)
+        if block.urls is None:  # every URL null: the target
+            null = url_ids(manifest, self.expand, [None])
+            ids = None if null is None else np.full(n, null[0], dtype=np.int32)
+        else:
+            ids = self._url_ids_of(block.urls)
         if ids is None:
             return False
-        manifest, n = self.manifest, len(block.urls)
         cut = keys.find("\n")
         found = manifest._locate(keys if cut < 0 else keys[:cut])
         if found is not None:  # the whole block one run of the grid, compared as one text

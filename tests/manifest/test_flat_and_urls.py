@@ -33,6 +33,8 @@ GOOD = [
     '"a/0" :\n [ "s3://b/x" ,\t7 , 8 ] , "a/1":["s3://b/y",0,0]',
     '"a/0": ["s3://b/ü.bin", 1, 2], "a/1": ["s3://b/x", 9223372036854775807, 1]',
     '"a/0": [null, 1, 2], "a/1": ["s3://b/whole"], "a/2": ["s3://b/x", 3, 4]',
+    '"a/0": [null, 1, 2], "a/1":[ null ,3 ,4 ],\n "a/2": [null, 0, 0]',  # every URL null: one target
+    '"a/0": [null, 1, 2], "null": [null, 3, 4]',
     '"a/0": ["s3://b/x", 1, 2], "loose key": ["s3://b/x", 3, 4], "a/39": ["s3://b/x],\\"", 5, 6]',
     # what ujson (fsspec's parser too) reads although JSON does not allow it: the quote-split
     # reader passes these to ujson rather than read them its own way
@@ -44,6 +46,10 @@ BAD = [
     ('"a/0": ["s3://b/x", 1, 99999999999999999999]', "a/0"),
     ('"a/0": ["s3://b/x", 1, 2], "a/1": ["s3://b/x", 3]', "a/1"),
     ('"a/0": ["s3://b/x", 1, 2, 3]', "a/0"),
+    # a number split by a blank is not two digits' worth of one number (it was read as 12)
+    ('"a/0": ["s3://b/x", 1 2, 3], "a/1": ["s3://b/x", 3, 4]', "JSON|json|a/0"),
+    ('"a/0": [null, 1, 2], "a/1": [null, 3 4, 5]', "JSON|json|a/1"),
+    ('"a/0": [nu ll, 1, 2], "a/1": [null, 3, 5]', "JSON|json|a/0"),
 ]
 
 
@@ -72,8 +78,14 @@ def test_read_flat_takes_only_its_shape():
     for other in (b'"a/0": ["s3://b/x", 1, 2] "a/1": ["s3://b/y", 3, 4]',  # no comma between entries
                   b'"a/0": ["s3://b/x", 1, 2],, "a/1": ["s3://b/y", 3, 4]',
                   b'"a/0": ["s3://b/x", 1 2]', b'"a/0": ["s3://b/x", 1, 2]x', b'"a/0": ["\xff", 1, 2]',
-                  b'"a/0": ["s3://b/x", 1, 2], "a/1": "inline"', b'"a/0": ["s3://b/x", 01, 2]'):
+                  b'"a/0": ["s3://b/x", 1, 2], "a/1": "inline"', b'"a/0": ["s3://b/x", 01, 2]',
+                  b'"a/0": ["s3://b/x", 1 2, 3]', b'"a/0": ["s3://b/x", 1, 2], "a/1": [null, 3, 4]',
+                  b'"a/0": [null, 1, 2] "a/1": [null, 3, 4]', b'"a/0": [null, null, 2]',
+                  b'"a/0": [null, 1, 2, "a/1": [null, 3, 4]]', b'"a/0": [null, 1, 2], "a/1": [null, 3, 4]x'):
         assert read_flat(other) is None, other
+    nulls = read_flat(b'"a/0": [null, 1, 2],\n  "a/1" : [ null , 30 , 40 ]  ')
+    assert nulls is not None and nulls.urls is None and nulls.key_list() == ["a/0", "a/1"]
+    assert nulls.offsets.tolist() == [1, 30] and nulls.lengths.tolist() == [2, 40]
 
 
 @pytest.fixture
