@@ -306,7 +306,10 @@ def url_ids(manifest: Manifest, expand: Any, urls: list[Any]) -> np.ndarray | No
     except ManifestError:
         return None
     known.update(zip(new, manifest._urls.extend(expanded).tolist()))
-    return np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
+    ids = np.fromiter(map(known.__getitem__, urls), dtype=np.int32, count=len(urls))
+    if manifest._urls.packed:
+        known.clear()  # packing: from now on URLs are not looked up by text (see ._urls), so let go
+    return ids
 
 
 def _columns(manifest: Manifest, vals: list[Any], expand: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

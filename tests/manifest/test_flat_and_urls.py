@@ -137,3 +137,24 @@ def test_url_table_ids_are_positions(pack_early):
     with pytest.raises(IndexError):
         table[len(table)]
     assert table.copy() == table and pickle.loads(pickle.dumps(table)) == list(table)
+
+
+def test_packed_urls_span_chunks_and_keep_their_ids(pack_early, monkeypatch):
+    """Once packing begins, the strings so far become the first packed ids (same ids, same
+    URLs); packed URLs go in chunks of bounded count and bytes, and every id reads back across
+    chunk edges, after pickling and copying too."""
+    monkeypatch.setattr(_urls, "_CHUNK_URLS", 3)
+    monkeypatch.setattr(_urls, "_CHUNK_BYTES", 12)
+    urls = ["s3://a", "s3://c", "gs://é", "s3://b"]
+    table = _urls.UrlTable(urls)
+    assert not table.packed and table.id_of("gs://é") == 2
+    more = [f"s3://x/{i}" for i in range(9)] + [None, "https://h/ü" * 2, "s3://x/3"]
+    ids = table.extend(more)
+    assert table.packed == len(table) == 4 + 12 - 1  # "s3://x/3" twice in one call: one id
+    assert list(table) == urls + more[:-1] and [table[i] for i in ids] == more
+    assert table[-1] == "https://h/ühttps://h/ü" and table[13] is None and table[1] == "s3://c"
+    assert len(table._chunks) > 5 and all(len(c) <= 12 or len(e) == 1 for c, e in zip(table._chunks, table._ends))
+    again = table.extend(["s3://a"])  # packed: a known URL gets a new id, naming the same text
+    assert again[0] == len(table) - 1 and table[int(again[0])] == "s3://a"
+    assert pickle.loads(pickle.dumps(table)) == table == table.copy()
+    assert table.protocols() == {"s3", "gs", "https"} and table.contains("h/ü") and not table.contains("zz")
