@@ -368,7 +368,7 @@ class _Refs:
         found = manifest._locate(keys if cut < 0 else keys[:cut])
         if found is not None:  # the whole block one run of the grid, compared as one text
             table, start = found
-            if start + n <= table.layout.size and keys == "\n".join(table.layout.iter_keys(start, start + n)):
+            if start + n <= table.layout.size and keys == table.layout.key_text(start, start + n):
                 self.seq += 1
                 table.put(start, ids, block.offsets, block.lengths)
                 if self.orphans.inline_seq:

@@ -113,6 +113,31 @@ class KeyLayout:
         keys = _keys_from(parts, idx, self.sep)
         return map((self.head + lead).__add__, itertools.islice(keys, stop - start))
 
+    def key_text(self, start: int, stop: int) -> str:
+        """``"\\n".join(self.iter_keys(start, stop))``, made without a string per key where the
+        last dimension has many chunks (each run along it is one join of cached numbers)."""
+        last = self.grid[-1] if self.grid else 0
+        if last < 16 or not 0 <= start < stop <= self.size:
+            return "\n".join(self.iter_keys(start, stop))
+        lead = self.head + ("c." if (self.v3 and self.sep == ".") else "")
+        cols = _numbers(last) if last <= 1 << 16 else None
+        pieces = []
+        flat = start
+        while flat < stop:
+            row, first = divmod(flat, last)
+            end = min(last, first + stop - flat)
+            prefix = lead
+            if len(self.grid) > 1:
+                outer = []
+                for n in reversed(self.grid[:-1]):
+                    row, i = divmod(row, n)
+                    outer.append(str(i))
+                prefix += self.sep.join(reversed(outer)) + self.sep
+            numbers = cols[first:end] if cols is not None else map(str, range(first, end))
+            pieces.append(prefix + ("\n" + prefix).join(numbers))
+            flat += end - first
+        return "\n".join(pieces)
+
 
 #: Every character a chunk-key suffix can hold (digits, both separators, v3's ``c``).
 _SUFFIX_CHARS = frozenset("0123456789./c")

@@ -83,6 +83,9 @@ def test_read_flat_takes_only_its_shape():
                   b'"a/0": [null, 1, 2] "a/1": [null, 3, 4]', b'"a/0": [null, null, 2]',
                   b'"a/0": [null, 1, 2, "a/1": [null, 3, 4]]', b'"a/0": [null, 1, 2], "a/1": [null, 3, 4]x'):
         assert read_flat(other) is None, other
+    assert read_flat(b'"a\n0": ["u", 1, 2],\n "a/1": ["u", 1, 2]') is None  # a newline in a key
+    raw_newline = read_flat(b'"a/0": ["u\nv", 1, 2],\n "a/1": ["u", 1, 2]')  # in a URL: as ujson reads it
+    assert raw_newline is not None and raw_newline.urls == [b"u\nv", b"u"] and raw_newline.keys == "a/0\na/1"
     nulls = read_flat(b'"a/0": [null, 1, 2],\n  "a/1" : [ null , 30 , 40 ]  ')
     assert nulls is not None and nulls.urls is None and nulls.key_list() == ["a/0", "a/1"]
     assert nulls.offsets.tolist() == [1, 30] and nulls.lengths.tolist() == [2, 40]

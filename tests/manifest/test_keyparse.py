@@ -72,3 +72,27 @@ def test_same_answer_as_one_by_one(layout, items, seed):
     if rng.random() < 0.3:
         keys = [layout.head + k for k in keys]
     assert parse_keys(layout, keys).tolist() == _one_by_one(layout, keys)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    grid=st.lists(st.integers(1, 40), min_size=1, max_size=3),
+    v3=st.booleans(),
+    sep=st.sampled_from([".", "/"]),
+    data=st.data(),
+)
+def test_key_text_is_the_grid_keys_joined(grid, v3, sep, data):
+    """The grid's key text made a row at a time is the keys one by one, joined (the streaming
+    reader compares a block's keys with it, so one wrong byte would misplace references)."""
+    layout = KeyLayout("a/b", tuple(grid), v3, sep)
+    start = data.draw(st.integers(0, layout.size - 1))
+    stop = data.draw(st.integers(start + 1, layout.size))
+    assert layout.key_text(start, stop) == "\n".join(layout.iter_keys(start, stop))
+    assert layout.key_text(start, stop).split("\n") == [layout.head + layout.suffix(i) for i in range(start, stop)]
+
+
+def test_key_text_of_a_huge_grid_makes_only_the_keys_asked_for():
+    layout = KeyLayout("big", (10**15 + 1,), False, ".")
+    assert layout.key_text(10**15 - 2, 10**15 + 1) == "big/999999999999998\nbig/999999999999999\nbig/1000000000000000"
+    wide = KeyLayout("w", (3, 100_000), True, "/")
+    assert wide.key_text(99_999, 100_003) == "w/c/0/99999\nw/c/1/0\nw/c/1/1\nw/c/1/2"
