@@ -17,6 +17,7 @@ JSON) falls back to parsing the whole document, which reports errors by key.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -233,6 +234,7 @@ class _Refs:
         self.limit = 4 * estimate + CELL_FLOOR
         self.orphans = Orphans(manifest)  # references read before their array's metadata
         self.seq = 0  # blocks ingested so far
+        self.known_urls: dict[bytes, int] = {}  # URL as written -> id, while the table is not packing
 
     def read(self, text: _Text) -> None:
         """Consume entries up to and including the closing ``}`` of the object."""
@@ -379,8 +381,27 @@ class _Refs:
 
     def _url_ids_of(self, urls: list[bytes]) -> np.ndarray | None:
         """Manifest URL ids of UTF-8 *urls* (None: one fails to expand; the checked path raises)."""
+        table, known = self.manifest._urls, self.known_urls
+        if known and not table.packed:  # the URLs of earlier blocks, by their text as written
+            ids = np.fromiter(map(known.get, urls, itertools.repeat(-1)), dtype=np.int32, count=len(urls))
+            missing = np.flatnonzero(ids < 0)
+            if not len(missing):
+                return ids
+            if len(missing) < len(urls):
+                new_ids = self._new_url_ids([urls[i] for i in missing.tolist()])
+                if new_ids is None:
+                    return None
+                ids[missing] = new_ids
+                return ids
+        return self._new_url_ids(urls)
+
+    def _new_url_ids(self, urls: list[bytes]) -> np.ndarray | None:
+        """:meth:`_url_ids_of` for URLs not looked up yet."""
         table = self.manifest._urls
-        unique = list(dict.fromkeys(urls))
+        # one dict pass: each URL -> the position it first appears at, in order of appearance
+        first: dict[bytes, int] = {}
+        where = np.fromiter(map(first.setdefault, urls, itertools.count()), dtype=np.int64, count=len(urls))
+        unique = list(first)
         if table.packed and b"{{" not in b"".join(unique):  # many URLs, no template: packed as read
             ids = table.extend_packed(unique)
         else:
@@ -388,10 +409,12 @@ class _Refs:
             if found_ids is None:
                 return None
             ids = found_ids
+        if not table.packed and len(self.known_urls) + len(unique) <= _KNOWN_URLS:
+            self.known_urls.update(zip(unique, ids.tolist()))
         if len(unique) == len(urls):
             return ids
-        lut = dict(zip(unique, ids.tolist()))
-        return np.fromiter(map(lut.__getitem__, urls), dtype=np.int32, count=len(urls))
+        # the k-th distinct URL first appears at the k-th smallest first position
+        return ids[np.searchsorted(np.fromiter(first.values(), dtype=np.int64, count=len(first)), where)]
 
     def _put_columns(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
         """Put the references ``keys[j] -> (ids[j], off[j], ln[j])`` of one block."""
@@ -594,3 +617,5 @@ class _Refs:
 _GEN_BATCH = 1 << 16
 #: Past this many tables, keys out of grid order are located one by one instead of per table.
 _FEW_TABLES = 8
+#: URLs remembered by their text as written (the table's own limit on strings: see ._urls).
+_KNOWN_URLS = 1 << 16
