@@ -25,8 +25,15 @@ from refstore.manifest._table import KeyLayout
 _MAX_EXTENT = 10**15
 
 
-def parse_keys(layout: KeyLayout, keys: list[str]) -> np.ndarray:
+def parse_keys(layout: KeyLayout, keys: list[str] | None, text: str | None = None) -> np.ndarray:
     """The ravelled chunk index of each key in *layout*'s grid, or -1 where it is none.
+
+    Parameters
+    ----------
+    keys
+        The keys; may be None if *text* is given.
+    text
+        The keys joined by newlines, if the caller has that text (no key may hold a newline).
 
     Returns
     -------
@@ -34,20 +41,27 @@ def parse_keys(layout: KeyLayout, keys: list[str]) -> np.ndarray:
         int64, one per key: ``layout.parse(key[len(layout.head):])`` for a key
         starting with ``layout.head``, and -1 for any other key.
     """
-    n = len(keys)
+    if text is None:
+        if keys is None:
+            raise TypeError("parse_keys needs the keys or their text")
+        n = len(keys)
+        text = "\n".join(keys)
+        if n and text.count("\n") != n - 1:  # a key holding a newline
+            return _one_by_one(layout, keys)
+    else:
+        n = text.count("\n") + 1
     if not n:
         return np.empty(0, dtype=np.int64)
     if not layout.grid or max(layout.grid) >= _MAX_EXTENT:
-        return _one_by_one(layout, keys)
+        return _one_by_one(layout, keys if keys is not None else text.split("\n"))
     lead = layout.head + ("c." if (layout.v3 and layout.sep == ".") else "")
-    text = "\n".join(keys)
-    if text.count("\n") != n - 1:  # a key holding a newline
-        return _one_by_one(layout, keys)
     if text.startswith(lead) and text.count("\n" + lead) == n - 1:
         body = text[len(lead) :].replace("\n" + lead, "\n") if lead else text
         out = _parse_suffixes(layout, body, n)
-        return out if out is not None else _one_by_one(layout, keys)
+        return out if out is not None else _one_by_one(layout, keys if keys is not None else text.split("\n"))
     # keys of several arrays: parse those with this array's head
+    if keys is None:
+        keys = text.split("\n")
     picked = [i for i, key in enumerate(keys) if key.startswith(lead)]
     out = np.full(n, -1, dtype=np.int64)
     if picked:

@@ -376,6 +376,11 @@ class _Refs:
                 if self.orphans.inline_seq:
                     self.orphans.superseded(block.key_list())
                 return True
+        if found is None or cut < 0 or not _next_key_follows(keys, cut, *found):
+            # no run of the grid at the block's start (keys in any order): parsed as one text
+            self.seq += 1
+            self._put_any_order(None, ids, block.offsets, block.lengths, text=keys)
+            return True
         self._put_columns(block.key_list(), ids, block.offsets, block.lengths)
         return True
 
@@ -436,19 +441,24 @@ class _Refs:
         if i < n:  # the rest, in any order, parsed together
             self._put_any_order(keys[i:], ids[i:], off[i:], ln[i:])
 
-    def _put_any_order(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
+    def _put_any_order(
+        self, keys: list[str] | None, ids: np.ndarray, off: np.ndarray, ln: np.ndarray, text: str | None = None
+    ) -> None:
         """Put references whose keys come in any order: each table takes its chunk keys (found
-        in all of *keys* at once), and the rest wait for their array's metadata."""
+        in all of *keys* at once), and the rest wait for their array's metadata. *keys* may be
+        None if *text*, the keys joined by newlines, is given (split only if some key is left)."""
         tables = [t for t in self.manifest._tables.values() if not t.lazy]
         if len(tables) > _FEW_TABLES:  # one parse per table would cost more than one per key
-            self._put_one_by_one(keys, ids, off, ln)
+            self._put_one_by_one(keys if keys is not None else str(text).split("\n"), ids, off, ln)
             return
         for table in tables:
-            flats = parse_keys(table.layout, keys)
+            flats = parse_keys(table.layout, keys, text)
             taken = flats >= 0
             if not taken.any():
                 continue
             table.put_at(flats[taken], ids[taken], off[taken], ln[taken])
+            if keys is None:
+                keys, text = str(text).split("\n"), None
             if self.orphans.inline_seq:
                 self.orphans.superseded([k for k, t in zip(keys, taken.tolist()) if t])
             if taken.all():
@@ -456,7 +466,7 @@ class _Refs:
             left = ~taken
             keys = [k for k, keep in zip(keys, left.tolist()) if keep]
             ids, off, ln = ids[left], off[left], ln[left]
-        self.orphans.add(keys, ids, off, ln, self.seq)
+        self.orphans.add(keys if keys is not None else str(text).split("\n"), ids, off, ln, self.seq)
 
     def _put_one_by_one(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
         manifest = self.manifest
@@ -617,5 +627,14 @@ class _Refs:
 _GEN_BATCH = 1 << 16
 #: Past this many tables, keys out of grid order are located one by one instead of per table.
 _FEW_TABLES = 8
+def _next_key_follows(keys: str, cut: int, table: Any, start: int) -> bool:
+    """Whether the second of the newline-joined *keys* (the first ends at *cut*) is the grid key
+    after the first one's (cell *start* of *table*)."""
+    end = keys.find("\n", cut + 1)
+    second = keys[cut + 1 : end] if end >= 0 else keys[cut + 1 :]
+    layout = table.layout
+    return start + 1 < layout.size and second == layout.head + layout.suffix(start + 1)
+
+
 #: URLs remembered by their text as written (the table's own limit on strings: see ._urls).
 _KNOWN_URLS = 1 << 16
