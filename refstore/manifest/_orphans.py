@@ -53,10 +53,15 @@ class Orphans:
     def __bool__(self) -> bool:
         return bool(self.batches)
 
-    def add(self, keys: list[str], ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, seq: int) -> None:
-        """Keep the references ``keys[j] -> (ids[j], offsets[j], lengths[j])`` read in block *seq*."""
-        if keys:
-            self.batches.append(_Batch("\n".join(keys), ids.astype(np.int32), offsets, lengths, seq))
+    def add(
+        self, keys: list[str] | None, ids: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, seq: int,
+        text: str | None = None,
+    ) -> None:
+        """Keep the references ``keys[j] -> (ids[j], offsets[j], lengths[j])`` read in block *seq*
+        (*keys* may be None if *text*, the keys joined by newlines, is given)."""
+        if len(ids):
+            joined = text if keys is None else "\n".join(keys)
+            self.batches.append(_Batch(str(joined), ids.astype(np.int32), offsets, lengths, seq))
 
     def inline_placed(self, key: str, seq: int) -> None:
         """Note that an inline value for *key* (not a metadata key) was placed in block *seq*."""
@@ -76,17 +81,16 @@ class Orphans:
             if lead and not (batch.keys.startswith(lead) or ("\n" + lead) in batch.keys):
                 kept.append(batch)
                 continue
-            keys = batch.keys.split("\n")
-            flats = parse_keys(table.layout, keys)
+            flats = parse_keys(table.layout, None, batch.keys)
             taken = flats >= 0
             if self.inline_seq:
-                self._settle_inline(keys, taken, batch.seq)
+                self._settle_inline(batch.keys.split("\n"), taken, batch.seq)
             if taken.any():
                 table.put_at(flats[taken], batch.ids[taken], batch.offsets[taken], batch.lengths[taken])
             if taken.all():
                 continue
             left = ~taken
-            rest = [k for k, keep in zip(keys, left.tolist()) if keep]
+            rest = [k for k, keep in zip(batch.keys.split("\n"), left.tolist()) if keep]
             kept.append(_Batch("\n".join(rest), batch.ids[left], batch.offsets[left], batch.lengths[left], batch.seq))
         self.batches = kept
 

@@ -466,7 +466,7 @@ class _Refs:
             left = ~taken
             keys = [k for k, keep in zip(keys, left.tolist()) if keep]
             ids, off, ln = ids[left], off[left], ln[left]
-        self.orphans.add(keys if keys is not None else str(text).split("\n"), ids, off, ln, self.seq)
+        self.orphans.add(keys, ids, off, ln, self.seq, text=text)
 
     def _put_one_by_one(self, keys: list[str], ids: np.ndarray, off: np.ndarray, ln: np.ndarray) -> None:
         manifest = self.manifest
