@@ -24,9 +24,11 @@ that is not UTF-8) returns None, and the block goes to a JSON parser, which read
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import re
+from typing import Any, NamedTuple
 
 import numpy as np
+import ujson
 
 _WS = b" \t\r\n"
 _COMMA, _CLOSE = ord(","), ord("]")
@@ -49,15 +51,16 @@ class FlatBlock(NamedTuple):
 def read_flat(text: bytes) -> FlatBlock | None:
     """The entries of *text* (``"k": ["u", o, l], ...``, without the braces), or None if it is
     anything else (see the module docstring)."""
-    if b"\\" in text:
-        if text.count(b"\\") != text.count(b"\\/"):
-            return None
-        text = text.replace(b"\\/", b"/")  # ujson's way of writing "/" (the only escape here)
     raw = np.frombuffer(text, dtype=np.uint8)
     low = raw[raw < 32]  # (numpy: a pass, and the few blanks it finds; 5-10x bytes.translate or re)
     if ((low != 9) & (low != 10) & (low != 13)).any():
         return None  # a control character but a blank (a tab in a string is read as itself, as ujson does)
     newlines = bool((low == 10).any())
+    if b"\\" in text:
+        slashes = np.flatnonzero(raw == 92)
+        if slashes[-1] + 1 >= len(raw) or (raw[slashes + 1] != 47).any():
+            return None  # an escape other than ujson's "\\/" for "/"
+        text = text.translate(None, b"\\")  # every backslash is one of those: dropping them unescapes
     try:
         text.isascii() or text.decode("utf-8")  # (then every string in it is: they end at ASCII quotes)
     except UnicodeDecodeError:
@@ -171,3 +174,48 @@ def _words(text: bytes) -> int:
     """How many runs of number or literal characters *text* holds."""
     classes = text.translate(_WORD_CLASS)
     return classes.count(b"01") + classes.startswith(b"1")
+
+
+#: The end of a list value and the start of the next key: where a block may be cut in two (a
+#: string ending in "]," looks the same; then a piece fails to parse, and the block is read whole).
+_BOUNDARY = re.compile(rb"\],[ \t\r\n]*\"")
+#: Pieces this small are read by ujson rather than cut further.
+_SMALL = 1 << 12
+#: More small pieces than this: the block is not mostly flat, and is better read whole.
+_MAX_SMALL = 8
+
+
+def read_pieces(text: bytes) -> list[FlatBlock | dict[str, Any]] | None:
+    """The entries of a block (as :func:`read_flat` takes) that is flat but for a few other
+    entries (inline metadata or data), in document order: the flat stretches as
+    :class:`FlatBlock`, the rest parsed by ujson into small dicts. None if the block is not
+    mostly flat, or some piece is not JSON (then the whole block goes to a JSON parser).
+
+    The block is cut in halves at entry boundaries until each piece reads flat or is small.
+    """
+    small = [0]
+    pieces: list[FlatBlock | dict[str, Any]] = []
+    return pieces if _cut(text, pieces, small) else None
+
+
+def _cut(text: bytes, out: list[FlatBlock | dict[str, Any]], small: list[int]) -> bool:
+    block = read_flat(text)
+    if block is not None:
+        out.append(block)
+        return True
+    match = _BOUNDARY.search(text, len(text) // 2) if len(text) > _SMALL else None
+    if match is None:
+        match = _BOUNDARY.search(text) if len(text) > _SMALL else None
+    if match is None:
+        small[0] += 1
+        if small[0] > _MAX_SMALL:
+            return False
+        try:
+            entries = ujson.loads(b"{" + text + b"}")
+        except ValueError:
+            return False
+        if not isinstance(entries, dict):
+            return False
+        out.append(entries)
+        return True
+    return _cut(text[: match.start() + 1], out, small) and _cut(text[match.start() + 2 :], out, small)

@@ -27,7 +27,7 @@ import numpy as np
 import ujson
 
 from refstore.errors import ManifestError
-from refstore.manifest._flat import FlatBlock, read_flat, without_blanks
+from refstore.manifest._flat import FlatBlock, read_flat, read_pieces, without_blanks
 from refstore.manifest._kerchunk import (
     META_SUFFIXES,
     _columns,
@@ -264,7 +264,7 @@ class _Refs:
             if cands or tail >= len(raw):
                 break
         for cut in reversed(cands[-_MAX_TRIES:]):
-            if self._ingest_flat(raw[:cut]):
+            if self._ingest_flat(raw[:cut]) or self._ingest_pieces(raw[:cut]):
                 return cut
             try:
                 entries = ujson.loads(b"{" + raw[:cut] + b"}")
@@ -353,10 +353,30 @@ class _Refs:
         self._put_columns(keys, ids, off, ln)
         return True
 
+    def _ingest_pieces(self, text: bytes) -> bool:
+        """Ingest a large block of flat entries with a few others among them (metadata or data
+        given inline) piece by piece (see :func:`read_pieces`); False, with nothing ingested,
+        if it is not such a block."""
+        if len(text) < _PIECES_FROM:
+            return False
+        pieces = read_pieces(text)
+        if pieces is None or len(pieces) < 2:
+            return False
+        if any(isinstance(piece, FlatBlock) and _holds_meta(piece) for piece in pieces):
+            return False  # (a metadata key given as a reference: the dict path reads it)
+        for piece in pieces:
+            if isinstance(piece, dict):
+                self._ingest(piece)
+            elif not self._put_flat(piece):
+                # a URL that does not expand: the whole block goes to the checked path, which raises
+                # naming the key (what was put again is the same entries, in the same order)
+                return False
+        return True
+
     def _put_flat(self, block: FlatBlock) -> bool:
         """Put the entries :func:`read_flat` read; False if some key is a metadata key."""
         keys = block.keys
-        if any(m in keys for m in META_SUFFIXES) and any(filter(_is_meta, block.key_list())):
+        if _holds_meta(block):
             return False  # (the dict path reads metadata)
         manifest, n = self.manifest, len(block.offsets)
         if block.urls is None:  # every URL null: the target
@@ -635,6 +655,14 @@ def _next_key_follows(keys: str, cut: int, table: Any, start: int) -> bool:
     layout = table.layout
     return start + 1 < layout.size and second == layout.head + layout.suffix(start + 1)
 
+
+#: Blocks this large that are not flat throughout are tried piece by piece before a JSON parse.
+_PIECES_FROM = 1 << 16
+
+
+def _holds_meta(block: FlatBlock) -> bool:
+    """Whether some key of *block* is a metadata key."""
+    return any(m in block.keys for m in META_SUFFIXES) and any(filter(_is_meta, block.key_list()))
 
 #: URLs remembered by their text as written (the table's own limit on strings: see ._urls).
 _KNOWN_URLS = 1 << 16
