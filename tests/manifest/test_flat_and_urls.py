@@ -161,3 +161,34 @@ def test_packed_urls_span_chunks_and_keep_their_ids(pack_early, monkeypatch):
     assert again[0] == len(table) - 1 and table[int(again[0])] == "s3://a"
     assert pickle.loads(pickle.dumps(table)) == table == table.copy()
     assert table.protocols() == {"s3", "gs", "https"} and table.contains("h/ü") and not table.contains("zz")
+
+
+@pytest.mark.parametrize("extra", [0, 12])
+def test_a_large_block_with_a_few_inline_entries_reads_as_a_whole_parse(extra, monkeypatch):
+    """Flat entries with inline metadata and data among them (keys in random order put
+    ``.zarray`` anywhere) are read piece by piece: the same as one JSON parse, whatever the
+    pieces, including a URL ending in ``],`` (which looks like the end of an entry), and a block
+    with more inline entries than pieces are tried for."""
+    n = 6000
+    zarray = json.dumps({"zarr_format": 2, "shape": [n], "chunks": [1], "dtype": "<f4", "compressor": None,
+                         "filters": None, "fill_value": 0.0, "order": "C"})
+    items: list[tuple[str, object]] = [(f"a/{i}", [f"s3://b/f{i % 7}.nc", 8 * i, 8]) for i in range(n)]
+    items[1500] = ("a/1500", "inline bytes")
+    items[3000] = ("a/3000", ["s3://b/odd],", 1, 2])
+    for j in range(extra):
+        items[100 + 400 * j] = (f"a/{100 + 400 * j}", "base64:AAAA")
+    items.insert(4000, ("a/.zarray", zarray))
+    items.insert(4500, ("b/.zattrs", json.dumps({"x": [1, 2]})))
+    from refstore.manifest import _flat
+    from refstore.manifest import _stream as stream_module
+
+    read = []  # how often a block was read piece by piece
+    monkeypatch.setattr(stream_module, "read_pieces", lambda t: read.append(_flat.read_pieces(t)) or read[-1])
+    for style in ({}, {"indent": 1}):
+        text = json.dumps({"version": 1, "refs": dict(items)}, **style).encode()
+        whole = Manifest.from_dict(ujson.loads(text))
+        for block in (1 << 17, 1 << 20):
+            got = _stream(text, block)
+            assert dict(got.items()) == dict(whole.items()) and len(got) == len(whole) == n + 2
+            assert got.get("a/1500") == b"inline bytes" and got.get("a/3000").url == "s3://b/odd],"
+    assert any(p is not None for p in read) == (extra == 0)  # 12 inline entries: past _MAX_SMALL
